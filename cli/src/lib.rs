@@ -1,1 +1,70 @@
-pub fn placeholder() {}
+//! core4ctl: the command-line client of core4d. It speaks only core4d's public HTTP and
+//! WebSocket API. `main.rs` calls [`main`]; everything else is here so tests can reach it.
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod context;
+pub mod error;
+pub mod exit_codes;
+pub mod output;
+mod serde_util;
+
+use clap::{CommandFactory, Parser};
+
+use crate::{
+    args::{Cli, Command},
+    context::Context,
+    error::{CliError, Result},
+    exit_codes::ExitCode,
+};
+
+/// Parse once, resolve once, run, and turn the outcome into an exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::GeneralError.into();
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    // A blocked stdin read (chat, send -) must not hold up the exit.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => ExitCode::Success.into(),
+        Err(err) => report(&err).into(),
+    }
+}
+
+fn report(err: &CliError) -> ExitCode {
+    if !matches!(err, CliError::BrokenPipe) {
+        eprintln!("error: {err}");
+    }
+    err.exit_code()
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(
+            clap_complete::Shell::from(shell),
+            &mut cmd,
+            "core4ctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
+    let ctx = Context::resolve(&cli.global)?;
+    match &cli.command {
+        Command::Auth(command) => commands::login::run(command, &ctx).await,
+        Command::Roles(command) => commands::roles::run(command, &ctx).await,
+        Command::Event(command) => commands::event::run(command, &ctx).await,
+        Command::Chat(args) => commands::event::chat(args, &ctx).await,
+        Command::Completions { .. } => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,129 @@
+//! The command line, parsed once by clap. Every command's `--help` ends with examples.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    commands::{event::EventCommand, login::AuthCommand, roles::RolesCommand},
+    output::OutputMode,
+};
+
+const EXAMPLES: &str = "\
+Examples:
+  core4ctl login --username admin
+  core4ctl roles list
+  core4ctl roles create alice --email alice@example.com --password-prompt --role standard_user
+  core4ctl event tail message system
+  echo hello | core4ctl event send message -
+  core4ctl -o json roles get alice | jq .perm_total
+
+Exit codes: 0 success, 1 error, 2 usage, 3 authentication, 4 not found, 5 conflict.";
+
+/// Drive core4d from a terminal and from scripts.
+#[derive(Debug, Parser)]
+#[command(name = "core4ctl", version, propagate_version = true, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// core4d base URL [default: the server saved at login, else http://127.0.0.1:5001]
+    #[arg(long, global = true, env = "CORE4_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Output format: tables for people, JSON with stable field names for scripts
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputMode::Table)]
+    pub output: OutputMode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Auth(AuthCommand),
+    /// Manage users and roles
+    #[command(subcommand, after_help = crate::commands::roles::EXAMPLES)]
+    Roles(RolesCommand),
+    /// Send, follow and read channel messages
+    #[command(subcommand, after_help = crate::commands::event::EXAMPLES)]
+    Event(EventCommand),
+    /// Chat on a channel: lines you type are sent, others' messages are printed as they arrive
+    #[command(after_help = crate::commands::event::CHAT_EXAMPLES)]
+    Chat(crate::commands::event::ChatArgs),
+    /// Print a shell completion script
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+const COMPLETION_EXAMPLES: &str = "\
+Examples:
+  core4ctl completions bash > ~/.local/share/bash-completion/completions/core4ctl
+  core4ctl completions zsh > \"${fpath[1]}/_core4ctl\"
+  core4ctl completions fish > ~/.config/fish/completions/core4ctl.fish";
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<Shell> for clap_complete::Shell {
+    fn from(shell: Shell) -> Self {
+        match shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_name() != "help" {
+                let help = cmd
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(help.contains("Examples:"), "`{path}` has no examples");
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path);
+            }
+        }
+        walk(&Cli::command(), "");
+    }
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let cli =
+            Cli::try_parse_from(["core4ctl", "roles", "list", "-o", "json", "--server", "h:1"])
+                .unwrap();
+        assert_eq!(cli.global.output, OutputMode::Json);
+        assert_eq!(cli.global.server.as_deref(), Some("h:1"));
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2() {
+        let err = Cli::try_parse_from(["core4ctl", "roles", "frobnicate"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["core4ctl", "-o", "yaml", "whoami"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,739 @@
+//! The one way core4ctl talks to core4d: [`ApiClient`] over its public HTTP API (envelope
+//! parsing, error mapping, saving refreshed tokens) and [`EventSocket`] over its WebSocket.
+
+use std::{
+    sync::{Mutex, Once},
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, RequestBuilder, StatusCode, Url, header::HeaderMap};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
+
+use crate::{
+    context::ConfigStore,
+    error::{CliError, Result},
+    output::sanitize,
+};
+
+const API_PREFIX: &str = "/core4/api/v1";
+
+/// One page of a paged listing.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    /// 0-based, as the server counts.
+    pub page: u64,
+    pub per_page: u64,
+    pub page_count: u64,
+    pub total_count: u64,
+}
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    server: String,
+    api: String,
+    token: Mutex<Option<String>>,
+    /// Where refreshed tokens are saved; `None` for login, which saves explicitly.
+    store: Option<ConfigStore>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl ApiClient {
+    pub fn new(server: &str, token: Option<String>, store: Option<ConfigStore>) -> Result<Self> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("core4ctl/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| CliError::other("cannot set up the HTTP client", e))?;
+        Ok(Self {
+            http,
+            server: server.to_owned(),
+            api: format!("{server}{API_PREFIX}"),
+            token: Mutex::new(token),
+            store,
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn token(&self) -> Option<String> {
+        self.token.lock().expect("token lock").clone()
+    }
+
+    /// Adopts a token the server refreshed (the `token` header or a `token` frame) and saves it.
+    pub fn remember_token(&self, token: &str) {
+        {
+            let mut current = self.token.lock().expect("token lock");
+            if current.as_deref() == Some(token) {
+                return;
+            }
+            *current = Some(token.to_owned());
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store.save_token(&self.server, token)
+        {
+            eprintln!("warning: could not save the refreshed token: {e}");
+        }
+    }
+
+    fn request(&self, method: Method, path: &str, query: &[(&str, String)]) -> RequestBuilder {
+        let mut url = format!("{}{path}", self.api);
+        if !query.is_empty() {
+            let pairs = query.iter().map(|(k, v)| (*k, v.as_str()));
+            let encoded = reqwest::Url::parse("q:")
+                .map(|mut u| {
+                    u.query_pairs_mut()
+                        .extend_pairs(pairs)
+                        .finish()
+                        .query()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            url = format!("{url}?{encoded}");
+        }
+        let builder = self.http.request(method, url);
+        match self.token() {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// Sends, captures a refreshed token, and returns the envelope of a 2xx reply.
+    async fn send(&self, builder: RequestBuilder) -> Result<serde_json::Map<String, Value>> {
+        let response = builder.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        if let Some(token) = refreshed_token(response.headers()) {
+            self.remember_token(&token);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let envelope = match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(map)) => map,
+            _ if !status.is_success() => {
+                return Err(map_error(
+                    &self.server,
+                    status,
+                    None,
+                    None,
+                    retry_after.as_deref(),
+                ));
+            }
+            _ => {
+                return Err(CliError::Other(format!(
+                    "unexpected reply from {} (HTTP {status}, not a core4d JSON envelope): is this core4d?",
+                    self.server
+                )));
+            }
+        };
+        if status.is_success() {
+            return Ok(envelope);
+        }
+        let message = envelope.get("error").and_then(Value::as_str);
+        let request_id = envelope.get("_id").and_then(Value::as_str);
+        Err(map_error(
+            &self.server,
+            status,
+            message,
+            request_id,
+            retry_after.as_deref(),
+        ))
+    }
+
+    fn transport_error(&self, err: reqwest::Error) -> CliError {
+        if err.is_connect() || err.is_timeout() {
+            CliError::Unreachable {
+                server: self.server.clone(),
+                detail: root_cause(&err),
+            }
+        } else {
+            CliError::Other(format!(
+                "request to {} failed: {}",
+                self.server,
+                root_cause(&err)
+            ))
+        }
+    }
+
+    fn data<T: DeserializeOwned>(&self, mut envelope: serde_json::Map<String, Value>) -> Result<T> {
+        let data = envelope.remove("data").unwrap_or(Value::Null);
+        serde_json::from_value(data).map_err(|e| {
+            CliError::Other(format!(
+                "unexpected data in the reply from {} ({e}): is core4ctl too old for this server?",
+                self.server
+            ))
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let envelope = self.send(self.request(Method::GET, path, query)).await?;
+        self.data(envelope)
+    }
+
+    pub async fn get_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Page<T>> {
+        let envelope = self.send(self.request(Method::GET, path, query)).await?;
+        let number = |key: &str| {
+            envelope
+                .get(key)
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+                .max(0.0) as u64
+        };
+        let (page, per_page, page_count, total_count) = (
+            number("page"),
+            number("per_page"),
+            number("page_count"),
+            number("total_count"),
+        );
+        Ok(Page {
+            data: self.data(envelope)?,
+            page,
+            per_page,
+            page_count,
+            total_count,
+        })
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let envelope = self
+            .send(self.request(Method::POST, path, &[]).json(body))
+            .await?;
+        self.data(envelope)
+    }
+
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let envelope = self
+            .send(self.request(Method::PUT, path, &[]).json(body))
+            .await?;
+        self.data(envelope)
+    }
+
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let envelope = self.send(self.request(Method::DELETE, path, query)).await?;
+        self.data(envelope)
+    }
+
+    /// `ws[s]://HOST/core4/api/v1/event?token=..[&since=..]`
+    fn event_url(&self, since: Option<&str>) -> Result<Url> {
+        let mut url = Url::parse(&format!("{}/event", self.api))
+            .map_err(|e| CliError::Usage(format!("invalid server URL {}: {e}", self.server)))?;
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .expect("ws and wss are valid schemes");
+        let token = self.token();
+        let pairs = token
+            .as_deref()
+            .map(|t| ("token", t))
+            .into_iter()
+            .chain(since.map(|s| ("since", s)));
+        let pairs: Vec<_> = pairs.collect();
+        if !pairs.is_empty() {
+            url.query_pairs_mut().extend_pairs(pairs);
+        }
+        Ok(url)
+    }
+
+    /// Opens the event WebSocket with the current token.
+    pub async fn connect_events(&self) -> Result<EventSocket<'_>> {
+        let url = self.event_url(None)?;
+        if url.scheme() == "wss" {
+            return Err(CliError::Other(format!(
+                "event channels over https ({}) are not supported by this build of core4ctl; use an http:// server URL",
+                self.server
+            )));
+        }
+        let connect = tokio_tungstenite::connect_async(url.as_str());
+        let (ws, response) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Err(_) => {
+                return Err(CliError::Unreachable {
+                    server: self.server.clone(),
+                    detail: "timed out".into(),
+                });
+            }
+            Ok(Err(e)) => return Err(self.handshake_error(e)),
+            Ok(Ok(ok)) => ok,
+        };
+        if let Some(token) = refreshed_token(response.headers()) {
+            self.remember_token(&token);
+        }
+        Ok(EventSocket { client: self, ws })
+    }
+
+    fn handshake_error(&self, err: tungstenite::Error) -> CliError {
+        match err {
+            tungstenite::Error::Http(response) => {
+                let envelope = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+                let message = envelope
+                    .as_ref()
+                    .and_then(|e| e.get("error"))
+                    .and_then(Value::as_str);
+                let request_id = envelope
+                    .as_ref()
+                    .and_then(|e| e.get("_id"))
+                    .and_then(Value::as_str);
+                let status = StatusCode::from_u16(response.status().as_u16())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                map_error(&self.server, status, message, request_id, None)
+            }
+            tungstenite::Error::Io(e) => CliError::Unreachable {
+                server: self.server.clone(),
+                detail: e.to_string(),
+            },
+            other => CliError::Other(format!(
+                "cannot open the event channel at {}: {other}",
+                self.server
+            )),
+        }
+    }
+}
+
+fn refreshed_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+/// The innermost cause ("Connection refused (os error 111)") instead of reqwest's outer layers.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Turns a core4d error reply into a message that says what to do next, and its exit code.
+pub fn map_error(
+    server: &str,
+    status: StatusCode,
+    message: Option<&str>,
+    request_id: Option<&str>,
+    retry_after: Option<&str>,
+) -> CliError {
+    let message = message
+        .map(|m| sanitize(m.trim()).into_owned())
+        .filter(|m| !m.is_empty());
+    let text = message
+        .as_deref()
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error"));
+    match status.as_u16() {
+        401 => CliError::Auth(match text {
+            "token expired" => "the token has expired — run `core4ctl login`".to_owned(),
+            "token revoked" => {
+                "the token was revoked (logged out) — run `core4ctl login`".to_owned()
+            }
+            "invalid token" => {
+                format!("the saved token is not valid for {server} — run `core4ctl login`")
+            }
+            "invalid username or password" => {
+                format!(
+                    "wrong username or password for {server} — check them and run `core4ctl login` again"
+                )
+            }
+            "authentication required" => {
+                format!("not logged in to {server} — run `core4ctl login`")
+            }
+            other => format!("{server} refused the credentials ({other}) — run `core4ctl login`"),
+        }),
+        403 => CliError::Auth(format!(
+            "forbidden: your account lacks the permission for this ({text}) — ask an administrator"
+        )),
+        404 => CliError::NotFound(text.to_owned()),
+        409 => CliError::Conflict(match text {
+            "name or email exists" => "name or email exists — choose another one".to_owned(),
+            other => other.to_owned(),
+        }),
+        429 => CliError::Auth(
+            match retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
+                Some(secs) => format!("{text} — wait {secs} s before trying again"),
+                None => format!("{text} — wait a while before trying again"),
+            },
+        ),
+        400 | 422 => CliError::Usage(if text.starts_with("invalid permission protocol") {
+            format!(
+                "{text} — permissions look like cop, api://<regex>[/crud], job://<regex>/x|r, app://<key> or mongodb://<db>"
+            )
+        } else {
+            text.to_owned()
+        }),
+        code if code >= 500 => CliError::Other(format!(
+            "core4d at {server} failed (HTTP {code}{}); check its log",
+            request_id
+                .map(|id| format!(", request id {}", sanitize(id)))
+                .unwrap_or_default()
+        )),
+        code => CliError::Other(format!("core4d at {server} answered HTTP {code}: {text}")),
+    }
+}
+
+/// A stored message, as events and history items carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "_id", default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub author: Option<String>,
+    pub channel: String,
+    #[serde(default)]
+    pub data: Value,
+}
+
+impl Event {
+    /// Ids are decimal strings of an increasing sequence; `None` for pseudo-events.
+    pub fn seq(&self) -> Option<u64> {
+        self.id.as_deref().and_then(parse_seq)
+    }
+}
+
+pub fn parse_seq(id: &str) -> Option<u64> {
+    id.trim().parse().ok()
+}
+
+/// A frame from the event socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Event(Event),
+    /// The channels the server granted.
+    Interest(Vec<String>),
+    /// A sent message is durably stored under this id.
+    Ack(String),
+    /// The server skipped messages after this id (slow consumer): fill from history.
+    Gap(String),
+    Error(String),
+    Other(Value),
+}
+
+impl Frame {
+    pub fn parse(text: &str) -> Frame {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => return Frame::Error(sanitize(text).into_owned()),
+        };
+        if value.get("channel").is_some() {
+            return match serde_json::from_value(value.clone()) {
+                Ok(event) => Frame::Event(event),
+                Err(_) => Frame::Other(value),
+            };
+        }
+        let str_field = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+        match value.get("type").and_then(Value::as_str) {
+            Some("send" | "interest") if value.get("message_id").is_some() => {
+                Frame::Ack(match value.get("message_id") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => unreachable!(),
+                })
+            }
+            Some("interest") => Frame::Interest(
+                value
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            Some("gap") => match str_field("after") {
+                Some(after) => Frame::Gap(after),
+                None => Frame::Other(value),
+            },
+            Some("error") => Frame::Error(
+                sanitize(&str_field("message").unwrap_or_else(|| "error".into())).into_owned(),
+            ),
+            _ => Frame::Other(value),
+        }
+    }
+}
+
+/// An open event WebSocket; `token` frames are adopted (and saved) here and never surface.
+pub struct EventSocket<'a> {
+    client: &'a ApiClient,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl EventSocket<'_> {
+    async fn send_json(&mut self, value: &Value) -> Result<()> {
+        self.ws
+            .send(tungstenite::Message::text(value.to_string()))
+            .await
+            .map_err(|e| self.lost(e))
+    }
+
+    /// Replaces this socket's interests; with `since`, stored messages after that id come first.
+    pub async fn interest(&mut self, channels: &[String], since: Option<&str>) -> Result<()> {
+        let mut frame = serde_json::json!({"type": "interest", "data": channels});
+        if let Some(since) = since {
+            frame["since"] = Value::String(since.to_owned());
+        }
+        self.send_json(&frame).await
+    }
+
+    pub async fn send_message(&mut self, channel: &str, text: &Value) -> Result<()> {
+        self.send_json(&serde_json::json!({"type": "message", "channel": channel, "text": text}))
+            .await
+    }
+
+    /// The next frame; `Ok(None)` when the server closed the connection.
+    pub async fn next_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            let message = match self.ws.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(self.lost(e)),
+                Some(Ok(m)) => m,
+            };
+            let text = match message {
+                tungstenite::Message::Text(t) => t,
+                tungstenite::Message::Close(_) => return Ok(None),
+                _ => continue,
+            };
+            if let Ok(value) = serde_json::from_str::<Value>(&text)
+                && value.get("type").and_then(Value::as_str) == Some("token")
+                && value.get("channel").is_none()
+            {
+                if let Some(token) = value.get("token").and_then(Value::as_str) {
+                    self.client.remember_token(token);
+                }
+                continue;
+            }
+            return Ok(Some(Frame::parse(&text)));
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    fn lost(&self, err: tungstenite::Error) -> CliError {
+        CliError::Unreachable {
+            server: self.client.server.clone(),
+            detail: format!("event connection lost: {err}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "http://127.0.0.1:5001";
+
+    fn mapped(status: u16, message: Option<&str>) -> CliError {
+        map_error(
+            SERVER,
+            StatusCode::from_u16(status).unwrap(),
+            message,
+            Some("abc"),
+            None,
+        )
+    }
+
+    #[test]
+    fn token_problems_say_to_log_in_with_exit_code_3() {
+        for message in [
+            "token expired",
+            "invalid token",
+            "token revoked",
+            "authentication required",
+        ] {
+            let err = mapped(401, Some(message));
+            assert_eq!(err.exit_code().code(), 3);
+            assert!(err.to_string().contains("run `core4ctl login`"), "{err}");
+        }
+        assert_eq!(
+            mapped(401, Some("token expired")).to_string(),
+            "the token has expired — run `core4ctl login`"
+        );
+        assert!(
+            mapped(401, Some("invalid username or password"))
+                .to_string()
+                .contains("wrong username or password")
+        );
+        assert_eq!(mapped(403, Some("forbidden")).exit_code().code(), 3);
+    }
+
+    #[test]
+    fn rate_limits_say_how_long_to_wait() {
+        let err = map_error(
+            SERVER,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("too many failed logins"),
+            None,
+            Some("30"),
+        );
+        assert_eq!(err.exit_code().code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "too many failed logins — wait 30 s before trying again"
+        );
+    }
+
+    #[test]
+    fn not_found_conflict_and_bad_input_have_their_codes() {
+        assert_eq!(
+            mapped(404, Some("role [x] not found")).exit_code().code(),
+            4
+        );
+        assert_eq!(
+            mapped(404, Some("role [x] not found")).to_string(),
+            "role [x] not found"
+        );
+        assert_eq!(
+            mapped(409, Some("update [1] with etag [2] failed"))
+                .exit_code()
+                .code(),
+            5
+        );
+        assert_eq!(
+            mapped(409, Some("name or email exists")).exit_code().code(),
+            5
+        );
+        let err = mapped(400, Some("invalid permission protocol [bla]"));
+        assert_eq!(err.exit_code().code(), 2);
+        assert!(
+            err.to_string()
+                .starts_with("invalid permission protocol [bla]")
+        );
+    }
+
+    #[test]
+    fn server_failures_show_the_request_id_not_details() {
+        let err = mapped(500, Some("secret stack trace"));
+        assert_eq!(err.exit_code().code(), 1);
+        assert!(err.to_string().contains("request id abc"), "{err}");
+        assert!(!err.to_string().contains("stack trace"));
+    }
+
+    #[test]
+    fn server_messages_are_sanitised() {
+        let err = mapped(404, Some("role [\x1b[31mx] not found"));
+        assert!(!err.to_string().contains('\x1b'));
+    }
+
+    #[test]
+    fn frames_are_told_apart() {
+        let event = Frame::parse(
+            r#"{"_id":"7","created":"2026-11-27T12:00:00","name":"message","author":"a","channel":"message","data":"hi"}"#,
+        );
+        let Frame::Event(event) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(event.seq(), Some(7));
+        assert_eq!(event.data, Value::String("hi".into()));
+        assert_eq!(
+            Frame::parse(r#"{"type":"send","message_id":"8","message":"OK"}"#),
+            Frame::Ack("8".into())
+        );
+        assert_eq!(
+            Frame::parse(
+                r#"{"type":"interest","message_id":"9","message":"OK, added interest in channel"}"#
+            ),
+            Frame::Ack("9".into())
+        );
+        assert_eq!(
+            Frame::parse(r#"{"type":"interest","data":["message"],"message":"processed"}"#),
+            Frame::Interest(vec!["message".into()])
+        );
+        assert_eq!(
+            Frame::parse(r#"{"type":"gap","after":"41"}"#),
+            Frame::Gap("41".into())
+        );
+        assert_eq!(
+            Frame::parse(r#"{"type":"error","message":"malformed message"}"#),
+            Frame::Error("malformed message".into())
+        );
+        assert_eq!(
+            Frame::parse("error parsing json data"),
+            Frame::Error("error parsing json data".into())
+        );
+    }
+
+    #[test]
+    fn event_urls_carry_the_token_and_switch_scheme() {
+        let client = ApiClient::new("https://h:1", Some("a.b.c".into()), None).unwrap();
+        assert_eq!(
+            client.event_url(Some("5")).unwrap().as_str(),
+            "wss://h:1/core4/api/v1/event?token=a.b.c&since=5"
+        );
+        let client = ApiClient::new("http://h:1", None, None).unwrap();
+        assert_eq!(
+            client.event_url(None).unwrap().as_str(),
+            "ws://h:1/core4/api/v1/event"
+        );
+    }
+
+    #[test]
+    fn refreshed_tokens_are_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::at(dir.path());
+        let client = ApiClient::new(SERVER, Some("old".into()), Some(store.clone())).unwrap();
+        client.remember_token("new");
+        assert_eq!(client.token().as_deref(), Some("new"));
+        assert_eq!(
+            store.load().unwrap().hosts[SERVER].token.as_deref(),
+            Some("new")
+        );
+    }
+}

@@ -1,0 +1,752 @@
+//! `event send|tail|history` and `chat`: channel messages over the event WebSocket, with
+//! history (`/event/history`) to start from, resume after and fill gaps.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::{
+    client::{ApiClient, Event, EventSocket, Frame, parse_seq},
+    commands::interactive,
+    context::Context,
+    error::{CliError, Result},
+    output::{
+        self, clock_cell, datetime_cell, display_value, json_line, opt_cell, print_json,
+        print_line, sanitize,
+    },
+};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  core4ctl event send message 'deploy finished'
+  tail -f app.log | core4ctl event send ops -
+  core4ctl event tail message system
+  core4ctl event tail message --last 20 -o json | jq -r .data
+  core4ctl event history message --per-page 50";
+
+pub const CHAT_EXAMPLES: &str = "\
+Examples:
+  core4ctl chat                 # the `message` channel
+  core4ctl chat ops
+
+Lines you type are sent; messages from others are printed as `time author > text`.
+Ctrl-D or Ctrl-C leaves.";
+
+const SEND_EXAMPLES: &str = "\
+Examples:
+  core4ctl event send message 'hello, world'        # prints the message id
+  core4ctl event send jobs '{\"done\": 3}' --json
+  printf 'one\\ntwo\\n' | core4ctl event send message -   # one message per line, one id per line";
+
+const TAIL_EXAMPLES: &str = "\
+Examples:
+  core4ctl event tail message
+  core4ctl event tail message system --last 10
+  core4ctl event tail message --since 4711 -o json
+
+Lines look like `12:00:01 alice > hello` (with [channel] when following several). If the
+connection drops or core4d restarts, tail reconnects and resumes after the last message it
+printed: nothing is lost or printed twice. Ctrl-C exits 0.";
+
+const HISTORY_EXAMPLES: &str = "\
+Examples:
+  core4ctl event history message                  # newest first
+  core4ctl event history message --page 2 --per-page 50
+  core4ctl event history ops -o json | jq -r '.[].data'";
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Send a message to a channel and print its id
+    #[command(after_help = SEND_EXAMPLES)]
+    Send(SendArgs),
+    /// Print messages on channels as they arrive, resuming across reconnects
+    #[command(after_help = TAIL_EXAMPLES)]
+    Tail(TailArgs),
+    /// Show stored messages of a channel, newest first
+    #[command(after_help = HISTORY_EXAMPLES)]
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Channel name, e.g. message
+    pub channel: String,
+    /// The text, or - to send each line of stdin as its own message
+    pub text: String,
+    /// Send TEXT (or each line) as JSON instead of as a string
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Channels to follow
+    #[arg(required = true, value_name = "CHANNEL")]
+    pub channels: Vec<String>,
+    /// Start after this message id (replays everything stored since)
+    #[arg(long, value_name = "ID", conflicts_with = "last")]
+    pub since: Option<String>,
+    /// Print the last N stored messages first
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Channel name
+    pub channel: String,
+    /// Page number, from 1 (page 1 holds the newest messages)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub page: u64,
+    /// Messages per page
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub per_page: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Channel to chat on
+    #[arg(default_value = "message")]
+    pub channel: String,
+}
+
+pub async fn run(command: &EventCommand, ctx: &Context) -> Result<()> {
+    match command {
+        EventCommand::Send(args) => send(args, ctx).await,
+        EventCommand::Tail(args) => with_ctrl_c(tail(args, ctx)).await,
+        EventCommand::History(args) => history(args, ctx).await,
+    }
+}
+
+/// Ctrl-C ends a long-running command with success; lines are printed whole or not at all
+/// because printing never awaits.
+async fn with_ctrl_c(work: impl Future<Output = Result<()>>) -> Result<()> {
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+fn channel_name(raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(CliError::Usage("the channel name must not be empty".into()));
+    }
+    Ok(name.to_owned())
+}
+
+/// Lines of stdin, read on a plain thread: a blocking read cannot be cancelled, and this way
+/// it never holds up the exit.
+fn stdin_lines() -> mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = mpsc::channel(256);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn message_text(raw: &str, as_json: bool) -> Result<Value> {
+    if as_json {
+        serde_json::from_str(raw)
+            .map_err(|e| CliError::Usage(format!("--json: the text is not JSON ({e})")))
+    } else {
+        Ok(Value::String(raw.to_owned()))
+    }
+}
+
+fn print_ack(ctx: &Context, channel: &str, id: &str) -> Result<()> {
+    if ctx.json() {
+        print_line(&json_line(&json!({"message_id": id, "channel": channel})))
+    } else {
+        print_line(&sanitize(id))
+    }
+}
+
+/// How many sent lines may wait for their acks at once.
+const SEND_WINDOW: usize = 64;
+
+async fn send(args: &SendArgs, ctx: &Context) -> Result<()> {
+    let channel = channel_name(&args.channel)?;
+    let client = ctx.client()?;
+    let mut socket = client.connect_events().await?;
+    if args.text != "-" {
+        if args.text.is_empty() {
+            return Err(CliError::Usage("the message text must not be empty".into()));
+        }
+        socket
+            .send_message(&channel, &message_text(&args.text, args.json)?)
+            .await?;
+        let id = next_ack(&mut socket).await?;
+        socket.close().await;
+        return print_ack(ctx, &channel, &id);
+    }
+
+    let mut lines = stdin_lines();
+    let (mut in_flight, mut eof) = (0usize, false);
+    while !(eof && in_flight == 0) {
+        tokio::select! {
+            line = lines.recv(), if !eof && in_flight < SEND_WINDOW => match line {
+                None => eof = true,
+                Some(line) => {
+                    let line = line?;
+                    let line = line.trim_end_matches('\r');
+                    if !line.is_empty() {
+                        socket.send_message(&channel, &message_text(line, args.json)?).await?;
+                        in_flight += 1;
+                    }
+                }
+            },
+            frame = socket.next_frame(), if in_flight > 0 => match frame? {
+                Some(Frame::Ack(id)) => {
+                    in_flight -= 1;
+                    print_ack(ctx, &channel, &id)?;
+                }
+                Some(Frame::Error(message)) => return Err(send_error(&message)),
+                Some(_) => {}
+                None => return Err(lost_before_ack(in_flight)),
+            },
+        }
+    }
+    socket.close().await;
+    Ok(())
+}
+
+fn send_error(message: &str) -> CliError {
+    CliError::Usage(format!("core4d rejected the message: {message}"))
+}
+
+fn lost_before_ack(n: usize) -> CliError {
+    CliError::Other(format!(
+        "the connection closed before {n} message(s) were acknowledged: they may or may not be stored \
+         — check with `core4ctl event history`"
+    ))
+}
+
+async fn next_ack(socket: &mut EventSocket<'_>) -> Result<String> {
+    loop {
+        match socket.next_frame().await? {
+            Some(Frame::Ack(id)) => return Ok(id),
+            Some(Frame::Error(message)) => return Err(send_error(&message)),
+            Some(_) => {}
+            None => return Err(lost_before_ack(1)),
+        }
+    }
+}
+
+/// Prints events once each, in id order as they come; remembers the last id printed.
+struct Printer {
+    last: Option<u64>,
+    json: bool,
+    show_channel: bool,
+    /// Messages by this author are not printed (chat already shows what you typed).
+    skip_author: Option<String>,
+}
+
+impl Printer {
+    fn emit(&mut self, event: &Event) -> Result<()> {
+        if let Some(seq) = event.seq() {
+            if self.last.is_some_and(|last| seq <= last) {
+                return Ok(());
+            }
+            self.last = Some(seq);
+        }
+        if let (Some(skip), Some(author)) = (&self.skip_author, &event.author)
+            && skip.eq_ignore_ascii_case(author)
+        {
+            return Ok(());
+        }
+        print_line(&self.format(event))
+    }
+
+    fn format(&self, event: &Event) -> String {
+        if self.json {
+            return json_line(event);
+        }
+        let author = event.author.as_deref().map(sanitize).unwrap_or_default();
+        let text = display_value(&event.data);
+        if self.show_channel {
+            format!(
+                "{} [{}] {author} > {text}",
+                clock_cell(event.created.as_deref()),
+                sanitize(&event.channel)
+            )
+        } else {
+            format!("{} {author} > {text}", clock_cell(event.created.as_deref()))
+        }
+    }
+
+    fn since(&self) -> String {
+        self.last.unwrap_or(0).to_string()
+    }
+}
+
+/// Stored messages of one channel after `after` (all, or the newest `limit`), oldest first.
+/// Pages backwards with `before` so that messages arriving meanwhile cannot shift the pages.
+async fn history_after(
+    client: &ApiClient,
+    channel: &str,
+    after: Option<u64>,
+    limit: Option<usize>,
+) -> Result<Vec<Event>> {
+    let per_page = limit.unwrap_or(500).clamp(1, 500);
+    let mut found: BTreeMap<u64, Event> = BTreeMap::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut query = vec![
+            ("channel", channel.to_owned()),
+            ("page", "0".to_owned()),
+            ("per_page", per_page.to_string()),
+        ];
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        if let Some(before) = before {
+            query.push(("before", before.to_string()));
+        }
+        let page = client.get_page::<Event>("/event/history", &query).await?;
+        let got = page.data.len();
+        let mut oldest = before;
+        for event in page.data {
+            if let Some(seq) = event.seq() {
+                if after.is_some_and(|a| seq <= a) {
+                    continue;
+                }
+                oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+                found.insert(seq, event);
+            }
+        }
+        let enough = limit.is_some_and(|l| found.len() >= l);
+        if got < per_page || enough || oldest == before {
+            break;
+        }
+        before = oldest;
+    }
+    let mut events: Vec<Event> = found.into_values().collect();
+    if let Some(limit) = limit {
+        events.drain(..events.len().saturating_sub(limit));
+    }
+    Ok(events)
+}
+
+/// The id of the newest stored message on any of the channels (0 when there is none).
+async fn current_position(client: &ApiClient, channels: &[String]) -> Result<u64> {
+    let mut newest = 0;
+    for channel in channels {
+        let latest = history_after(client, channel, None, Some(1)).await?;
+        newest = latest.iter().filter_map(Event::seq).fold(newest, u64::max);
+    }
+    Ok(newest)
+}
+
+/// Fills a gap the server reported, from history, in id order.
+async fn fill_gap(
+    client: &ApiClient,
+    channels: &[String],
+    printer: &mut Printer,
+    after: &str,
+) -> Result<()> {
+    let from = printer.last.or_else(|| parse_seq(after));
+    let mut missed = BTreeMap::new();
+    for channel in channels {
+        for event in history_after(client, channel, from, None).await? {
+            if let Some(seq) = event.seq() {
+                missed.insert(seq, event);
+            }
+        }
+    }
+    for event in missed.values() {
+        printer.emit(event)?;
+    }
+    Ok(())
+}
+
+/// Reconnect delays: 250 ms doubling to 8 s, back to the start after a good connection.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(8);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    async fn wait(&mut self, server: &str, why: &CliError) {
+        eprintln!(
+            "core4ctl: lost the connection to {server} ({why}); reconnecting in {:.1}s",
+            self.next.as_secs_f32()
+        );
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+}
+
+/// Errors a reconnect can cure (the server restarting, the network); the rest end the command.
+fn retryable(err: &CliError) -> bool {
+    matches!(err, CliError::Unreachable { .. } | CliError::Other(_))
+}
+
+enum SessionEnd {
+    /// The server closed the socket; reconnect.
+    Closed,
+    /// Input ended (chat); the command is done.
+    Done,
+}
+
+async fn tail(args: &TailArgs, ctx: &Context) -> Result<()> {
+    let channels = args
+        .channels
+        .iter()
+        .map(|c| channel_name(c))
+        .collect::<Result<Vec<_>>>()?;
+    let client = ctx.client()?;
+    let mut printer = Printer {
+        last: None,
+        json: ctx.json(),
+        show_channel: channels.len() > 1,
+        skip_author: None,
+    };
+
+    if let Some(since) = &args.since {
+        let seq = parse_seq(since).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--since: [{}] is not a message id",
+                sanitize(since)
+            ))
+        })?;
+        printer.last = Some(seq);
+    } else if let Some(n) = args.last {
+        let mut recent = BTreeMap::new();
+        for channel in &channels {
+            for event in history_after(&client, channel, None, Some(n.max(1))).await? {
+                if let Some(seq) = event.seq() {
+                    recent.insert(seq, event);
+                }
+            }
+        }
+        let skip = recent.len().saturating_sub(n);
+        for event in recent.values().skip(skip) {
+            printer.emit(event)?;
+        }
+        // Start after the newest stored message even when fewer than all were printed.
+        printer.last = Some(recent.keys().next_back().copied().unwrap_or(0));
+    } else {
+        printer.last = Some(current_position(&client, &channels).await?);
+    }
+
+    let mut backoff = Backoff::new();
+    loop {
+        match follow(&client, &channels, &mut printer, &mut backoff, None).await {
+            Ok(SessionEnd::Done) => return Ok(()),
+            Ok(SessionEnd::Closed) => {
+                let closed = CliError::Other("closed by the server".into());
+                backoff.wait(client.server(), &closed).await;
+            }
+            Err(e) if retryable(&e) => backoff.wait(client.server(), &e).await,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Outgoing chat lines and the count of those not yet acknowledged.
+struct Outbox<'a> {
+    channel: &'a str,
+    lines: mpsc::Receiver<std::io::Result<String>>,
+    eof: bool,
+    unacked: usize,
+}
+
+/// One connection: subscribe from the last printed id, then print (and, for chat, send) until
+/// the socket closes or input ends.
+async fn follow(
+    client: &ApiClient,
+    channels: &[String],
+    printer: &mut Printer,
+    backoff: &mut Backoff,
+    mut outbox: Option<&mut Outbox<'_>>,
+) -> Result<SessionEnd> {
+    let mut socket = client.connect_events().await?;
+    socket.interest(channels, Some(&printer.since())).await?;
+    if let Some(out) = outbox.as_deref_mut()
+        && out.unacked > 0
+    {
+        eprintln!(
+            "core4ctl: {} message(s) sent before the reconnect may not have been stored",
+            out.unacked
+        );
+        out.unacked = 0;
+    }
+    loop {
+        let reading = outbox.as_deref().is_some_and(|o| !o.eof);
+        tokio::select! {
+            line = async { outbox.as_deref_mut().expect("reading implies an outbox").lines.recv().await }, if reading => {
+                let out = outbox.as_deref_mut().expect("reading implies an outbox");
+                match line {
+                    None => {
+                        out.eof = true;
+                        if out.unacked == 0 {
+                            socket.close().await;
+                            return Ok(SessionEnd::Done);
+                        }
+                    }
+                    Some(line) => {
+                        let line = line?;
+                        let line = line.trim_end_matches('\r');
+                        if !line.trim().is_empty() {
+                            socket.send_message(out.channel, &Value::String(line.to_owned())).await?;
+                            out.unacked += 1;
+                        }
+                    }
+                }
+            }
+            frame = socket.next_frame() => match frame? {
+                None => return Ok(SessionEnd::Closed),
+                Some(Frame::Event(event)) => printer.emit(&event)?,
+                Some(Frame::Interest(granted)) => {
+                    backoff.reset();
+                    for wanted in channels {
+                        if !granted.iter().any(|g| g.eq_ignore_ascii_case(wanted)) {
+                            eprintln!("core4ctl: not subscribed to channel {} (refused by the server)", sanitize(wanted));
+                        }
+                    }
+                }
+                Some(Frame::Gap(after)) => fill_gap(client, channels, printer, &after).await?,
+                Some(Frame::Ack(_)) => {
+                    if let Some(out) = outbox.as_deref_mut() {
+                        out.unacked = out.unacked.saturating_sub(1);
+                        if out.eof && out.unacked == 0 {
+                            socket.close().await;
+                            return Ok(SessionEnd::Done);
+                        }
+                    }
+                }
+                Some(Frame::Error(message)) => {
+                    if outbox.is_some() {
+                        // A rejected chat line is worth a word, not the end of the chat.
+                        eprintln!("core4ctl: core4d: {message}");
+                        if let Some(out) = outbox.as_deref_mut() {
+                            out.unacked = out.unacked.saturating_sub(1);
+                        }
+                    } else {
+                        return Err(CliError::Usage(format!("core4d: {message}")));
+                    }
+                }
+                Some(Frame::Other(_)) => {}
+            },
+        }
+    }
+}
+
+pub async fn chat(args: &ChatArgs, ctx: &Context) -> Result<()> {
+    with_ctrl_c(chat_inner(args, ctx)).await
+}
+
+async fn chat_inner(args: &ChatArgs, ctx: &Context) -> Result<()> {
+    let channel = channel_name(&args.channel)?;
+    let client = ctx.client()?;
+    let me: crate::commands::login::Profile = client.get("/profile", &[]).await?;
+    let mut channels = vec![channel.clone()];
+    if !channel.eq_ignore_ascii_case("system") {
+        channels.push("system".to_owned());
+    }
+    let mut printer = Printer {
+        last: Some(current_position(&client, &channels).await?),
+        json: ctx.json(),
+        show_channel: false,
+        skip_author: Some(me.name.clone()),
+    };
+    if interactive() {
+        eprintln!(
+            "Chatting on {} at {} as {}. Type a line and press Enter; Ctrl-D leaves.",
+            sanitize(&channel),
+            client.server(),
+            sanitize(&me.name)
+        );
+    }
+    let mut outbox = Outbox {
+        channel: &channel,
+        lines: stdin_lines(),
+        eof: false,
+        unacked: 0,
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        match follow(
+            &client,
+            &channels,
+            &mut printer,
+            &mut backoff,
+            Some(&mut outbox),
+        )
+        .await
+        {
+            Ok(SessionEnd::Done) => return Ok(()),
+            Ok(SessionEnd::Closed) => {
+                let closed = CliError::Other("closed by the server".into());
+                backoff.wait(client.server(), &closed).await;
+            }
+            Err(e) if retryable(&e) => backoff.wait(client.server(), &e).await,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn history(args: &HistoryArgs, ctx: &Context) -> Result<()> {
+    let channel = channel_name(&args.channel)?;
+    let client = ctx.client()?;
+    let query = [
+        ("channel", channel.clone()),
+        ("page", (args.page - 1).to_string()),
+        ("per_page", args.per_page.to_string()),
+    ];
+    let page = client.get_page::<Event>("/event/history", &query).await?;
+    if ctx.json() {
+        return print_json(&page.data);
+    }
+    if page.data.is_empty() {
+        eprintln!("no messages on {} (page {})", sanitize(&channel), args.page);
+        return Ok(());
+    }
+    let mut table = output::table(&["ID", "TIME", "AUTHOR", "TEXT"]);
+    for event in &page.data {
+        table.add_row(vec![
+            opt_cell(event.id.as_deref()),
+            datetime_cell(event.created.as_deref()),
+            opt_cell(event.author.as_deref()),
+            display_value(&event.data),
+        ]);
+    }
+    output::print_table(&table)?;
+    if page.page_count > 1 {
+        eprintln!(
+            "page {} of {} ({} messages, newest first); next: --page {}",
+            page.page + 1,
+            page.page_count,
+            page.total_count,
+            (page.page + 2).min(page.page_count)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, author: &str, text: &str) -> Event {
+        Event {
+            id: Some(id.into()),
+            created: Some("2026-11-27T12:00:01.5".into()),
+            name: Some("message".into()),
+            author: Some(author.into()),
+            channel: "message".into(),
+            data: Value::String(text.into()),
+        }
+    }
+
+    #[test]
+    fn lines_read_time_author_text() {
+        let printer = Printer {
+            last: None,
+            json: false,
+            show_channel: false,
+            skip_author: None,
+        };
+        assert_eq!(
+            printer.format(&event("1", "alice", "hi")),
+            "12:00:01 alice > hi"
+        );
+        let printer = Printer {
+            show_channel: true,
+            ..printer
+        };
+        assert_eq!(
+            printer.format(&event("1", "alice", "hi")),
+            "12:00:01 [message] alice > hi"
+        );
+    }
+
+    #[test]
+    fn hostile_text_cannot_fake_a_second_line_or_escape() {
+        let printer = Printer {
+            last: None,
+            json: false,
+            show_channel: false,
+            skip_author: None,
+        };
+        let line = printer.format(&event("1", "eve\x1b[2J", "x\n12:00:02 admin > trust me"));
+        assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
+    }
+
+    #[test]
+    fn json_lines_keep_the_event_field_names() {
+        let printer = Printer {
+            last: None,
+            json: true,
+            show_channel: false,
+            skip_author: None,
+        };
+        let value: Value = serde_json::from_str(&printer.format(&event("7", "a", "b"))).unwrap();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["_id", "author", "channel", "created", "data", "name"]
+        );
+    }
+
+    #[test]
+    fn nothing_at_or_before_the_last_id_is_printed_again() {
+        let mut printer = Printer {
+            last: Some(5),
+            json: false,
+            show_channel: false,
+            skip_author: None,
+        };
+        // emit prints to stdout; only the bookkeeping is checked here.
+        printer.emit(&event("4", "a", "old")).unwrap();
+        assert_eq!(printer.last, Some(5));
+        printer.emit(&event("9", "a", "new")).unwrap();
+        printer.emit(&event("6", "a", "late")).unwrap();
+        assert_eq!(printer.last, Some(9));
+        assert_eq!(printer.since(), "9");
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling() {
+        let mut b = Backoff::new();
+        for _ in 0..10 {
+            b.next = (b.next * 2).min(Backoff::MAX);
+        }
+        assert_eq!(b.next, Backoff::MAX);
+        b.reset();
+        assert_eq!(b.next, Backoff::FIRST);
+    }
+
+    #[test]
+    fn only_transient_errors_are_retried() {
+        assert!(retryable(&CliError::Unreachable {
+            server: "s".into(),
+            detail: "d".into()
+        }));
+        assert!(!retryable(&CliError::Auth("token expired".into())));
+        assert!(!retryable(&CliError::Usage("bad".into())));
+    }
+}

@@ -1,0 +1,356 @@
+//! What every command needs, resolved once: the server, the output mode and the config store
+//! (saved servers and tokens in `$XDG_CONFIG_HOME/core4ctl/config.json`, mode 0600).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    args::GlobalArgs,
+    client::ApiClient,
+    error::{CliError, Result},
+    output::OutputMode,
+};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:5001";
+const CONFIG_FILE: &str = "config.json";
+
+/// The saved state: which server `login` used last, and a token per server.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The server used when neither `--server` nor `CORE4_SERVER` is given.
+    #[serde(default)]
+    pub current: Option<String>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostEntry>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub username: Option<String>,
+    pub token: Option<String>,
+}
+
+/// The config file. Writes go to a private temporary file that is renamed into place, so a
+/// `tail` saving a refreshed token and a `send` in another shell never leave a torn file.
+#[derive(Debug, Clone)]
+pub struct ConfigStore {
+    dir: PathBuf,
+}
+
+impl ConfigStore {
+    /// The per-user config directory (`$XDG_CONFIG_HOME/core4ctl` or `~/.config/core4ctl`).
+    pub fn from_env() -> Result<Self> {
+        let dirs = directories::ProjectDirs::from("", "", "core4ctl").ok_or_else(|| {
+            CliError::Other(
+                "cannot find a home directory for the config: set HOME or XDG_CONFIG_HOME".into(),
+            )
+        })?;
+        Ok(Self::at(dirs.config_dir()))
+    }
+
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+
+    pub fn load(&self) -> Result<Config> {
+        let path = self.path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                CliError::Other(format!(
+                    "the config file {} is damaged ({e}): delete it and run `core4ctl login`",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(CliError::Other(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    pub fn save(&self, config: &Config) -> Result<()> {
+        let fail = |e: std::io::Error| {
+            CliError::Other(format!("cannot write {}: {e}", self.path().display()))
+        };
+        create_private_dir(&self.dir).map_err(fail)?;
+        let tmp = self
+            .dir
+            .join(format!(".{CONFIG_FILE}.{}.tmp", std::process::id()));
+        let mut bytes = serde_json::to_vec_pretty(config).expect("config serialises");
+        bytes.push(b'\n');
+        let written = create_private_file(&tmp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| fs::rename(&tmp, self.path()));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(fail(e));
+        }
+        Ok(())
+    }
+
+    /// Read, change, write.
+    pub fn update(&self, change: impl FnOnce(&mut Config)) -> Result<Config> {
+        let mut config = self.load()?;
+        change(&mut config);
+        self.save(&config)?;
+        Ok(config)
+    }
+
+    /// Replaces the token saved for `server` (a refreshed one), keeping the rest.
+    pub fn save_token(&self, server: &str, token: &str) -> Result<()> {
+        self.update(|c| {
+            c.hosts.entry(server.to_owned()).or_default().token = Some(token.to_owned());
+        })
+        .map(drop)
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+}
+
+/// Accepts `host:port`, `http://host:port/` and the like; returns `scheme://host[:port][/path]`
+/// without a trailing slash, which is also the key tokens are saved under.
+pub fn normalize_server(raw: &str) -> Result<String> {
+    let raw = raw.trim();
+    let with_scheme = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| {
+        CliError::Usage(format!(
+            "invalid server URL [{raw}]: {e} (example: http://127.0.0.1:5001)"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(CliError::Usage(format!(
+            "invalid server URL [{raw}]: use http://HOST:PORT or https://HOST:PORT"
+        )));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// Resolved global options plus the config store.
+#[derive(Debug)]
+pub struct Context {
+    pub server: String,
+    pub output: OutputMode,
+    pub store: ConfigStore,
+    pub config: Config,
+}
+
+impl Context {
+    /// `--server`/`CORE4_SERVER`, else the server saved at login, else the default.
+    pub fn resolve(global: &GlobalArgs) -> Result<Self> {
+        Self::resolve_with(global, ConfigStore::from_env()?)
+    }
+
+    pub fn resolve_with(global: &GlobalArgs, store: ConfigStore) -> Result<Self> {
+        let config = store.load()?;
+        let server = match (&global.server, &config.current) {
+            (Some(flag), _) => normalize_server(flag)?,
+            (None, Some(saved)) => normalize_server(saved)?,
+            (None, None) => DEFAULT_SERVER.to_owned(),
+        };
+        Ok(Self {
+            server,
+            output: global.output,
+            store,
+            config,
+        })
+    }
+
+    pub fn host(&self) -> Option<&HostEntry> {
+        self.config.hosts.get(&self.server)
+    }
+
+    pub fn saved_token(&self) -> Option<&str> {
+        self.host().and_then(|h| h.token.as_deref())
+    }
+
+    /// A client with no credentials (for `login`).
+    pub fn anonymous_client(&self) -> Result<ApiClient> {
+        ApiClient::new(&self.server, None, None)
+    }
+
+    /// A client carrying the saved token, saving refreshed tokens as they arrive.
+    pub fn client(&self) -> Result<ApiClient> {
+        let token = self.saved_token().ok_or_else(|| {
+            CliError::Auth(format!(
+                "not logged in to {} — run `core4ctl login`",
+                self.server
+            ))
+        })?;
+        ApiClient::new(
+            &self.server,
+            Some(token.to_owned()),
+            Some(self.store.clone()),
+        )
+    }
+
+    pub fn json(&self) -> bool {
+        self.output == OutputMode::Json
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(server: Option<&str>) -> GlobalArgs {
+        GlobalArgs {
+            server: server.map(str::to_owned),
+            output: OutputMode::Table,
+        }
+    }
+
+    #[test]
+    fn servers_are_normalised_to_one_key() {
+        assert_eq!(
+            normalize_server("127.0.0.1:5001").unwrap(),
+            "http://127.0.0.1:5001"
+        );
+        assert_eq!(
+            normalize_server("http://Localhost:5001/").unwrap(),
+            "http://localhost:5001"
+        );
+        assert_eq!(
+            normalize_server("https://core4.example/").unwrap(),
+            "https://core4.example"
+        );
+        assert_eq!(
+            normalize_server(" http://h:1/base/ ").unwrap(),
+            "http://h:1/base"
+        );
+    }
+
+    #[test]
+    fn bad_server_urls_are_usage_errors() {
+        for bad in ["ftp://x", "http://", "http://a b"] {
+            let err = normalize_server(bad).unwrap_err();
+            assert_eq!(err.exit_code().code(), 2, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_config_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::at(dir.path().join("core4ctl"));
+        assert_eq!(store.load().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn config_round_trips_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::at(dir.path().join("nested/core4ctl"));
+        store
+            .update(|c| {
+                c.current = Some("http://h:1".into());
+                c.hosts.insert(
+                    "http://h:1".into(),
+                    HostEntry {
+                        username: Some("admin".into()),
+                        token: Some("t1".into()),
+                    },
+                );
+            })
+            .unwrap();
+        store.save_token("http://h:1", "t2").unwrap();
+        let config = store.load().unwrap();
+        assert_eq!(config.hosts["http://h:1"].token.as_deref(), Some("t2"));
+        assert_eq!(
+            config.hosts["http://h:1"].username.as_deref(),
+            Some("admin")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let dir_mode = fs::metadata(dir.path().join("nested/core4ctl"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(dir_mode & 0o777, 0o700);
+        }
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("nested/core4ctl"))
+            .unwrap()
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files remain");
+    }
+
+    #[test]
+    fn a_damaged_config_says_how_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::at(dir.path());
+        fs::write(store.path(), "{not json").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(err.to_string().contains("core4ctl login"), "{err}");
+    }
+
+    #[test]
+    fn the_server_flag_beats_the_saved_server_which_beats_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::at(dir.path());
+        let ctx = Context::resolve_with(&global(None), store.clone()).unwrap();
+        assert_eq!(ctx.server, DEFAULT_SERVER);
+        store
+            .update(|c| c.current = Some("http://saved:1".into()))
+            .unwrap();
+        let ctx = Context::resolve_with(&global(None), store.clone()).unwrap();
+        assert_eq!(ctx.server, "http://saved:1");
+        let ctx = Context::resolve_with(&global(Some("flag:2")), store).unwrap();
+        assert_eq!(ctx.server, "http://flag:2");
+    }
+
+    #[test]
+    fn a_client_without_a_saved_token_asks_for_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::resolve_with(&global(None), ConfigStore::at(dir.path())).unwrap();
+        let err = ctx.client().unwrap_err();
+        assert_eq!(err.exit_code().code(), 3);
+        assert!(err.to_string().contains("run `core4ctl login`"), "{err}");
+    }
+}
