@@ -1,1 +1,3 @@
+//! End-to-end tests: a real PostgreSQL, a real core4d per test, HTTP and WebSocket over loopback.
 
+mod login;

@@ -1,0 +1,115 @@
+//! `/profile`: the caller's own account.
+
+use poem_openapi::{Object, OpenApi, payload::Json};
+use serde::Deserialize;
+
+use super::{
+    ApiTags, AppState, Strict,
+    roles::{RoleChange, RoleOut, UpdateResult, apply_change},
+};
+use crate::{
+    auth::{Method, TokenAuth, qual},
+    envelope::{Envelope, format_ts, ok},
+    error::{ApiError, ApiResult},
+    storage,
+};
+
+pub struct ProfileApi {
+    pub state: AppState,
+}
+
+/// The caller's account with its cascade and the expiry of the presented token.
+#[derive(Object)]
+pub struct Profile {
+    #[oai(flatten)]
+    pub role: RoleOut,
+    pub role_total: Vec<String>,
+    pub perm_total: Vec<String>,
+    /// When the presented token expires (UTC).
+    pub token_expires: String,
+}
+
+/// What a user may change about themselves.
+#[derive(Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    /// Required: the current etag.
+    pub etag: Option<String>,
+    pub realname: Option<String>,
+    pub email: Option<String>,
+    /// A new password (ends all the user's tokens, this one included).
+    pub password: Option<String>,
+    /// Alias of `password`.
+    pub passwd: Option<String>,
+}
+
+#[OpenApi(tag = "ApiTags::Profile")]
+impl ProfileApi {
+    /// Who am I
+    ///
+    /// The caller's own user with `role_total`, `perm_total` and `token_expires`. Needs
+    /// `api://core4.api.v1.request.standard…` (the `standard_user` role has it).
+    #[oai(path = "/profile", method = "get")]
+    async fn get(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<Profile>>> {
+        let me = self
+            .state
+            .auth
+            .require(&auth, qual::PROFILE, Method::Read)
+            .await?;
+        let row = storage::roles::get(&self.state.pool, &me.id)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("token revoked".into()))?;
+        let (role_total, perm_total) = storage::roles::cascade(&self.state.pool, &me.id).await?;
+        let expires = time::OffsetDateTime::from_unix_timestamp(me.claims.exp)
+            .map(format_ts)
+            .unwrap_or_default();
+        Ok(ok(Profile {
+            role: row.into(),
+            role_total,
+            perm_total,
+            token_expires: expires,
+        }))
+    }
+
+    /// Change my real name, email or password
+    ///
+    /// `etag` is required; a stale one is a 409. Unchanged data gives `no changes`. Name,
+    /// roles and permissions cannot be changed here.
+    #[oai(path = "/profile", method = "put")]
+    async fn put(
+        &self,
+        auth: TokenAuth,
+        body: Json<Strict<ProfileUpdate>>,
+    ) -> ApiResult<Json<Envelope<UpdateResult>>> {
+        let me = self
+            .state
+            .auth
+            .require(&auth, qual::PROFILE, Method::Update)
+            .await?;
+        let b = body.0.0;
+        let password = match (b.password, b.passwd) {
+            (Some(a), Some(c)) if a != c => {
+                return Err(ApiError::BadRequest(
+                    "fields [password] and [passwd] differ".into(),
+                ));
+            }
+            (a, c) => a.or(c),
+        };
+        let password = password
+            .filter(|p| !p.is_empty())
+            .map(|p| crate::domain::Password::parse(&p).map_err(ApiError::BadRequest))
+            .transpose()?;
+        let change = RoleChange {
+            etag: b.etag,
+            name: None,
+            realname: b.realname,
+            email: b.email,
+            password,
+            role: None,
+            perm: None,
+            is_active: None,
+        };
+        Ok(ok(apply_change(&self.state, &me.id, change).await?))
+    }
+}

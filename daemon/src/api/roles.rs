@@ -1,0 +1,604 @@
+//! `/roles`: users and roles (core4's RoleHandler).
+
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, Union,
+    param::{Path, Query},
+    payload::Json,
+};
+use serde::Deserialize;
+
+use super::{ApiTags, AppState, Strict};
+use crate::{
+    auth::{Method, Principal, TokenAuth, qual},
+    domain::{Email, ObjectId, Password, Permission, RoleName},
+    envelope::{Envelope, Page, Paged, format_ts, ok},
+    error::{ApiError, ApiResult},
+    storage::{
+        self,
+        roles::{Changed, ListFilter, NewRole, RoleRow, SortKey},
+    },
+};
+
+pub struct RolesApi {
+    pub state: AppState,
+}
+
+/// A user (has `email` and, to log in, a password) or a role (has neither).
+#[derive(Object, Clone, Debug)]
+pub struct RoleOut {
+    /// 24 hex digits.
+    #[oai(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub realname: Option<String>,
+    pub email: Option<String>,
+    pub is_active: bool,
+    pub created: String,
+    pub updated: Option<String>,
+    pub last_login: Option<String>,
+    /// Pass it back on update and delete; it changes with every change.
+    pub etag: String,
+    /// Names of the roles held directly, sorted.
+    pub role: Vec<String>,
+    /// Own permissions, sorted.
+    pub perm: Vec<String>,
+}
+
+impl From<RoleRow> for RoleOut {
+    fn from(r: RoleRow) -> Self {
+        let mut perm = r.perm;
+        perm.sort();
+        Self {
+            id: r.id,
+            name: r.name,
+            realname: r.realname,
+            email: r.email,
+            is_active: r.is_active,
+            created: format_ts(r.created),
+            updated: r.updated.map(format_ts),
+            last_login: r.last_login.map(format_ts),
+            etag: r.etag,
+            role: r.role,
+            perm,
+        }
+    }
+}
+
+/// A user or role with its cascade.
+#[derive(Object)]
+pub struct RoleDetail {
+    #[oai(flatten)]
+    pub role: RoleOut,
+    /// Every role reached through the cascade (inactive roles and the role itself excluded).
+    pub role_total: Vec<String>,
+    /// Own permissions plus those of every cascaded role, sorted.
+    pub perm_total: Vec<String>,
+}
+
+/// Creating a user or role. Unknown fields are rejected.
+#[derive(Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RoleCreate {
+    /// Required; no whitespace; unique case-insensitively.
+    pub name: Option<String>,
+    pub realname: Option<String>,
+    /// A user's email (unique). A password requires an email.
+    pub email: Option<String>,
+    /// The password (at least 8 characters). `passwd` is accepted too (today's core4 name).
+    pub password: Option<String>,
+    /// Alias of `password`.
+    pub passwd: Option<String>,
+    /// Names of roles to hold (`standard_user` lets a user log in, see its profile and chat).
+    pub role: Option<Vec<String>>,
+    /// Permissions: `cop`, `api://…`, `job://…`, `app://…`, `mongodb://…`, `event://<channel>/<r|w|rw>`.
+    pub perm: Option<Vec<String>>,
+    /// Default true.
+    pub is_active: Option<bool>,
+}
+
+/// Changing a user or role: each given field replaces the old value.
+#[derive(Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RoleUpdate {
+    /// Required: the etag the change is based on.
+    pub etag: Option<String>,
+    pub name: Option<String>,
+    pub realname: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub passwd: Option<String>,
+    pub role: Option<Vec<String>>,
+    pub perm: Option<Vec<String>>,
+    pub is_active: Option<bool>,
+    /// Accepted and ignored (core4 clients send detail replies back).
+    pub perm_total: Option<Vec<String>>,
+    /// Accepted and ignored.
+    pub role_total: Option<Vec<String>>,
+    /// Accepted and ignored.
+    #[oai(rename = "_id")]
+    #[serde(rename = "_id")]
+    pub id: Option<String>,
+    /// Accepted and ignored.
+    pub created: Option<String>,
+    /// Accepted and ignored.
+    pub updated: Option<String>,
+    /// Accepted and ignored.
+    pub last_login: Option<String>,
+}
+
+/// The updated object, or the string `no changes`.
+#[derive(Union)]
+pub enum UpdateResult {
+    Updated(RoleOut),
+    Unchanged(String),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteResponse {
+    /// Deleted; the role is also removed from every other role's `role` list.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<bool>>),
+}
+
+fn password_of(password: Option<String>, passwd: Option<String>) -> ApiResult<Option<Password>> {
+    let pw = match (password, passwd) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::BadRequest(
+                "fields [password] and [passwd] differ".into(),
+            ));
+        }
+        (a, b) => a.or(b),
+    };
+    pw.filter(|p| !p.is_empty())
+        .map(|p| Password::parse(&p).map_err(ApiError::BadRequest))
+        .transpose()
+}
+
+fn parse_perms(perms: Vec<String>) -> ApiResult<Vec<String>> {
+    let mut out: Vec<String> = perms
+        .iter()
+        .map(|p| {
+            Permission::parse(p)
+                .map(|p| p.as_str().to_string())
+                .map_err(ApiError::BadRequest)
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn parse_email(email: Option<String>) -> ApiResult<Option<String>> {
+    email
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            Email::parse(&e)
+                .map(|e| e.as_str().to_string())
+                .map_err(ApiError::BadRequest)
+        })
+        .transpose()
+}
+
+fn realname_of(r: Option<String>) -> Option<String> {
+    r.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn parse_id(id: &str) -> ApiResult<String> {
+    ObjectId::parse(id)
+        .map(|o| o.to_string())
+        .ok_or_else(|| ApiError::BadRequest(format!("failed to parse ObjectId [{id}]")))
+}
+
+fn need_cop(me: &Principal, what: &str) -> ApiResult<()> {
+    if me.perms.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("only a cop may change {what}")))
+    }
+}
+
+impl RolesApi {
+    async fn detail(&self, id: &str) -> ApiResult<RoleDetail> {
+        let row = storage::roles::get(&self.state.pool, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("role [{id}] not found")))?;
+        let (role_total, perm_total) = storage::roles::cascade(&self.state.pool, id).await?;
+        Ok(RoleDetail {
+            role: row.into(),
+            role_total,
+            perm_total,
+        })
+    }
+
+    /// Is `id` a holder of `cop` (directly or through its roles)?
+    async fn holds_cop(&self, id: &str) -> ApiResult<bool> {
+        let (_, perms) = storage::roles::cascade(&self.state.pool, id).await?;
+        Ok(perms.iter().any(|p| p == "cop"))
+    }
+
+    async fn delete_role(
+        &self,
+        auth: TokenAuth,
+        id: String,
+        etag: Option<String>,
+    ) -> ApiResult<DeleteResponse> {
+        let me = self
+            .state
+            .auth
+            .require(&auth, qual::ROLES, Method::Delete)
+            .await?;
+        let id = parse_id(&id)?;
+        let etag = etag
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| ApiError::BadRequest("Missing argument etag".into()))?;
+        if !me.perms.is_admin() && self.holds_cop(&id).await? {
+            return Err(ApiError::Forbidden("only a cop may delete a cop".into()));
+        }
+        let mut tx = storage::roles::begin_change(&self.state.pool).await?;
+        storage::roles::load_for_change(&mut tx, &id).await?;
+        storage::roles::delete(&mut tx, &id, &etag).await?;
+        if storage::roles::active_cops(&mut tx).await? == 0 {
+            return Err(ApiError::Conflict(
+                "cannot delete the last active cop".into(),
+            ));
+        }
+        storage::tokens::bump_epoch(&mut tx).await?;
+        tx.commit().await?;
+        Ok(DeleteResponse::Ok(ok(true)))
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Roles")]
+impl RolesApi {
+    /// List users and roles
+    ///
+    /// Paged (`page` 0-based, negative counts from the end; `per_page` 1 to the configured
+    /// maximum, default 10), sorted by `sort` (`_id`, `name`, `realname`, `email`, `created`) in
+    /// `order` 1 (ascending) or -1. Filters match literally: `name` and `email` exactly
+    /// (case-insensitive), `realname` as a substring, `q` as a substring of name, real name,
+    /// email or any permission. Needs `api://core4.api.v1.request.role…/r`.
+    #[oai(path = "/roles", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        auth: TokenAuth,
+        /// Page number (0-based; -1 is the last page).
+        page: Query<Option<i64>>,
+        /// Items per page.
+        per_page: Query<Option<u32>>,
+        /// Sort field.
+        sort: Query<Option<String>>,
+        /// 1 ascending (default), -1 descending.
+        order: Query<Option<i32>>,
+        /// Exact name (case-insensitive).
+        name: Query<Option<String>>,
+        /// Exact email.
+        email: Query<Option<String>>,
+        /// Real name contains (case-insensitive).
+        realname: Query<Option<String>>,
+        /// Free text (case-insensitive substring).
+        q: Query<Option<String>>,
+        /// Not supported: raw query filters were a security hole in core4; a request with it is
+        /// rejected with 400.
+        filter: Query<Option<String>>,
+    ) -> ApiResult<Json<Paged<RoleOut>>> {
+        self.state
+            .auth
+            .require(&auth, qual::ROLES, Method::Read)
+            .await?;
+        if filter.0.is_some() {
+            return Err(ApiError::BadRequest(
+                "parameter [filter] is not supported: use name, email, realname or q".into(),
+            ));
+        }
+        let pager = Page::new(page.0, per_page.0, self.state.settings.max_per_page)?;
+        let sort_key = match sort.0.as_deref() {
+            None => SortKey::Id,
+            Some(s) => SortKey::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "parameter [sort] cannot be [{s}]: use _id, name, realname, email or created"
+                ))
+            })?,
+        };
+        let desc = match order.0.unwrap_or(1) {
+            1 => false,
+            -1 => true,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameter [order] must be 1 or -1, not [{other}]"
+                )));
+            }
+        };
+        let f = ListFilter {
+            name: name.0,
+            email: email.0,
+            realname: realname.0,
+            q: q.0,
+        };
+        let total = storage::roles::count(&self.state.pool, &f).await?;
+        let (page, page_count, offset) = pager.resolve(total);
+        let rows = if offset >= total {
+            vec![]
+        } else {
+            storage::roles::list(&self.state.pool, &f, sort_key, desc, pager.per_page, offset)
+                .await?
+        };
+        Ok(pager.reply(
+            page,
+            page_count,
+            total,
+            rows.into_iter().map(RoleOut::from).collect(),
+        ))
+    }
+
+    /// Create a user or role
+    ///
+    /// A user has an `email` and a `password` (`passwd` works too); a role has neither. `role`
+    /// names roles to hold; an unknown one is a 404. Only a `cop` may set `perm`, `role` or
+    /// `is_active`. A duplicate name or email is a 409 `name or email exists`.
+    #[oai(path = "/roles", method = "post")]
+    async fn create(
+        &self,
+        auth: TokenAuth,
+        body: Json<Strict<RoleCreate>>,
+    ) -> ApiResult<Json<Envelope<RoleOut>>> {
+        let me = self
+            .state
+            .auth
+            .require(&auth, qual::ROLES, Method::Create)
+            .await?;
+        let b = body.0.0;
+        let name = RoleName::parse(
+            b.name
+                .as_deref()
+                .ok_or_else(|| ApiError::BadRequest("Missing argument name".into()))?,
+        )
+        .map_err(ApiError::BadRequest)?;
+        let password = password_of(b.password, b.passwd)?;
+        let email = parse_email(b.email)?;
+        if password.is_some() && email.is_none() {
+            return Err(ApiError::BadRequest(
+                "user role requires email on creation".into(),
+            ));
+        }
+        let perm = parse_perms(b.perm.unwrap_or_default())?;
+        let roles = b.role.unwrap_or_default();
+        if !perm.is_empty() || !roles.is_empty() || b.is_active == Some(false) {
+            need_cop(&me, "perm, role or is_active")?;
+        }
+        let password_hash = match &password {
+            Some(p) => Some(self.state.auth.hasher().hash(p).await?),
+            None => None,
+        };
+        let mut tx = storage::roles::begin_change(&self.state.pool).await?;
+        let parents = storage::roles::resolve(&mut tx, &roles).await?;
+        let new = NewRole {
+            name: name.as_str().to_string(),
+            realname: realname_of(b.realname),
+            email,
+            password_hash,
+            is_active: b.is_active.unwrap_or(true),
+            perm,
+            parents,
+        };
+        let id = storage::roles::insert(&mut tx, new).await?;
+        tx.commit().await?;
+        let row = storage::roles::get(&self.state.pool, &id)
+            .await?
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("created role vanished")))?;
+        Ok(ok(row.into()))
+    }
+
+    /// All names
+    ///
+    /// The name of every user and role, sorted. Needs read access to roles.
+    #[oai(path = "/roles/distinct", method = "get")]
+    async fn distinct(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<Vec<String>>>> {
+        self.state
+            .auth
+            .require(&auth, qual::ROLES, Method::Read)
+            .await?;
+        Ok(ok(storage::roles::distinct_names(&self.state.pool).await?))
+    }
+
+    /// One user or role
+    ///
+    /// With `role_total` and `perm_total`, the cascade through its roles.
+    #[oai(path = "/roles/:id", method = "get")]
+    async fn get(
+        &self,
+        auth: TokenAuth,
+        /// 24 hex digits.
+        id: Path<String>,
+    ) -> ApiResult<Json<Envelope<RoleDetail>>> {
+        self.state
+            .auth
+            .require(&auth, qual::ROLES, Method::Read)
+            .await?;
+        let id = parse_id(&id.0)?;
+        Ok(ok(self.detail(&id).await?))
+    }
+
+    /// Change a user or role
+    ///
+    /// `etag` is required (400 `Missing argument etag`); a stale one is a 409. Each given field
+    /// replaces the old value (`[]` clears a list). Nothing different: `data` is `no changes`
+    /// (a password always counts as a change). Only a `cop` may change `perm`, `role` or
+    /// `is_active`, or change a `cop`; the last active `cop` cannot lose its rights (409). A new
+    /// password, deactivation or deletion ends all tokens of the user.
+    #[oai(path = "/roles/:id", method = "put")]
+    async fn update(
+        &self,
+        auth: TokenAuth,
+        /// 24 hex digits.
+        id: Path<String>,
+        body: Json<Strict<RoleUpdate>>,
+    ) -> ApiResult<Json<Envelope<UpdateResult>>> {
+        let me = self
+            .state
+            .auth
+            .require(&auth, qual::ROLES, Method::Update)
+            .await?;
+        let id = parse_id(&id.0)?;
+        let b = body.0.0;
+        if b.perm.is_some() || b.role.is_some() || b.is_active.is_some() {
+            need_cop(&me, "perm, role or is_active")?;
+        }
+        if !me.perms.is_admin() && self.holds_cop(&id).await? {
+            return Err(ApiError::Forbidden("only a cop may change a cop".into()));
+        }
+        let change = RoleChange {
+            etag: b.etag,
+            name: b.name,
+            realname: b.realname,
+            email: b.email,
+            password: password_of(b.password, b.passwd)?,
+            role: b.role,
+            perm: b.perm,
+            is_active: b.is_active,
+        };
+        apply_change(&self.state, &id, change).await.map(ok)
+    }
+
+    /// Delete a user or role
+    ///
+    /// `etag` is required. The role disappears from every other role's `role` list. The last
+    /// active `cop` cannot be deleted (409).
+    #[oai(path = "/roles/:id", method = "delete")]
+    async fn delete(
+        &self,
+        auth: TokenAuth,
+        /// 24 hex digits.
+        id: Path<String>,
+        /// The current etag.
+        etag: Query<Option<String>>,
+    ) -> ApiResult<DeleteResponse> {
+        self.delete_role(auth, id.0, etag.0).await
+    }
+
+    /// Delete a user or role (etag in the path)
+    ///
+    /// As `DELETE /roles/{id}?etag=`.
+    #[oai(
+        path = "/roles/:id/:etag",
+        method = "delete",
+        operation_id = "delete_with_etag_path"
+    )]
+    async fn delete_path(
+        &self,
+        auth: TokenAuth,
+        /// 24 hex digits.
+        id: Path<String>,
+        /// The current etag.
+        etag: Path<String>,
+    ) -> ApiResult<DeleteResponse> {
+        self.delete_role(auth, id.0, Some(etag.0)).await
+    }
+}
+
+/// A validated change request, shared by `PUT /roles/{id}` and `PUT /profile`.
+pub struct RoleChange {
+    pub etag: Option<String>,
+    pub name: Option<String>,
+    pub realname: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<Password>,
+    pub role: Option<Vec<String>>,
+    pub perm: Option<Vec<String>>,
+    pub is_active: Option<bool>,
+}
+
+/// Applies a change under its etag, keeping the invariants: users need an email for a
+/// password, the last active `cop` stays, tokens end on password change and deactivation.
+pub async fn apply_change(state: &AppState, id: &str, c: RoleChange) -> ApiResult<UpdateResult> {
+    let etag = c
+        .etag
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("Missing argument etag".into()))?;
+    let name = c
+        .name
+        .as_deref()
+        .map(RoleName::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let email = match c.email {
+        Some(e) => Some(parse_email(Some(e))?),
+        None => None,
+    };
+    let perm = c.perm.map(parse_perms).transpose()?;
+    let password_hash = match &c.password {
+        Some(p) => Some(state.auth.hasher().hash(p).await?),
+        None => None,
+    };
+    let mut tx = storage::roles::begin_change(&state.pool).await?;
+    let old = storage::roles::load_for_change(&mut tx, id).await?;
+    let parents = match &c.role {
+        Some(names) => Some(storage::roles::resolve(&mut tx, names).await?),
+        None => None,
+    };
+    let old_parents = storage::roles::parent_ids(&mut tx, id).await?;
+    let new_email = email.clone().unwrap_or(old.email.clone());
+    let has_password = password_hash.is_some() || old.has_password;
+    if has_password && new_email.is_none() {
+        return Err(ApiError::BadRequest(
+            "user role requires email and password".into(),
+        ));
+    }
+    let changed = Changed {
+        name: name
+            .as_ref()
+            .map(|n| n.as_str().to_string())
+            .unwrap_or(old.name.clone()),
+        realname: match c.realname {
+            Some(r) => realname_of(Some(r)),
+            None => old.realname.clone(),
+        },
+        email: new_email,
+        is_active: c.is_active.unwrap_or(old.is_active),
+        perm: perm.unwrap_or(old.perm.clone()),
+        end_tokens: password_hash.is_some() || (old.is_active && c.is_active == Some(false)),
+        password_hash: password_hash.map(Some),
+        parents: parents.clone(),
+    };
+    let mut sorted_old_perm = old.perm.clone();
+    sorted_old_perm.sort();
+    let same_parents = parents.as_ref().is_none_or(|p| {
+        let (mut a, mut b) = (p.clone(), old_parents.clone());
+        a.sort();
+        b.sort();
+        a == b
+    });
+    let unchanged = changed.password_hash.is_none()
+        && changed.name == old.name
+        && changed.realname == old.realname
+        && changed.email == old.email
+        && changed.is_active == old.is_active
+        && changed.perm == sorted_old_perm
+        && same_parents;
+    if unchanged {
+        if etag != old.etag {
+            return Err(storage::roles::stale(id, &etag));
+        }
+        return Ok(UpdateResult::Unchanged("no changes".into()));
+    }
+    let rights_changed = changed.perm != sorted_old_perm
+        || !same_parents
+        || changed.is_active != old.is_active
+        || changed.end_tokens;
+    storage::roles::update(&mut tx, id, &etag, changed).await?;
+    if rights_changed {
+        if storage::roles::active_cops(&mut tx).await? == 0 {
+            return Err(ApiError::Conflict(
+                "cannot remove the last active cop".into(),
+            ));
+        }
+        storage::tokens::bump_epoch(&mut tx).await?;
+    }
+    tx.commit().await?;
+    let row = storage::roles::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("role [{id}] not found")))?;
+    Ok(UpdateResult::Updated(row.into()))
+}

@@ -1,0 +1,178 @@
+//! Authentication and authorisation: passwords, tokens, the security scheme of the API, and the
+//! check that turns a credential into a [`Principal`] with its cascaded permissions.
+
+mod limiter;
+mod password;
+mod scheme;
+mod token;
+
+use std::sync::Arc;
+
+pub use limiter::LoginLimiter;
+pub use password::Hasher;
+pub use scheme::{LoginAuth, TokenAuth};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+pub use token::{Claims, TokenKeys};
+
+use crate::{
+    domain::{Access, PermissionSet, RegexCache, RoleName},
+    envelope::set_refreshed_token,
+    error::{ApiError, ApiResult},
+    settings::Settings,
+    storage,
+};
+
+pub use crate::domain::Access as Method;
+
+/// core4 handler names: stored `api://` permissions refer to these, so they are kept verbatim.
+pub mod qual {
+    pub const LOGOUT: &str = "core4.api.v1.request.standard.logout.LogoutHandler";
+    pub const PROFILE: &str = "core4.api.v1.request.standard.profile.ProfileHandler";
+    pub const EVENT: &str = "core4.api.v1.request.standard.event.EventHandler";
+    pub const EVENT_HISTORY: &str = "core4.api.v1.request.standard.event.EventHistoryHandler";
+    pub const INFO: &str = "core4.api.v1.request.standard.info.InfoHandler";
+    pub const ROLES: &str = "core4.api.v1.request.role.main.RoleHandler";
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub id: String,
+    pub name: String,
+    pub perms: PermissionSet,
+    pub claims: Claims,
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    keys: TokenKeys,
+    hasher: Hasher,
+    limiter: LoginLimiter,
+    regex: RegexCache,
+    refresh_secs: i64,
+}
+
+impl Auth {
+    pub fn new(pool: PgPool, secret: &[u8], hasher: Hasher, settings: &Settings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                keys: TokenKeys::new(secret, settings.token_expiration),
+                hasher,
+                limiter: LoginLimiter::new(
+                    settings.login_limit.max_failures,
+                    settings.login_limit.window,
+                ),
+                regex: RegexCache::default(),
+                refresh_secs: settings.token_refresh as i64,
+            }),
+        }
+    }
+
+    pub fn hasher(&self) -> &Hasher {
+        &self.inner.hasher
+    }
+
+    pub fn keys(&self) -> &TokenKeys {
+        &self.inner.keys
+    }
+
+    /// Password login: rate-limited per name and per client address, constant-time whether or
+    /// not the user exists. Returns a fresh token.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: &str,
+    ) -> ApiResult<(String, Claims)> {
+        let limit_keys = [
+            format!("user:{}", RoleName::key_of(username)),
+            format!("addr:{client}"),
+        ];
+        self.inner.limiter.check(&limit_keys)?;
+        let user = storage::roles::login_row(&self.inner.pool, &RoleName::key_of(username)).await?;
+        let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
+        let verified = self.inner.hasher.verify(password, hash).await?;
+        match user {
+            Some(u) if verified && u.is_active && u.email.is_some() => {
+                storage::roles::touch_last_login(&self.inner.pool, &u.id).await?;
+                self.inner.keys.issue(&u.id, &u.name, u.token_version)
+            }
+            _ => {
+                self.inner.limiter.record_failure(&limit_keys);
+                tracing::info!(client, "failed login");
+                Err(ApiError::Unauthorized(
+                    "invalid username or password".into(),
+                ))
+            }
+        }
+    }
+
+    /// Resolves a token into a principal with one indexed query: signature and expiry, then
+    /// revocation (logout), the user's token version (password change, deactivation, deletion)
+    /// and the cascaded permissions.
+    pub async fn verify_token(&self, token: &str) -> ApiResult<Principal> {
+        let claims = self.inner.keys.verify(token)?;
+        let row = storage::roles::principal_row(&self.inner.pool, &claims.sub, &claims.jti).await?;
+        let Some(row) = row else {
+            return Err(ApiError::Unauthorized("token revoked".into()));
+        };
+        if row.revoked || !row.is_active || row.token_version != claims.ver {
+            return Err(ApiError::Unauthorized("token revoked".into()));
+        }
+        Ok(Principal {
+            id: claims.sub.clone(),
+            name: row.name,
+            perms: PermissionSet::new(row.perm_total),
+            claims,
+        })
+    }
+
+    /// The caller of an API request; hands out a refreshed token once the refresh interval passed.
+    pub async fn authenticate(&self, cred: &TokenAuth) -> ApiResult<Principal> {
+        let token = cred
+            .token()
+            .ok_or_else(|| ApiError::Unauthorized("authentication required".into()))?;
+        let principal = self.verify_token(token).await?;
+        if OffsetDateTime::now_utc().unix_timestamp() - principal.claims.iat
+            > self.inner.refresh_secs
+        {
+            let (fresh, _) =
+                self.inner
+                    .keys
+                    .issue(&principal.id, &principal.name, principal.claims.ver)?;
+            set_refreshed_token(fresh);
+        }
+        Ok(principal)
+    }
+
+    /// Authenticates and checks core4's endpoint permission (`api://<qual_name>/<crud>`).
+    pub async fn require(
+        &self,
+        cred: &TokenAuth,
+        qual_name: &str,
+        access: Access,
+    ) -> ApiResult<Principal> {
+        let principal = self.authenticate(cred).await?;
+        if self.allowed(&principal, qual_name, access) {
+            Ok(principal)
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
+    pub fn allowed(&self, principal: &Principal, qual_name: &str, access: Access) -> bool {
+        principal.perms.api(&self.inner.regex, qual_name, access)
+    }
+
+    /// Ends this token everywhere.
+    pub async fn revoke(&self, claims: &Claims) -> ApiResult<()> {
+        storage::tokens::revoke(&self.inner.pool, &claims.jti, claims.exp).await
+    }
+}

@@ -1,0 +1,172 @@
+//! Counters for `/metrics` in the Prometheus text format. Cheap atomics on the hot paths; the
+//! per-route HTTP table is a small mutex-guarded map with normalised paths.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
+};
+
+#[derive(Clone, Default)]
+pub struct Metrics(Arc<Inner>);
+
+#[derive(Default)]
+pub struct Inner {
+    pub connections_open: AtomicI64,
+    pub subscriptions: AtomicI64,
+    pub messages_published: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub gap_frames: AtomicU64,
+    pub batches_committed: AtomicU64,
+    pub batch_messages: AtomicU64,
+    pub commit_micros_total: AtomicU64,
+    pub commit_micros_max: AtomicU64,
+    http: Mutex<BTreeMap<(String, String, u16), u64>>,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Replaces ids in a path so the route table stays small: `/roles/<24 hex>` -> `/roles/{id}`.
+pub fn route_of(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.len() == 24 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
+                "{id}"
+            } else if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                "{n}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl Metrics {
+    pub fn record_http(&self, method: &str, path: &str, status: u16) {
+        let route = route_of(path);
+        if let Ok(mut map) = self.0.http.lock() {
+            // Unknown paths are not worth a series each.
+            let route = if status == 404 || map.len() > 500 {
+                "other".to_string()
+            } else {
+                route
+            };
+            *map.entry((method.to_string(), route, status)).or_default() += 1;
+        }
+    }
+
+    pub fn record_commit(&self, messages: u64, micros: u64) {
+        self.batches_committed.fetch_add(1, Relaxed);
+        self.batch_messages.fetch_add(messages, Relaxed);
+        self.commit_micros_total.fetch_add(micros, Relaxed);
+        self.commit_micros_max.fetch_max(micros, Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        gauge(
+            &mut out,
+            "core4d_event_connections",
+            "Open event WebSockets.",
+            self.connections_open.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "core4d_event_subscriptions",
+            "Channel interests over all open sockets.",
+            self.subscriptions.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "core4d_event_messages_published_total",
+            "Messages committed by this instance.",
+            self.messages_published.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "core4d_event_messages_delivered_total",
+            "Event frames queued to sockets.",
+            self.messages_delivered.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "core4d_event_gap_frames_total",
+            "Gap frames sent to slow subscribers.",
+            self.gap_frames.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "core4d_event_batches_total",
+            "Writer transactions committed.",
+            self.batches_committed.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "core4d_event_batch_messages_total",
+            "Messages in committed writer batches (divide by batches for the mean size).",
+            self.batch_messages.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "core4d_event_commit_microseconds_total",
+            "Time spent committing writer batches.",
+            self.commit_micros_total.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "core4d_event_commit_microseconds_max",
+            "Slowest writer commit since start.",
+            self.commit_micros_max.load(Relaxed) as i64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP core4d_http_requests_total HTTP requests by method, route and status.\n# TYPE core4d_http_requests_total counter"
+        );
+        if let Ok(map) = self.0.http.lock() {
+            for ((method, route, status), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "core4d_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_hide_ids_and_render_as_prometheus_text() {
+        assert_eq!(
+            route_of("/core4/api/v1/roles/5be414ccde8b69542b70f4d7"),
+            "/core4/api/v1/roles/{id}"
+        );
+        let m = Metrics::default();
+        m.record_http("GET", "/core4/api/v1/roles/5be414ccde8b69542b70f4d7", 200);
+        m.record_http("GET", "/core4/api/v1/roles/5be414ccde8b69542b70f4d8", 200);
+        let text = m.render();
+        assert!(text.contains("core4d_http_requests_total{method=\"GET\",route=\"/core4/api/v1/roles/{id}\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("# TYPE core4d_event_connections gauge"));
+    }
+}

@@ -1,0 +1,320 @@
+//! Typed, layered configuration: defaults < TOML file < `CORE4_*` environment < flags.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything core4d can be configured with. `Debug` redacts secrets.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP and WebSocket API listens on.
+    pub listen: SocketAddr,
+    /// Use this PostgreSQL server instead of the embedded one.
+    pub database_url: Option<String>,
+    /// Where core4d keeps its private PostgreSQL cluster (embedded mode).
+    pub data_dir: PathBuf,
+    /// Maximum number of pooled database connections.
+    pub db_max_connections: u32,
+    /// Token lifetime in seconds (8 h).
+    pub token_expiration: u64,
+    /// After this many seconds a request returns a fresh token in the `token` header (1 h).
+    pub token_refresh: u64,
+    /// HS512 signing secret. Unset: generated once and persisted in the database.
+    pub secret: Option<String>,
+    /// Name of the bootstrap administrator (a `cop`).
+    pub admin_username: String,
+    /// Password of the bootstrap administrator. Unset: generated and printed once.
+    pub admin_password: Option<String>,
+    /// argon2id cost parameters for new password hashes.
+    pub argon2: Argon2Settings,
+    /// Failed-login limits.
+    pub login_limit: LoginLimitSettings,
+    /// Largest `per_page` a listing accepts.
+    pub max_per_page: u32,
+    /// `Access-Control-Allow-Origin` value.
+    pub allow_origin: String,
+    /// Event channel limits and tuning.
+    pub events: EventSettings,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+    /// Embedded PostgreSQL only: turn off fsync (tests; never in production).
+    pub embedded_fsync: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Settings {
+    /// Memory cost in KiB.
+    pub m_cost: u32,
+    /// Iterations.
+    pub t_cost: u32,
+    /// Parallelism.
+    pub p_cost: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginLimitSettings {
+    /// Failed logins allowed per user name and per client address within the window.
+    pub max_failures: u32,
+    /// Window length in seconds.
+    pub window: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Largest accepted client frame in bytes.
+    pub max_frame_bytes: usize,
+    /// Channels one connection may be interested in.
+    pub max_channels: usize,
+    /// Sustained messages per second per user (token bucket rate).
+    pub messages_per_second: u32,
+    /// Token bucket burst.
+    pub burst: u32,
+    /// Open event connections per user.
+    pub max_connections_per_user: usize,
+    /// Frames queued per connection before it is declared slow and sent a gap frame.
+    pub outbound_queue: usize,
+    /// Most messages the writer commits in one transaction.
+    pub batch_max: usize,
+    /// Seconds between permission re-checks of open sockets.
+    pub recheck_interval_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            database_url: None,
+            data_dir: default_data_dir(),
+            db_max_connections: 20,
+            token_expiration: 8 * 3600,
+            token_refresh: 3600,
+            secret: None,
+            admin_username: "admin".into(),
+            admin_password: None,
+            argon2: Argon2Settings::default(),
+            login_limit: LoginLimitSettings::default(),
+            max_per_page: 1000,
+            allow_origin: "*".into(),
+            events: EventSettings::default(),
+            log_format: "text".into(),
+            embedded_fsync: true,
+        }
+    }
+}
+
+impl Default for Argon2Settings {
+    fn default() -> Self {
+        // OWASP's argon2id baseline: 19 MiB, 2 iterations, 1 lane.
+        Self {
+            m_cost: 19 * 1024,
+            t_cost: 2,
+            p_cost: 1,
+        }
+    }
+}
+
+impl Default for LoginLimitSettings {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window: 60,
+        }
+    }
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_channels: 64,
+            messages_per_second: 100,
+            burst: 200,
+            max_connections_per_user: 20_000,
+            outbound_queue: 1024,
+            batch_max: 1000,
+            recheck_interval_ms: 500,
+        }
+    }
+}
+
+/// The default data directory: the XDG data dir (`~/.local/share/core4d`). For root, whose home
+/// the `postgres` user cannot enter, the embedded cluster itself moves to `/var/lib/core4d`.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "core4d")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".core4d"))
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Layers defaults, the TOML file, `DATABASE_URL`, `CORE4_*` variables and the flags.
+    pub fn load(config_file: Option<&std::path::Path>, flags: &Overrides) -> Result<Self, String> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = config_file {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
+            .merge(
+                Env::prefixed("CORE4_")
+                    .ignore(&["CONFIG", "PG_BIN_DIR"])
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(flags));
+        let settings: Settings = fig
+            .extract()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.token_expiration == 0 {
+            return Err("token_expiration must be at least 1 second".into());
+        }
+        if self.admin_username.trim().is_empty() {
+            return Err("admin_username must not be empty".into());
+        }
+        if let Some(secret) = &self.secret
+            && secret.len() < 32
+        {
+            return Err("secret must be at least 32 characters".into());
+        }
+        if let Some(pw) = &self.admin_password
+            && pw.is_empty()
+        {
+            return Err("admin_password must not be empty".into());
+        }
+        if self.max_per_page == 0 || self.events.outbound_queue == 0 || self.events.batch_max == 0 {
+            return Err(
+                "max_per_page, events.outbound_queue and events.batch_max must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets replaced by `<redacted>`.
+    pub fn redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        copy.secret = copy.secret.map(|_| REDACTED.into());
+        copy.admin_password = copy.admin_password.map(|_| REDACTED.into());
+        copy.database_url = copy.database_url.as_deref().map(redact_url);
+        toml_string(&copy)
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Removes the password from a `postgres://user:password@host/db` URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:{REDACTED}{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn toml_string(settings: &Settings) -> String {
+    // figment brings the `toml` crate; serialising through serde_json keeps our own code small.
+    let value = serde_json::to_value(settings).unwrap_or_default();
+    let mut out = String::new();
+    write_toml_table(&mut out, "", &value);
+    out
+}
+
+fn write_toml_table(out: &mut String, prefix: &str, value: &serde_json::Value) {
+    let Some(map) = value.as_object() else { return };
+    let mut tables = Vec::new();
+    for (k, v) in map {
+        match v {
+            serde_json::Value::Object(_) => tables.push((k, v)),
+            serde_json::Value::Null => out.push_str(&format!("# {k} is not set\n")),
+            other => out.push_str(&format!("{k} = {other}\n")),
+        }
+    }
+    for (k, v) in tables {
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        out.push_str(&format!("\n[{name}]\n"));
+        write_toml_table(out, &name, v);
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted_toml())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("postgres://bob:pw@h:5/db"),
+            "postgres://bob:<redacted>@h:5/db"
+        );
+        assert_eq!(redact_url("postgres://bob@h/db"), "postgres://bob@h/db");
+        assert_eq!(
+            redact_url("postgres:///db?host=/tmp"),
+            "postgres:///db?host=/tmp"
+        );
+    }
+
+    #[test]
+    fn redacted_toml_never_contains_secrets() {
+        let s = Settings {
+            secret: Some("s".repeat(40)),
+            admin_password: Some("hunter22".into()),
+            database_url: Some("postgres://u:topsecret@h/db".into()),
+            ..Settings::default()
+        };
+        let text = s.redacted_toml();
+        assert!(
+            !text.contains("hunter22")
+                && !text.contains("topsecret")
+                && !text.contains(&"s".repeat(40))
+        );
+        assert!(text.contains("admin_username = \"admin\""));
+    }
+}

@@ -1,0 +1,352 @@
+//! Builds the application: storage (embedded or external), migrations, secret, seed data, the
+//! event hub and the HTTP listener (bound here, so tests can use port 0).
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server,
+    endpoint::make_sync,
+    http::{HeaderValue, Method, StatusCode, Uri},
+    listener::{Acceptor, TcpAcceptor},
+    middleware::{CatchPanic, Cors},
+    web::Html,
+};
+use rand::{Rng, distr::Alphanumeric};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::{
+    api::{self, AppState, BASE},
+    auth::{Auth, Hasher},
+    embedded_pg::{EmbeddedOptions, EmbeddedPostgres},
+    envelope::RequestCtx,
+    error::to_envelope_response,
+    events::Hub,
+    metrics::Metrics,
+    settings::Settings,
+    storage,
+};
+
+/// Permissions of the seeded `standard_user` role: log in, profile, info, event socket and
+/// history (core4's defaults), chat on `message`, read `system`.
+pub const STANDARD_USER_PERMS: &[&str] = &[
+    "api://core4.api.v1.request.standard.*",
+    "api://core4.api.v1.server.*",
+    "api://core4.api.v1.request.store.*/u",
+    "event://message/rw",
+    "event://system/r",
+];
+
+pub struct Application {
+    state: AppState,
+    acceptor: TcpAcceptor,
+    port: u16,
+    embedded: Option<EmbeddedPostgres>,
+    /// Set when this start created the admin with a generated password.
+    pub generated_admin_password: Option<String>,
+}
+
+fn random_string(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}",
+                crate::settings::redact_url(url)
+            )
+        })
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let (url, embedded) = match &settings.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let pg = EmbeddedPostgres::start(EmbeddedOptions {
+                    data_dir: settings.data_dir.clone(),
+                    fsync: settings.embedded_fsync,
+                    extra_settings: vec![("max_connections".into(), "200".into())],
+                })
+                .await?;
+                tracing::info!(data_dir = %settings.data_dir.display(), first_start = pg.initialized_now(), "embedded PostgreSQL is up");
+                (pg.url("postgres"), Some(pg))
+            }
+        };
+        let pool = connect(&url, settings.db_max_connections).await?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .context("database migration failed")?;
+
+        let secret = match &settings.secret {
+            Some(s) => s.clone(),
+            None => storage::server::get_or_init(&pool, "token_secret", &random_string(64))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        };
+        let hasher = Hasher::new(&settings.argon2).await?;
+        let generated_admin_password = seed(&pool, &settings, &hasher).await?;
+        let metrics = Metrics::default();
+        let auth = Auth::new(pool.clone(), secret.as_bytes(), hasher, &settings);
+        let hub = Hub::start(
+            pool.clone(),
+            auth.clone(),
+            settings.events.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        let state = AppState {
+            pool,
+            auth,
+            settings: Arc::new(settings),
+            hub,
+            metrics,
+        };
+
+        let acceptor = TcpAcceptor::from_tokio(
+            tokio::net::TcpListener::bind(state.settings.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", state.settings.listen))?,
+        )?;
+        let port = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+            .unwrap_or_default();
+        spawn_housekeeping(state.pool.clone());
+        Ok(Self {
+            state,
+            acceptor,
+            port,
+            embedded,
+            generated_admin_password,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves (then drains gracefully) or the embedded database dies
+    /// (an error: core4d does not serve without storage).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            state,
+            acceptor,
+            embedded,
+            ..
+        } = self;
+        let app = app(&state);
+        let hub = state.hub.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            app,
+            async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stop_rx => {}
+                }
+                hub.shutdown().await;
+            },
+            Some(Duration::from_secs(10)),
+        );
+        let result = match &embedded {
+            Some(pg) => {
+                tokio::pin!(server);
+                tokio::select! {
+                    r = &mut server => r.map_err(anyhow::Error::from),
+                    exit = pg.exited() => {
+                        let _ = stop_tx.send(());
+                        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+                        Err(anyhow::anyhow!("the embedded PostgreSQL stopped unexpectedly: {exit}"))
+                    }
+                }
+            }
+            None => server.await.map_err(anyhow::Error::from),
+        };
+        state.pool.close().await;
+        if let Some(pg) = embedded {
+            if let Err(e) = pg.stop().await {
+                tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed");
+            }
+        }
+        result
+    }
+}
+
+/// Creates the admin and `standard_user` when missing; returns a generated admin password.
+async fn seed(
+    pool: &PgPool,
+    settings: &Settings,
+    hasher: &Hasher,
+) -> anyhow::Result<Option<String>> {
+    let key = crate::domain::RoleName::parse(&settings.admin_username)
+        .map_err(|e| anyhow::anyhow!("admin_username: {e}"))?
+        .key();
+    let exists = storage::roles::exists_by_name(pool, &key)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (password, generated) = match (&settings.admin_password, exists) {
+        (_, true) => (random_string(32), false),
+        (Some(p), false) => (p.clone(), false),
+        (None, false) => (random_string(20), true),
+    };
+    let password = crate::domain::Password::parse(&password)
+        .map_err(|e| anyhow::anyhow!("admin_password: {e}"))?;
+    let hash = hasher
+        .hash(&password)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let created = storage::roles::seed(
+        pool,
+        settings.admin_username.trim(),
+        &hash,
+        STANDARD_USER_PERMS,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if created {
+        tracing::info!(admin = %settings.admin_username, "created the admin user");
+    }
+    Ok((created && generated).then(|| password.expose().to_string()))
+}
+
+fn spawn_housekeeping(pool: PgPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = storage::tokens::purge_expired(&pool).await {
+                tracing::warn!(error = %e, "purging expired revocations failed");
+            }
+        }
+    });
+}
+
+/// The whole HTTP surface: the API, its spec and Swagger UI, `/metrics`, the legacy login
+/// alias, CORS, and the envelope/request-id/logging middleware around all of it.
+pub fn app(state: &AppState) -> impl Endpoint + use<> {
+    let service = api::service(state);
+    let spec = service.spec();
+    let swagger = service.swagger_ui();
+    let metrics = state.metrics.clone();
+    let metrics_ep = make_sync(move |_| {
+        let mut resp = metrics.render().into_response();
+        resp.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        resp
+    });
+    let route = Route::new()
+        .at(
+            format!("{BASE}/openapi.json"),
+            make_sync(move |_| {
+                let mut resp = spec.clone().into_response();
+                resp.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                resp
+            }),
+        )
+        .nest(format!("{BASE}/docs"), swagger)
+        .nest(BASE, service)
+        .at("/metrics", metrics_ep)
+        .at(
+            "/",
+            make_sync(|_| {
+                Html(format!(
+                    "<p>core4d is running. API docs: <a href=\"{BASE}/docs\">{BASE}/docs</a></p>"
+                ))
+            }),
+        );
+    let cors = Cors::new()
+        .allow_origin_regex(".*")
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "access-control-allow-origin",
+        ])
+        .expose_headers(["token"]);
+    let metrics = state.metrics.clone();
+    route
+        .with(cors)
+        .with(CatchPanic::new())
+        .around(move |ep, req| {
+            let metrics = metrics.clone();
+            async move { Ok(envelope_layer(ep, req, metrics).await) }
+        })
+}
+
+async fn envelope_layer<E: Endpoint>(ep: Arc<E>, mut req: Request, metrics: Metrics) -> Response {
+    if req.uri().path() == "/core4/api/login" {
+        let rewritten = format!(
+            "{BASE}/login{}",
+            req.uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default()
+        );
+        if let Ok(uri) = rewritten.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let ctx = RequestCtx::new();
+    let request_id = ctx.id.clone();
+    let (mut resp, refreshed) = ctx
+        .scope(async {
+            match ep.call(req).await {
+                Ok(resp) => resp.into_response(),
+                Err(err) => to_envelope_response(err),
+            }
+        })
+        .await;
+    if let Some(token) = refreshed
+        && let Ok(value) = HeaderValue::from_str(&token)
+    {
+        resp.headers_mut().insert("token", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", value);
+    }
+    let status = resp.status();
+    metrics.record_http(&method, &path, status.as_u16());
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        tracing::info!(
+            request_id,
+            method,
+            path,
+            status = status.as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+    resp
+}

@@ -1,0 +1,1 @@
+//! Events storage: owned by the events module.

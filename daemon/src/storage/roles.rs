@@ -1,0 +1,486 @@
+//! `roles` and `role_parents`: users and roles, and the role cascade.
+
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Transaction};
+use time::OffsetDateTime;
+
+use crate::{
+    domain::ObjectId,
+    error::{ApiError, ApiResult},
+};
+
+#[derive(sqlx::FromRow)]
+pub struct LoginRow {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub is_active: bool,
+    pub token_version: i64,
+}
+
+pub async fn login_row(pool: &PgPool, name_key: &str) -> ApiResult<Option<LoginRow>> {
+    Ok(sqlx::query_as("SELECT id, name, email, password_hash, is_active, token_version FROM roles WHERE name_key = $1")
+        .bind(name_key)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub async fn touch_last_login(pool: &PgPool, id: &str) -> ApiResult<()> {
+    sqlx::query("UPDATE roles SET last_login = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+pub struct PrincipalRow {
+    pub name: String,
+    pub is_active: bool,
+    pub token_version: i64,
+    pub revoked: bool,
+    pub perm_total: Vec<String>,
+}
+
+/// Walks `role_parents` from `$1`: active roles only, inactive ones are neither counted nor
+/// descended into; UNION ends cycles.
+const CASCADE: &str = "WITH RECURSIVE casc(id) AS (
+        SELECT rp.parent_id FROM role_parents rp JOIN roles p ON p.id = rp.parent_id AND p.is_active
+        WHERE rp.role_id = $1
+      UNION
+        SELECT rp.parent_id FROM casc c JOIN role_parents rp ON rp.role_id = c.id
+        JOIN roles p ON p.id = rp.parent_id AND p.is_active
+    )";
+
+/// Everything a token check needs, in one round trip.
+pub async fn principal_row(pool: &PgPool, id: &str, jti: &str) -> ApiResult<Option<PrincipalRow>> {
+    let Ok(jti) = uuid::Uuid::parse_str(jti) else {
+        return Ok(None);
+    };
+    let sql = format!(
+        "{CASCADE}
+        SELECT u.name, u.is_active, u.token_version,
+               EXISTS (SELECT 1 FROM revoked_tokens t WHERE t.jti = $2) AS revoked,
+               ARRAY(SELECT DISTINCT p FROM (
+                    SELECT unnest(u.perm) AS p
+                    UNION SELECT unnest(r.perm) FROM casc JOIN roles r ON r.id = casc.id
+               ) perms ORDER BY p) AS perm_total
+        FROM roles u WHERE u.id = $1"
+    );
+    Ok(sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .bind(jti)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// A user or role as the API shows it.
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct RoleRow {
+    pub id: String,
+    pub name: String,
+    pub realname: Option<String>,
+    pub email: Option<String>,
+    pub has_password: bool,
+    pub is_active: bool,
+    pub perm: Vec<String>,
+    pub created: OffsetDateTime,
+    pub updated: Option<OffsetDateTime>,
+    pub last_login: Option<OffsetDateTime>,
+    pub etag: String,
+    /// Names of the roles this one holds directly, sorted, itself excluded.
+    pub role: Vec<String>,
+}
+
+const SELECT_ROLE: &str =
+    "SELECT r.id, r.name, r.realname, r.email, r.password_hash IS NOT NULL AS has_password,
+        r.is_active, r.perm, r.created, r.updated, r.last_login, r.etag,
+        ARRAY(SELECT p.name FROM role_parents rp JOIN roles p ON p.id = rp.parent_id
+              WHERE rp.role_id = r.id AND rp.parent_id <> r.id ORDER BY p.name) AS role
+    FROM roles r";
+
+pub async fn get(pool: &PgPool, id: &str) -> ApiResult<Option<RoleRow>> {
+    Ok(
+        sqlx::query_as(AssertSqlSafe(format!("{SELECT_ROLE} WHERE r.id = $1")))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+async fn get_tx(tx: &mut Transaction<'_, Postgres>, id: &str) -> ApiResult<Option<RoleRow>> {
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
+        "{SELECT_ROLE} WHERE r.id = $1 FOR UPDATE OF r"
+    )))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// The cascade of `id`: (`role_total` names, `perm_total`), both sorted, `id` itself excluded
+/// from the names.
+pub async fn cascade(pool: &PgPool, id: &str) -> ApiResult<(Vec<String>, Vec<String>)> {
+    let sql = format!(
+        "{CASCADE}
+        SELECT ARRAY(SELECT DISTINCT r.name FROM casc JOIN roles r ON r.id = casc.id WHERE r.id <> $1 ORDER BY r.name) AS names,
+               ARRAY(SELECT DISTINCT p FROM (
+                    SELECT unnest(u.perm) AS p FROM roles u WHERE u.id = $1
+                    UNION SELECT unnest(r.perm) FROM casc JOIN roles r ON r.id = casc.id
+               ) perms ORDER BY p) AS perms"
+    );
+    Ok(sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Whitelisted listing filters; values match literally, never as patterns.
+#[derive(Default, Debug)]
+pub struct ListFilter {
+    /// Exact, case-insensitive.
+    pub name: Option<String>,
+    /// Exact (emails are stored lowercased).
+    pub email: Option<String>,
+    /// Case-insensitive substring.
+    pub realname: Option<String>,
+    /// Case-insensitive substring of name, real name, email or a permission.
+    pub q: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum SortKey {
+    Id,
+    Name,
+    Realname,
+    Email,
+    Created,
+}
+
+impl SortKey {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "_id" | "id" => Self::Id,
+            "name" => Self::Name,
+            "realname" => Self::Realname,
+            "email" => Self::Email,
+            "created" => Self::Created,
+            _ => return None,
+        })
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::Id => "r.id",
+            Self::Name => "r.name",
+            Self::Realname => "r.realname",
+            Self::Email => "r.email",
+            Self::Created => "r.created",
+        }
+    }
+}
+
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('%');
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &ListFilter) {
+    qb.push(" WHERE true");
+    if let Some(name) = &f.name {
+        qb.push(" AND r.name_key = ")
+            .push_bind(name.trim().to_lowercase());
+    }
+    if let Some(email) = &f.email {
+        qb.push(" AND r.email = ")
+            .push_bind(email.trim().to_lowercase());
+    }
+    if let Some(realname) = &f.realname {
+        qb.push(" AND r.realname ILIKE ")
+            .push_bind(like_escape(realname));
+    }
+    if let Some(q) = &f.q {
+        let pat = like_escape(q);
+        qb.push(" AND (r.name ILIKE ").push_bind(pat.clone());
+        qb.push(" OR r.realname ILIKE ").push_bind(pat.clone());
+        qb.push(" OR r.email ILIKE ").push_bind(pat.clone());
+        qb.push(" OR EXISTS (SELECT 1 FROM unnest(r.perm) p WHERE p ILIKE ")
+            .push_bind(pat)
+            .push("))");
+    }
+}
+
+pub async fn count(pool: &PgPool, f: &ListFilter) -> ApiResult<u64> {
+    let mut qb = QueryBuilder::new("SELECT count(*) FROM roles r");
+    push_filter(&mut qb, f);
+    let n: i64 = qb.build_query_scalar().fetch_one(pool).await?;
+    Ok(n as u64)
+}
+
+pub async fn list(
+    pool: &PgPool,
+    f: &ListFilter,
+    sort: SortKey,
+    desc: bool,
+    limit: u32,
+    offset: u64,
+) -> ApiResult<Vec<RoleRow>> {
+    let mut qb = QueryBuilder::new(SELECT_ROLE);
+    push_filter(&mut qb, f);
+    let dir = if desc { "DESC" } else { "ASC" };
+    let nulls = if desc { "NULLS LAST" } else { "NULLS FIRST" };
+    qb.push(format!(
+        " ORDER BY {} {dir} {nulls}, r.id {dir} LIMIT ",
+        sort.column()
+    ));
+    qb.push_bind(limit as i64)
+        .push(" OFFSET ")
+        .push_bind(offset.min(i64::MAX as u64) as i64);
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
+pub async fn distinct_names(pool: &PgPool) -> ApiResult<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT name FROM roles ORDER BY name")
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Serialises every change to roles, so invariants checked inside the transaction (the last
+/// active `cop`) cannot be broken by two concurrent changes.
+pub async fn begin_change(pool: &PgPool) -> ApiResult<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Resolves role names (or ids) to ids; an unknown one is a 404 naming it.
+pub async fn resolve(
+    tx: &mut Transaction<'_, Postgres>,
+    names: &[String],
+) -> ApiResult<Vec<String>> {
+    let mut ids = Vec::with_capacity(names.len());
+    for name in names {
+        let id: Option<String> = sqlx::query_scalar("SELECT id FROM roles WHERE name_key = $1 OR id = $2 ORDER BY name_key = $1 DESC LIMIT 1")
+            .bind(name.trim().to_lowercase())
+            .bind(name.trim())
+            .fetch_optional(&mut **tx)
+            .await?;
+        let id = id.ok_or_else(|| ApiError::NotFound(format!("role [{name}] not found")))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+pub struct NewRole {
+    pub name: String,
+    pub realname: Option<String>,
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub is_active: bool,
+    pub perm: Vec<String>,
+    pub parents: Vec<String>,
+}
+
+fn map_unique(e: sqlx::Error) -> ApiError {
+    if super::is_unique_violation(&e) {
+        ApiError::Conflict("name or email exists".into())
+    } else {
+        e.into()
+    }
+}
+
+pub async fn insert(tx: &mut Transaction<'_, Postgres>, new: NewRole) -> ApiResult<String> {
+    let id = ObjectId::new().to_string();
+    sqlx::query(
+        "INSERT INTO roles (id, name, name_key, realname, email, password_hash, is_active, perm, etag)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&id)
+    .bind(&new.name)
+    .bind(new.name.to_lowercase())
+    .bind(&new.realname)
+    .bind(&new.email)
+    .bind(&new.password_hash)
+    .bind(new.is_active)
+    .bind(&new.perm)
+    .bind(ObjectId::new().to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_unique)?;
+    set_parents(tx, &id, &new.parents).await?;
+    Ok(id)
+}
+
+async fn set_parents(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    parents: &[String],
+) -> ApiResult<()> {
+    sqlx::query("DELETE FROM role_parents WHERE role_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO role_parents (role_id, parent_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING")
+        .bind(id)
+        .bind(parents)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Locks and loads a role for a change; 404 when missing.
+pub async fn load_for_change(tx: &mut Transaction<'_, Postgres>, id: &str) -> ApiResult<RoleRow> {
+    get_tx(tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("role [{id}] not found")))
+}
+
+/// The new values of a changed role (all fields, already merged with the old ones).
+pub struct Changed {
+    pub name: String,
+    pub realname: Option<String>,
+    pub email: Option<String>,
+    pub password_hash: Option<Option<String>>,
+    pub is_active: bool,
+    pub perm: Vec<String>,
+    pub parents: Option<Vec<String>>,
+    /// Ends all tokens of the role (password change, deactivation).
+    pub end_tokens: bool,
+}
+
+/// Writes a change under the etag it was based on; a stale etag is a 409. Returns the new etag.
+pub async fn update(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    etag: &str,
+    c: Changed,
+) -> ApiResult<String> {
+    let new_etag = ObjectId::new().to_string();
+    let done = sqlx::query(
+        "UPDATE roles SET name = $3, name_key = $4, realname = $5, email = $6,
+             password_hash = CASE WHEN $7 THEN $8 ELSE password_hash END,
+             is_active = $9, perm = $10, etag = $11, updated = now(),
+             token_version = token_version + CASE WHEN $12 THEN 1 ELSE 0 END
+         WHERE id = $1 AND etag = $2",
+    )
+    .bind(id)
+    .bind(etag)
+    .bind(&c.name)
+    .bind(c.name.to_lowercase())
+    .bind(&c.realname)
+    .bind(&c.email)
+    .bind(c.password_hash.is_some())
+    .bind(c.password_hash.flatten())
+    .bind(c.is_active)
+    .bind(&c.perm)
+    .bind(&new_etag)
+    .bind(c.end_tokens)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_unique)?;
+    if done.rows_affected() == 0 {
+        return Err(stale(id, etag));
+    }
+    if let Some(parents) = &c.parents {
+        set_parents(tx, id, parents).await?;
+    }
+    Ok(new_etag)
+}
+
+pub fn stale(id: &str, etag: &str) -> ApiError {
+    ApiError::Conflict(format!("update [{id}] with etag [{etag}] failed"))
+}
+
+pub async fn delete(tx: &mut Transaction<'_, Postgres>, id: &str, etag: &str) -> ApiResult<()> {
+    let done = sqlx::query("DELETE FROM roles WHERE id = $1 AND etag = $2")
+        .bind(id)
+        .bind(etag)
+        .execute(&mut **tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        Err(stale(id, etag))
+    } else {
+        Ok(())
+    }
+}
+
+/// Active users (email and password) whose cascade holds `cop`.
+pub async fn active_cops(tx: &mut Transaction<'_, Postgres>) -> ApiResult<i64> {
+    Ok(sqlx::query_scalar(
+        "WITH RECURSIVE reach(user_id, id) AS (
+             SELECT u.id, u.id FROM roles u
+             WHERE u.is_active AND u.email IS NOT NULL AND u.password_hash IS NOT NULL
+           UNION
+             SELECT r.user_id, rp.parent_id FROM reach r JOIN role_parents rp ON rp.role_id = r.id
+             JOIN roles p ON p.id = rp.parent_id AND p.is_active
+         )
+         SELECT count(DISTINCT reach.user_id) FROM reach JOIN roles x ON x.id = reach.id WHERE 'cop' = ANY (x.perm)",
+    )
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Creates the bootstrap admin and the `standard_user` role when missing. Returns true when the
+/// admin was created by this call.
+pub async fn seed(
+    pool: &PgPool,
+    admin_name: &str,
+    admin_hash: &str,
+    standard_perms: &[&str],
+) -> ApiResult<bool> {
+    let mut tx = begin_change(pool).await?;
+    let admin = sqlx::query(
+        "INSERT INTO roles (id, name, name_key, realname, email, password_hash, perm, etag)
+         VALUES ($1, $2, $3, 'admin user', 'admin@core4d.invalid', $4, ARRAY['cop'], $5)
+         ON CONFLICT (name_key) DO NOTHING",
+    )
+    .bind(ObjectId::new().to_string())
+    .bind(admin_name)
+    .bind(admin_name.to_lowercase())
+    .bind(admin_hash)
+    .bind(ObjectId::new().to_string())
+    .execute(&mut *tx)
+    .await?;
+    let perms: Vec<String> = standard_perms.iter().map(|s| s.to_string()).collect();
+    sqlx::query(
+        "INSERT INTO roles (id, name, name_key, realname, perm, etag)
+         VALUES ($1, 'standard_user', 'standard_user', 'standard user group', $2, $3)
+         ON CONFLICT (name_key) DO NOTHING",
+    )
+    .bind(ObjectId::new().to_string())
+    .bind(&perms)
+    .bind(ObjectId::new().to_string())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(admin.rows_affected() == 1)
+}
+
+pub async fn exists_by_name(pool: &PgPool, name_key: &str) -> ApiResult<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM roles WHERE name_key = $1)")
+            .bind(name_key)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+pub async fn parent_ids(tx: &mut Transaction<'_, Postgres>, id: &str) -> ApiResult<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT parent_id FROM role_parents WHERE role_id = $1")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?,
+    )
+}

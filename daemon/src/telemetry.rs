@@ -1,0 +1,17 @@
+//! Logging: human-readable or JSON lines on stderr, filtered by `RUST_LOG`.
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+pub fn init(format: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,poem=warn"));
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
