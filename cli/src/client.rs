@@ -399,12 +399,16 @@ pub fn map_error(
             "name or email exists" => "name or email exists — choose another one".to_owned(),
             other => other.to_owned(),
         }),
-        429 => CliError::Auth(
-            match retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
-                Some(secs) => format!("{text} — wait {secs} s before trying again"),
-                None => format!("{text} — wait a while before trying again"),
-            },
-        ),
+        429 => {
+            // "too many failed logins; try again later": we say when.
+            let what = text.split(';').next().unwrap_or(text).trim();
+            CliError::Auth(
+                match retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
+                    Some(secs) => format!("{what} — wait {secs} s before trying again"),
+                    None => format!("{what} — wait a while before trying again"),
+                },
+            )
+        }
         400 | 422 => CliError::Usage(if text.starts_with("invalid permission protocol") {
             format!(
                 "{text} — permissions look like cop, api://<regex>[/crud], job://<regex>/x|r, app://<key> or mongodb://<db>"
@@ -619,7 +623,7 @@ mod tests {
         let err = map_error(
             SERVER,
             StatusCode::TOO_MANY_REQUESTS,
-            Some("too many failed logins"),
+            Some("too many failed logins; try again later"),
             None,
             Some("30"),
         );

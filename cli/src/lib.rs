@@ -50,13 +50,16 @@ fn report(err: &CliError) -> ExitCode {
 
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Completions { shell } = cli.command {
-        let mut cmd = Cli::command();
+        let mut script = Vec::new();
         clap_complete::generate(
             clap_complete::Shell::from(shell),
-            &mut cmd,
+            &mut Cli::command(),
             "core4ctl",
-            &mut std::io::stdout(),
+            &mut script,
         );
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(&mut out, &script)?;
+        std::io::Write::flush(&mut out)?;
         return Ok(());
     }
     let ctx = Context::resolve(&cli.global)?;

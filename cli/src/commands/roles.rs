@@ -46,6 +46,9 @@ pub enum RolesCommand {
         /// Do not ask for confirmation
         #[arg(short, long)]
         yes: bool,
+        /// Delete it only if its etag is still this one (from `roles get`); otherwise exit 5
+        #[arg(long)]
+        etag: Option<String>,
     },
 }
 
@@ -78,12 +81,14 @@ Examples:
   core4ctl roles update editors --perm 'api://core4.api.v1/r'     # replaces all permissions
 
 If someone else changed the object after core4ctl read it, nothing is written and the command
-ends with exit code 5: run it again to apply the change to the new version.";
+ends with exit code 5: run it again to apply the change to the new version. Scripts that
+read, decide and then write can pass the etag they read with --etag to get the same check.";
 
 const DELETE_EXAMPLES: &str = "\
 Examples:
   core4ctl roles delete alice
-  core4ctl roles delete alice --yes";
+  core4ctl roles delete alice --yes
+  core4ctl roles delete alice --yes --etag \"$(core4ctl roles get alice -o json | jq -r .etag)\"";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SortField {
@@ -226,6 +231,9 @@ pub struct UpdateArgs {
     /// Deactivate it (an inactive user cannot log in; an inactive role grants nothing)
     #[arg(long)]
     pub inactive: bool,
+    /// Change it only if its etag is still this one (from `roles get`); otherwise exit 5
+    #[arg(long)]
+    pub etag: Option<String>,
 }
 
 /// A user or role as the server describes it; also the `-o json` shape.
@@ -283,7 +291,9 @@ pub async fn run(command: &RolesCommand, ctx: &Context) -> Result<()> {
         RolesCommand::Get { role } => get(role, ctx, &client).await,
         RolesCommand::Create(args) => create(args, ctx, &client).await,
         RolesCommand::Update(args) => update(args, ctx, &client).await,
-        RolesCommand::Delete { role, yes } => delete(role, *yes, ctx, &client).await,
+        RolesCommand::Delete { role, yes, etag } => {
+            delete(role, *yes, etag.as_deref(), ctx, &client).await
+        }
     }
 }
 
@@ -488,9 +498,18 @@ async fn create(args: &CreateArgs, ctx: &Context, client: &ApiClient) -> Result<
     if let Some(password) = password {
         body.insert("password".into(), json!(password));
     }
-    body.insert("role".into(), json!(role_names(client, &args.roles).await?));
-    body.insert("perm".into(), json!(perms(&args.perms)));
-    body.insert("is_active".into(), json!(!args.inactive));
+    // Only a cop may set these, so they are sent only when asked for.
+    let roles = role_names(client, &args.roles).await?;
+    if !roles.is_empty() {
+        body.insert("role".into(), json!(roles));
+    }
+    let perms = perms(&args.perms);
+    if !perms.is_empty() {
+        body.insert("perm".into(), json!(perms));
+    }
+    if args.inactive {
+        body.insert("is_active".into(), json!(false));
+    }
 
     let created: Role = client.post("/roles", &Value::Object(body)).await?;
     if ctx.json() {
@@ -541,9 +560,10 @@ async fn update(args: &UpdateArgs, ctx: &Context, client: &ApiClient) -> Result<
     }
     let password = read_password(args.password_stdin, args.password_prompt)?;
     let current = resolve(client, &args.role).await?;
-    let etag = current
+    let etag = args
         .etag
         .clone()
+        .or_else(|| current.etag.clone())
         .ok_or_else(|| CliError::Other("the server sent no etag for this role".into()))?;
 
     let mut body = Map::new();
@@ -638,7 +658,13 @@ async fn update(args: &UpdateArgs, ctx: &Context, client: &ApiClient) -> Result<
     }
 }
 
-async fn delete(role: &str, yes: bool, ctx: &Context, client: &ApiClient) -> Result<()> {
+async fn delete(
+    role: &str,
+    yes: bool,
+    etag: Option<&str>,
+    ctx: &Context,
+    client: &ApiClient,
+) -> Result<()> {
     let current = resolve(client, role).await?;
     let what = format!(
         "{} {} (id {})",
@@ -656,7 +682,10 @@ async fn delete(role: &str, yes: bool, ctx: &Context, client: &ApiClient) -> Res
             return Err(CliError::Other("not deleted".into()));
         }
     }
-    let etag = current.etag.clone().unwrap_or_default();
+    let etag = etag
+        .map(str::to_owned)
+        .or_else(|| current.etag.clone())
+        .unwrap_or_default();
     let _: Value = client
         .delete(&format!("/roles/{}", current.id), &[("etag", etag)])
         .await
