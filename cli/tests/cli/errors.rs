@@ -1,0 +1,103 @@
+use crate::helpers::{Cli, TestServer};
+
+#[test]
+fn a_server_that_is_down_is_named_with_a_hint() {
+    let mut server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    server.stop();
+    let expected = format!("core4d is not reachable at {}: is it running?", server.url);
+    cli.run(&["roles", "list"]).failure(1, &expected);
+    cli.run(&["event", "send", "message", "x"])
+        .failure(1, &expected);
+    cli.run_with_stdin(
+        &["login", "--username", "admin", "--password-stdin"],
+        Some("hans\n"),
+    )
+    .failure(1, &expected);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let cli = Cli::new();
+    cli.run(&["roles", "frobnicate"])
+        .failure(2, "unrecognized subcommand");
+    cli.run(&["-o", "yaml", "whoami"])
+        .failure(2, "invalid value");
+    cli.run(&["--server", "ftp://x", "whoami"])
+        .failure(2, "invalid server URL");
+    cli.run(&["login"]).failure(2, "--username");
+}
+
+#[test]
+fn help_has_examples_and_version_prints() {
+    let cli = Cli::new();
+    for args in [
+        &["--help"][..],
+        &["roles", "list", "--help"],
+        &["event", "tail", "--help"],
+        &["chat", "--help"],
+    ] {
+        let out = cli.run(args).success();
+        assert!(out.stdout.contains("Examples:"), "{args:?}: {out:?}");
+    }
+    let out = cli.run(&["--version"]).success();
+    assert_eq!(
+        out.stdout.trim(),
+        concat!("core4ctl ", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn completions_are_generated_for_three_shells() {
+    let cli = Cli::new();
+    assert!(
+        cli.run(&["completions", "bash"])
+            .success()
+            .stdout
+            .contains("complete -F")
+    );
+    assert!(
+        cli.run(&["completions", "zsh"])
+            .success()
+            .stdout
+            .contains("#compdef core4ctl")
+    );
+    assert!(
+        cli.run(&["completions", "fish"])
+            .success()
+            .stdout
+            .contains("complete -c core4ctl")
+    );
+}
+
+#[test]
+fn a_reader_closing_the_pipe_is_not_an_error() {
+    let cli = Cli::new();
+    let mut child = cli.command(&["completions", "bash"]).spawn().unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn server_strings_are_sanitised_in_tables() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let out = cli.run(&[
+        "roles",
+        "create",
+        "shady",
+        "--realname",
+        "x\x1b[31mred\x1b[0m",
+    ]);
+    if out.code != 0 {
+        // The server may refuse control characters outright; that is safe too.
+        assert_eq!(out.code, 2, "{out:?}");
+        return;
+    }
+    let out = cli.run(&["roles", "list"]).success();
+    assert!(!out.stdout.contains('\x1b'), "{out:?}");
+    assert!(out.stdout.contains("x\\u{1b}[31mred"), "{out:?}");
+}

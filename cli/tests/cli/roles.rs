@@ -1,0 +1,421 @@
+use crate::helpers::{Cli, TestServer};
+
+fn create_user(cli: &Cli, name: &str, extra: &[&str]) {
+    let email = format!("{name}@example.com");
+    let mut args = vec![
+        "roles",
+        "create",
+        name,
+        "--email",
+        &email,
+        "--password-stdin",
+    ];
+    args.extend_from_slice(extra);
+    cli.run_with_stdin(&args, Some("secret-pw\n")).success();
+}
+
+#[test]
+fn a_created_user_shows_up_in_the_list() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+
+    let out = cli
+        .run_with_stdin(
+            &[
+                "roles",
+                "create",
+                "alice",
+                "--realname",
+                "Alice A.",
+                "--email",
+                "alice@example.com",
+                "--password-stdin",
+                "--role",
+                "standard_user",
+            ],
+            Some("alice-pw\n"),
+        )
+        .success();
+    assert!(out.stdout.starts_with("Created user alice (id "), "{out:?}");
+
+    let out = cli.run(&["roles", "list"]).success();
+    let header = out.stdout.lines().next().unwrap();
+    for column in [
+        "NAME",
+        "REALNAME",
+        "EMAIL",
+        "ROLES",
+        "PERMISSIONS",
+        "ACTIVE",
+        "CREATED",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("alice"))
+        .expect("alice is listed");
+    assert!(
+        row.contains("Alice A.")
+            && row.contains("alice@example.com")
+            && row.contains("standard_user"),
+        "{row}"
+    );
+
+    // The new user can log in with the password given on stdin.
+    let alice = Cli::new();
+    alice.login(&server, "alice", "alice-pw").success();
+}
+
+#[test]
+fn json_output_parses_and_keeps_its_field_names() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    create_user(&cli, "bob", &[]);
+
+    let list = cli.run(&["roles", "list", "-o", "json"]).success().json();
+    let items = list.as_array().expect("a JSON array");
+    let bob = items
+        .iter()
+        .find(|i| i["name"] == "bob")
+        .expect("bob listed");
+    let mut keys: Vec<&str> = bob
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "_id",
+            "created",
+            "email",
+            "etag",
+            "is_active",
+            "name",
+            "perm",
+            "realname",
+            "role",
+            "updated"
+        ]
+    );
+
+    let detail = cli
+        .run(&["roles", "get", "bob", "-o", "json"])
+        .success()
+        .json();
+    for key in [
+        "_id",
+        "name",
+        "etag",
+        "role",
+        "perm",
+        "role_total",
+        "perm_total",
+    ] {
+        assert!(detail.get(key).is_some(), "get JSON lacks {key}: {detail}");
+    }
+    let created = cli
+        .run(&[
+            "roles",
+            "create",
+            "viewers",
+            "--perm",
+            "api://core4.api.v1.request.role/r",
+            "-o",
+            "json",
+        ])
+        .success()
+        .json();
+    assert_eq!(created["name"], "viewers");
+    assert_eq!(created["perm"][0], "api://core4.api.v1.request.role/r");
+}
+
+#[test]
+fn get_shows_cascaded_roles_and_permissions_by_name_or_id() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    cli.run(&[
+        "roles",
+        "create",
+        "editors",
+        "--perm",
+        "api://core4.api.v1.request.role/r",
+    ])
+    .success();
+    cli.run(&[
+        "roles",
+        "create",
+        "chiefs",
+        "--role",
+        "editors",
+        "--perm",
+        "app://store/chief",
+    ])
+    .success();
+    create_user(&cli, "carol", &["--role", "chiefs"]);
+
+    let carol = cli
+        .run(&["roles", "get", "carol", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(carol["role"], serde_json::json!(["chiefs"]));
+    let role_total = carol["role_total"].as_array().unwrap();
+    assert!(
+        role_total.iter().any(|r| r == "editors") && role_total.iter().any(|r| r == "chiefs"),
+        "{carol}"
+    );
+    let perm_total = carol["perm_total"].as_array().unwrap();
+    assert!(
+        perm_total
+            .iter()
+            .any(|p| p == "api://core4.api.v1.request.role/r"),
+        "{carol}"
+    );
+
+    let id = carol["_id"].as_str().unwrap();
+    let out = cli.run(&["roles", "get", id]).success();
+    assert!(out.stdout.contains("Roles (cascaded):"), "{out:?}");
+    assert!(out.stdout.contains("editors"), "{out:?}");
+    assert!(out.stdout.contains("Permissions (cascaded):"), "{out:?}");
+
+    // A role given by id is sent by name.
+    let editors = cli
+        .run(&["roles", "get", "editors", "-o", "json"])
+        .success()
+        .json();
+    cli.run(&[
+        "roles",
+        "create",
+        "dave",
+        "--role",
+        editors["_id"].as_str().unwrap(),
+    ])
+    .success();
+    let dave = cli
+        .run(&["roles", "get", "dave", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(dave["role"], serde_json::json!(["editors"]));
+}
+
+#[test]
+fn update_adds_and_removes_roles_and_permissions() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    cli.run(&["roles", "create", "editors"]).success();
+    create_user(
+        &cli,
+        "erin",
+        &["--role", "standard_user", "--perm", "app://store/a"],
+    );
+
+    let out = cli
+        .run(&[
+            "roles",
+            "update",
+            "erin",
+            "--add-role",
+            "editors",
+            "--remove-role",
+            "standard_user",
+            "--add-perm",
+            "app://store/b",
+            "--remove-perm",
+            "app://store/a",
+            "--realname",
+            "Erin E.",
+        ])
+        .success();
+    assert!(out.stdout.contains("Updated user erin"), "{out:?}");
+    let erin = cli
+        .run(&["roles", "get", "erin", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(erin["role"], serde_json::json!(["editors"]));
+    assert_eq!(erin["perm"], serde_json::json!(["app://store/b"]));
+    assert_eq!(erin["realname"], "Erin E.");
+
+    cli.run(&["roles", "update", "erin", "--inactive"])
+        .success();
+    let erin = cli
+        .run(&["roles", "get", "erin", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(erin["is_active"], false);
+
+    let out = cli
+        .run(&["roles", "update", "erin", "--realname", "Erin E."])
+        .success();
+    assert!(out.stdout.contains("No changes"), "{out:?}");
+
+    cli.run(&["roles", "update", "erin"])
+        .failure(2, "nothing to change");
+}
+
+#[test]
+fn a_stale_etag_is_a_conflict_and_nothing_is_overwritten() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    create_user(&cli, "frank", &[]);
+    let read = cli
+        .run(&["roles", "get", "frank", "-o", "json"])
+        .success()
+        .json();
+    let stale = read["etag"].as_str().unwrap().to_owned();
+
+    // Someone else changes frank after we read him.
+    cli.run(&["roles", "update", "frank", "--realname", "Frank One"])
+        .success();
+
+    let out = cli
+        .run(&[
+            "roles",
+            "update",
+            "frank",
+            "--realname",
+            "Frank Two",
+            "--etag",
+            &stale,
+        ])
+        .failure(5, "was changed by someone else");
+    assert!(out.stderr.contains("nothing was written"), "{out:?}");
+    let frank = cli
+        .run(&["roles", "get", "frank", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(frank["realname"], "Frank One");
+
+    cli.run(&["roles", "delete", "frank", "--yes", "--etag", &stale])
+        .failure(5, "changed by someone else");
+    cli.run(&["roles", "get", "frank"]).success();
+}
+
+#[test]
+fn an_unknown_role_is_not_found() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    cli.run(&["roles", "get", "nobody"])
+        .failure(4, "role [nobody] not found");
+    cli.run(&["roles", "get", "0123456789abcdef01234567"])
+        .failure(4, "not found");
+    cli.run(&["roles", "create", "gina", "--role", "nobody"])
+        .failure(4, "nobody");
+    cli.run(&["roles", "delete", "nobody", "--yes"])
+        .failure(4, "not found");
+    cli.run(&["roles", "update", "nobody", "--realname", "x"])
+        .failure(4, "not found");
+}
+
+#[test]
+fn an_invalid_permission_is_rejected_with_a_hint() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let out = cli
+        .run(&["roles", "create", "r1", "--perm", "bla"])
+        .failure(2, "invalid permission");
+    assert!(out.stderr.contains("bla"), "{out:?}");
+    assert!(
+        out.stderr.contains("api://"),
+        "the hint shows valid forms: {out:?}"
+    );
+}
+
+#[test]
+fn a_taken_name_is_a_conflict() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    cli.run(&["roles", "create", "twins"]).success();
+    cli.run(&["roles", "create", "twins"])
+        .failure(5, "name or email exists");
+}
+
+#[test]
+fn delete_asks_for_yes_without_a_terminal() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    cli.run(&["roles", "create", "temp"]).success();
+    cli.run(&["roles", "delete", "temp"])
+        .failure(2, "pass --yes");
+    cli.run(&["roles", "get", "temp"]).success();
+    let out = cli.run(&["roles", "delete", "temp", "--yes"]).success();
+    assert!(out.stdout.contains("Deleted role temp"), "{out:?}");
+    cli.run(&["roles", "get", "temp"]).failure(4, "not found");
+}
+
+#[test]
+fn list_pages_filters_sorts_and_fetches_all() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    for i in 0..12 {
+        cli.run(&["roles", "create", &format!("team{i:02}")])
+            .success();
+    }
+    // admin, standard_user and the 12 teams
+    let out = cli
+        .run(&["roles", "list", "--per-page", "5", "--sort", "name"])
+        .success();
+    assert_eq!(
+        out.stdout.lines().count(),
+        6,
+        "header and five rows: {out:?}"
+    );
+    assert!(out.stderr.contains("page 1 of 3"), "{out:?}");
+    let out = cli
+        .run(&[
+            "roles",
+            "list",
+            "--per-page",
+            "5",
+            "--page",
+            "3",
+            "--sort",
+            "name",
+        ])
+        .success();
+    assert_eq!(
+        out.stdout.lines().count(),
+        5,
+        "header and the last four: {out:?}"
+    );
+
+    let all = cli
+        .run(&["roles", "list", "--all", "--per-page", "4", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(all.as_array().unwrap().len(), 14);
+
+    let desc = cli
+        .run(&[
+            "roles", "list", "--sort", "name", "--desc", "-q", "team", "-o", "json",
+        ])
+        .success()
+        .json();
+    let names: Vec<&str> = desc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"team11"));
+    assert!(names.iter().all(|n| n.starts_with("team")));
+
+    let one = cli
+        .run(&["roles", "list", "--filter", "name=TEAM03", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(one.as_array().unwrap().len(), 1);
+}
