@@ -113,7 +113,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
         eprintln!("core4d: it is shown only this once; change it with `core4ctl roles update`.");
     }
-    tracing::info!(address = %app.state().settings.listen, port = app.port(), "core4d is ready");
+    let listen = app.state().settings.listen;
+    tracing::info!(address = %std::net::SocketAddr::new(listen.ip(), app.port()), port = app.port(), "core4d is ready");
     app.run_until_stopped(shutdown_signal()).await
 }
 

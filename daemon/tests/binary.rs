@@ -1,0 +1,383 @@
+//! The real `core4d` binary: its help, configuration output, spec, and the embedded PostgreSQL
+//! life cycle (first start, restart with data kept, no binaries, the database dying).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_core4d");
+
+fn core4d() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CORE4_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("CORE4_ARGON2__M_COST", "1024")
+        .env("CORE4_ARGON2__T_COST", "1")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+#[test]
+fn help_explains_configuration_and_secrets() {
+    let out = core4d().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "DATABASE_URL",
+        "CORE4_SECRET",
+        "CORE4_ADMIN_PASSWORD",
+        "--data-dir",
+        "--listen",
+        "config",
+        "openapi",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn config_prints_effective_values_with_secrets_redacted() {
+    let out = core4d()
+        .arg("config")
+        .env("CORE4_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t-xx")
+        .env("CORE4_ADMIN_PASSWORD", "admin-pw-123")
+        .env("DATABASE_URL", "postgres://core4:dbpass@db.example/core4")
+        .env("CORE4_LISTEN", "127.0.0.1:6001")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:6001\""), "{text}");
+    assert!(
+        text.contains("postgres://core4:<redacted>@db.example/core4"),
+        "{text}"
+    );
+    for secret in ["s3cr3t", "admin-pw-123", "dbpass"] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+}
+
+#[test]
+fn invalid_configuration_is_a_clear_error_with_exit_code_2() {
+    let out = core4d()
+        .arg("config")
+        .env("CORE4_SECRET", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret must be at least 32 characters"));
+}
+
+/// The committed spec must be what the binary prints; regenerate with
+/// `cargo run -p core4d -- openapi > openapi/core4.json`.
+#[test]
+fn committed_openapi_spec_is_current() {
+    let out = core4d().arg("openapi").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi/core4.json"),
+    )
+    .unwrap_or_default();
+    assert!(
+        printed.trim() == committed.trim(),
+        "openapi/core4.json is stale: run `cargo run -p core4d -- openapi > openapi/core4.json`"
+    );
+    let spec: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    for path in [
+        "/login",
+        "/logout",
+        "/profile",
+        "/roles",
+        "/roles/{id}",
+        "/health",
+    ] {
+        assert!(spec["paths"].get(path).is_some(), "spec lacks {path}");
+    }
+}
+
+/// A core4d child with its stderr lines forwarded to a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!(
+                            "core4d exited ({status}) before `{needle}`:\n{}",
+                            self.seen.join("\n")
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("no `{needle}` from core4d:\n{}", self.seen.join("\n"))
+    }
+
+    fn port(&mut self) -> u16 {
+        let line = self.wait_for("core4d is ready");
+        let at = line.find("port=").expect("port in ready line") + 5;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "core4d did not exit:\n{}",
+                self.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn embedded(data_dir: &Path) -> Command {
+    let mut cmd = core4d();
+    cmd.args([
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn login(port: u16, user: &str, password: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/core4/api/v1/login"))
+        .query(&[("username", user), ("password", password)])
+        .send()
+        .await
+        .unwrap()
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    tempfile::Builder::new()
+        .prefix("core4d-bin-")
+        .tempdir_in(base)
+        .unwrap()
+}
+
+#[test]
+fn embedded_first_start_generates_the_admin_password_and_restart_keeps_data() {
+    let rt = runtime();
+    let dir = temp_dir();
+
+    let started = Instant::now();
+    let mut first = Daemon::start(embedded(dir.path()));
+    let line = first.wait_for("with the password: ");
+    let password = line
+        .rsplit("with the password: ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let port = first.port();
+    eprintln!("embedded first start to ready: {:?}", started.elapsed());
+    let role_id = rt.block_on(async {
+        let resp = login(port, "admin", &password).await;
+        assert_eq!(resp.status(), 200);
+        let token = resp.json::<serde_json::Value>().await.unwrap()["data"]["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let created: serde_json::Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/core4/api/v1/roles"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"name": "kept", "perm": ["app://kept"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["data"]["_id"].as_str().unwrap().to_string()
+    });
+    assert!(first.terminate().success(), "{}", first.seen.join("\n"));
+
+    let started = Instant::now();
+    let mut second = Daemon::start(embedded(dir.path()));
+    let port = second.port();
+    eprintln!("embedded restart to ready: {:?}", started.elapsed());
+    assert!(
+        !second.seen.iter().any(|l| l.contains("with the password")),
+        "a restart must not make a new admin password"
+    );
+    rt.block_on(async {
+        let resp = login(port, "admin", &password).await;
+        assert_eq!(resp.status(), 200, "the admin password survives a restart");
+        let token = resp.json::<serde_json::Value>().await.unwrap()["data"]["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let got = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{port}/core4/api/v1/roles/{role_id}"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            got.status(),
+            200,
+            "the role created before the restart is still there"
+        );
+    });
+    assert!(second.terminate().success());
+}
+
+#[test]
+fn no_postgres_binaries_is_one_clear_error_naming_both_fixes() {
+    let dir = temp_dir();
+    let empty = temp_dir();
+    let mut cmd = embedded(dir.path());
+    cmd.env("CORE4_PG_BIN_DIR", empty.path());
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("install PostgreSQL") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn core4d_exits_non_zero_when_its_embedded_database_dies() {
+    let dir = temp_dir();
+    let mut daemon = Daemon::start(embedded(dir.path()));
+    daemon.port();
+    let pid_file = walk_for(dir.path(), "postmaster.pid").expect("postmaster.pid in the data dir");
+    let pid = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    // SIGQUIT: PostgreSQL's immediate shutdown, as if it had crashed.
+    assert!(
+        Command::new("kill")
+            .args(["-QUIT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = daemon.wait_exit();
+    assert!(!status.success());
+    assert!(
+        daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("embedded PostgreSQL stopped")),
+        "{}",
+        daemon.seen.join("\n")
+    );
+}
+
+fn walk_for(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+        if path.is_dir()
+            && let Some(found) = walk_for(&path, name)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
