@@ -44,7 +44,7 @@ pub enum Command {
     Auth(AuthCommand),
     /// Manage users and roles
     #[command(subcommand, after_help = crate::commands::roles::EXAMPLES)]
-    Roles(RolesCommand),
+    Roles(Box<RolesCommand>),
     /// Send, follow and read channel messages
     #[command(subcommand, after_help = crate::commands::event::EXAMPLES)]
     Event(EventCommand),

@@ -1,3 +1,6 @@
+// The long-running-command helpers serve the event tests, enabled once core4d has events.
+#![allow(dead_code)]
+
 //! Spawning core4d and running core4ctl as a child process.
 
 use std::{

@@ -1,0 +1,313 @@
+use std::time::Duration;
+
+use crate::helpers::{Cli, Running, TestServer, WAIT};
+
+fn ids(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("not an id: {l:?}"))
+        })
+        .collect()
+}
+
+/// The text after `author > ` on a tail line.
+fn text(line: &str) -> &str {
+    line.split_once(" > ")
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("not a message line: {line:?}"))
+}
+
+/// Waits until a started tail has subscribed, by sending a marker until it shows up.
+fn synced(tail: &mut Running, sender: &Cli, channel: &str) {
+    sender.run(&["event", "send", channel, "ready?"]).success();
+    let line = tail.line(WAIT);
+    assert!(line.ends_with("> ready?"), "{line}");
+}
+
+#[test]
+fn send_prints_the_message_id() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let first = ids(&cli
+        .run(&["event", "send", "message", "hello"])
+        .success()
+        .stdout);
+    let second = ids(&cli
+        .run(&["event", "send", "message", "again"])
+        .success()
+        .stdout);
+    assert_eq!(first.len(), 1);
+    assert!(second[0] > first[0]);
+
+    let out = cli
+        .run(&[
+            "event",
+            "send",
+            "message",
+            "{\"n\": 1}",
+            "--json",
+            "-o",
+            "json",
+        ])
+        .success();
+    let ack: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert!(
+        ack["message_id"].as_str().is_some() && ack["channel"] == "message",
+        "{ack}"
+    );
+}
+
+#[test]
+fn send_dash_sends_each_line_of_stdin() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let out = cli
+        .run_with_stdin(
+            &["event", "send", "message", "-"],
+            Some("one\ntwo\n\nthree\n"),
+        )
+        .success();
+    let sent = ids(&out.stdout);
+    assert_eq!(sent.len(), 3, "empty lines are skipped: {out:?}");
+    assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
+
+    let history = cli
+        .run(&["event", "history", "message", "-o", "json"])
+        .success()
+        .json();
+    let texts: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["three", "two", "one"], "newest first");
+}
+
+#[test]
+fn tail_receives_what_send_sends_from_another_process() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut tail = cli.spawn(&["event", "tail", "message"], false);
+    synced(&mut tail, &cli, "message");
+
+    cli.run(&["event", "send", "message", "hello from afar"])
+        .success();
+    let line = tail.line(WAIT);
+    assert!(line.ends_with(" admin > hello from afar"), "{line}");
+    let (hh, mm, ss) = (&line[0..2], &line[3..5], &line[6..8]);
+    assert!(
+        hh.parse::<u8>().is_ok() && mm.parse::<u8>().is_ok() && ss.parse::<u8>().is_ok(),
+        "{line}"
+    );
+
+    let (code, stderr) = tail.interrupt();
+    assert_eq!(code, 0, "Ctrl-C exits 0: {stderr}");
+}
+
+#[test]
+fn tail_json_prints_one_object_per_line() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut tail = cli.spawn(&["event", "tail", "message", "system", "-o", "json"], false);
+    cli.run(&["event", "send", "message", "first"]).success();
+    let event: serde_json::Value = serde_json::from_str(&tail.line(WAIT)).unwrap();
+    for key in ["_id", "created", "name", "author", "channel", "data"] {
+        assert!(event.get(key).is_some(), "{key} missing: {event}");
+    }
+    assert_eq!(event["data"], "first");
+    assert_eq!(event["author"], "admin");
+    assert_eq!(event["channel"], "message");
+}
+
+#[test]
+fn tail_last_and_since_replay_stored_messages() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let sent = ids(&cli
+        .run_with_stdin(&["event", "send", "message", "-"], Some("m1\nm2\nm3\nm4\n"))
+        .success()
+        .stdout);
+
+    let mut tail = cli.spawn(&["event", "tail", "message", "--last", "2"], false);
+    assert_eq!(text(&tail.line(WAIT)), "m3");
+    assert_eq!(text(&tail.line(WAIT)), "m4");
+    cli.run(&["event", "send", "message", "m5"]).success();
+    assert_eq!(text(&tail.line(WAIT)), "m5");
+    drop(tail);
+
+    let since = sent[1].to_string();
+    let mut tail = cli.spawn(&["event", "tail", "message", "--since", &since], false);
+    let replayed: Vec<String> = (0..3).map(|_| text(&tail.line(WAIT)).to_owned()).collect();
+    assert_eq!(replayed, ["m3", "m4", "m5"]);
+    assert!(
+        tail.lines_within(Duration::from_millis(500)).is_empty(),
+        "nothing twice"
+    );
+}
+
+#[test]
+fn tail_resumes_across_a_core4d_restart_without_loss_or_duplicates() {
+    let mut server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut tail = cli.spawn(&["event", "tail", "message"], false);
+    synced(&mut tail, &cli, "message");
+
+    cli.run(&["event", "send", "message", "before-1"]).success();
+    cli.run(&["event", "send", "message", "before-2"]).success();
+    assert_eq!(text(&tail.line(WAIT)), "before-1");
+    assert_eq!(text(&tail.line(WAIT)), "before-2");
+
+    server.restart();
+    // Sent while the tail is still reconnecting: it must catch up on these.
+    for i in 1..=3 {
+        cli.run(&["event", "send", "message", &format!("after-{i}")])
+            .success();
+    }
+    let caught_up: Vec<String> = (0..3).map(|_| text(&tail.line(WAIT)).to_owned()).collect();
+    assert_eq!(caught_up, ["after-1", "after-2", "after-3"]);
+
+    cli.run(&["event", "send", "message", "live"]).success();
+    assert_eq!(text(&tail.line(WAIT)), "live");
+    assert!(
+        tail.lines_within(Duration::from_millis(700)).is_empty(),
+        "nothing printed twice"
+    );
+    let (code, stderr) = tail.interrupt();
+    assert_eq!(code, 0);
+    assert!(
+        stderr.contains("reconnecting"),
+        "the reconnect is reported: {stderr}"
+    );
+}
+
+#[test]
+fn history_pages_newest_first() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let lines: String = (1..=7).map(|i| format!("h{i}\n")).collect();
+    cli.run_with_stdin(&["event", "send", "news", "-"], Some(&lines))
+        .success();
+
+    let out = cli
+        .run(&["event", "history", "news", "--per-page", "3"])
+        .success();
+    let rows: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        rows[0].contains("ID") && rows[0].contains("AUTHOR") && rows[0].contains("TEXT"),
+        "{out:?}"
+    );
+    assert!(
+        rows[1].ends_with("h7") && rows[3].ends_with("h5"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("page 1 of 3"), "{out:?}");
+
+    let page3 = cli
+        .run(&[
+            "event",
+            "history",
+            "news",
+            "--per-page",
+            "3",
+            "--page",
+            "3",
+            "-o",
+            "json",
+        ])
+        .success()
+        .json();
+    let texts: Vec<&str> = page3
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["h1"]);
+}
+
+#[test]
+fn chat_sends_typed_lines_and_prints_others_messages() {
+    let server = TestServer::spawn();
+    let admin = Cli::new();
+    admin.login_admin(&server).success();
+    admin
+        .run_with_stdin(
+            &[
+                "roles",
+                "create",
+                "zoe",
+                "--email",
+                "zoe@example.com",
+                "--password-stdin",
+                "--role",
+                "standard_user",
+            ],
+            Some("zoe-pw\n"),
+        )
+        .success();
+    let zoe = Cli::new();
+    zoe.login(&server, "zoe", "zoe-pw").success();
+
+    let mut tail = admin.spawn(&["event", "tail", "message"], false);
+    synced(&mut tail, &admin, "message");
+    let mut chat = zoe.spawn(&["chat"], true);
+    chat.write_line("hi from zoe");
+    assert!(tail.line(WAIT).ends_with(" zoe > hi from zoe"));
+
+    admin.run(&["event", "send", "message", "hi zoe"]).success();
+    let line = chat.line(WAIT);
+    assert!(line.ends_with(" admin > hi zoe"), "{line}");
+    assert!(
+        chat.lines_within(Duration::from_millis(300)).is_empty(),
+        "own lines are not echoed"
+    );
+
+    let (code, stderr) = chat.wait(); // stdin closed: like Ctrl-D
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn hostile_message_text_cannot_reach_the_terminal_raw() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut tail = cli.spawn(&["event", "tail", "message"], false);
+    synced(&mut tail, &cli, "message");
+    cli.run(&[
+        "event",
+        "send",
+        "message",
+        "\x1b]0;owned\x07\x1b[2Jboo\u{202e}",
+    ])
+    .success();
+    let line = tail.line(WAIT);
+    assert!(
+        !line.contains('\x1b') && !line.contains('\x07') && !line.contains('\u{202e}'),
+        "{line:?}"
+    );
+    assert!(
+        line.ends_with("\\u{1b}]0;owned\\u{7}\\u{1b}[2Jboo\\u{202e}"),
+        "{line:?}"
+    );
+
+    let history = cli
+        .run(&["event", "history", "message", "-o", "json"])
+        .success();
+    assert!(!history.stdout.contains('\x1b') && !history.stdout.contains('\u{202e}'));
+    assert_eq!(
+        history.json()[0]["data"],
+        "\x1b]0;owned\x07\x1b[2Jboo\u{202e}",
+        "JSON keeps the value"
+    );
+}
