@@ -286,12 +286,6 @@ impl ApiClient {
     /// Opens the event WebSocket with the current token.
     pub async fn connect_events(&self) -> Result<EventSocket<'_>> {
         let url = self.event_url(None)?;
-        if url.scheme() == "wss" {
-            return Err(CliError::Other(format!(
-                "event channels over https ({}) are not supported by this build of core4ctl; use an http:// server URL",
-                self.server
-            )));
-        }
         let connect = tokio_tungstenite::connect_async(url.as_str());
         let (ws, response) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Err(_) => {
