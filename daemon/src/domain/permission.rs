@@ -35,7 +35,12 @@ impl Permission {
         }
         match proto {
             "api" => {
+                // core4 allowed no `/` in the qual_name pattern: `…/x` or `…/rxc` is a typo, not
+                // a pattern that silently never matches.
                 let (pattern, _) = split_access(rest, "crud");
+                if pattern.contains('/') {
+                    return Err(invalid());
+                }
                 compile_prefix(pattern).map_err(|_| invalid())?;
             }
             "job" => {
@@ -206,6 +211,8 @@ mod tests {
             "event://message/x",
             "event:///r",
             "api://(/r",
+            "api://core4.api.v1.request.role/x",
+            "api://core4.api.v1.request.role/rxc",
         ] {
             let err = Permission::parse(bad).unwrap_err();
             assert!(
