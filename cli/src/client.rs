@@ -405,7 +405,7 @@ pub fn map_error(
         }
         400 | 422 => CliError::Usage(if text.starts_with("invalid permission protocol") {
             format!(
-                "{text} — permissions look like cop, api://<regex>[/crud], job://<regex>/x|r, app://<key> or mongodb://<db>"
+                "{text} — permissions look like cop, api://<regex>[/crud], event://<channel glob>/r|w|rw, job://<regex>/x|r, app://<key> or mongodb://<db>"
             )
         } else {
             text.to_owned()
