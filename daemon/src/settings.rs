@@ -180,11 +180,7 @@ impl Settings {
                     .only(&["DATABASE_URL"])
                     .map(|_| "database_url".into()),
             )
-            .merge(
-                Env::prefixed("CORE4_")
-                    .ignore(&["CONFIG", "PG_BIN_DIR"])
-                    .split("__"),
-            )
+            .merge(Env::prefixed("CORE4_").filter(is_setting_key).split("__"))
             .merge(Serialized::defaults(flags));
         let settings: Settings = fig
             .extract()
@@ -226,6 +222,22 @@ impl Settings {
         copy.database_url = copy.database_url.as_deref().map(redact_url);
         toml_string(&copy)
     }
+}
+
+/// `CORE4_*` variables that are not settings (the CLI's `CORE4_SERVER`, `CORE4_CONFIG`,
+/// `CORE4_PG_BIN_DIR`, ...) are left alone instead of failing the start; the TOML file stays
+/// strict about unknown keys.
+fn is_setting_key(key: &figment::value::UncasedStr) -> bool {
+    let top = key
+        .as_str()
+        .split("__")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    serde_json::to_value(Settings::default())
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.contains_key(&top)))
+        .unwrap_or(false)
 }
 
 const REDACTED: &str = "<redacted>";
@@ -287,6 +299,15 @@ impl fmt::Debug for Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_env_keys_are_settings_and_others_are_ignored() {
+        use figment::value::UncasedStr;
+        assert!(is_setting_key(UncasedStr::new("LISTEN")));
+        assert!(is_setting_key(UncasedStr::new("EVENTS__MAX_FRAME_BYTES")));
+        assert!(!is_setting_key(UncasedStr::new("SERVER")));
+        assert!(!is_setting_key(UncasedStr::new("PG_BIN_DIR")));
+    }
 
     #[test]
     fn redact_url_hides_the_password_only() {
