@@ -1,17 +1,31 @@
-use std::fmt;
+use std::{
+    fmt,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use rand::Rng;
 
-/// A 24-hex-digit id (as core4's Mongo ObjectIds): 4 bytes of creation time, 8 random bytes.
+/// A 24-hex-digit id laid out as Mongo's ObjectIds: 4 bytes of creation time, 5 random bytes
+/// per process and a 3-byte counter, so ids of one process grow with creation and sorting by
+/// `_id` (the listing default) means "newest last", as in core4.
 /// Used for role ids, etags and request ids.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ObjectId(String);
 
 impl ObjectId {
     pub fn new() -> Self {
+        static PROCESS: OnceLock<u64> = OnceLock::new();
+        static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
+        let process = *PROCESS.get_or_init(|| rand::rng().random::<u64>() & 0xff_ffff_ffff);
+        // Starting below 2^23 leaves 8M ids before the counter wraps.
+        let counter =
+            COUNTER.get_or_init(|| AtomicU32::new(rand::rng().random::<u32>() & 0x7f_ffff));
+        let n = counter.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
         let secs = time::OffsetDateTime::now_utc().unix_timestamp() as u32;
-        let rand: u64 = rand::rng().random();
-        Self(format!("{secs:08x}{rand:016x}"))
+        Self(format!("{secs:08x}{process:010x}{n:06x}"))
     }
 
     /// Accepts exactly 24 hex digits (any case); stored lowercase.
@@ -47,6 +61,12 @@ mod tests {
         assert_eq!(a.as_str().len(), 24);
         assert!(ObjectId::parse(a.as_str()).is_some());
         assert_ne!(a, ObjectId::new());
+    }
+
+    #[test]
+    fn new_ids_grow_with_creation() {
+        let ids: Vec<ObjectId> = (0..1000).map(|_| ObjectId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
     }
 
     #[test]
