@@ -796,3 +796,34 @@ async fn core4d_refuses_to_start_with_a_short_admin_password_or_no_admin_name() 
     let err = Application::build(nameless).await.err().expect("refused");
     assert!(err.to_string().contains("admin_username"), "{err:#}");
 }
+
+/// core4 re-set the cookie along with the `token` header when it refreshed a token, so a
+/// browser session that relies on the cookie slides too.
+#[tokio::test]
+#[ignore = "startup.rs envelope_layer adds only the token header for a refreshed token, no Set-Cookie, so cookie sessions end after token_expiration"]
+async fn a_refreshed_token_also_renews_the_cookie() {
+    let mut settings = test_settings(&fresh_database().await);
+    settings.token_refresh = 1;
+    let app = spawn_app_with(settings).await;
+    let token = app.admin_token().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, headers, body) = send(
+        app.client
+            .get(app.url("/profile"))
+            .header("Cookie", format!("token={token}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let fresh = headers
+        .get("token")
+        .and_then(|v| v.to_str().ok())
+        .expect("token header");
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        cookie.starts_with(&format!("token={fresh};")) && cookie.contains("HttpOnly"),
+        "{cookie:?}"
+    );
+}
