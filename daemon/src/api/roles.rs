@@ -131,7 +131,7 @@ pub struct RoleUpdate {
 /// The updated object, or the string `no changes`.
 #[derive(Union)]
 pub enum UpdateResult {
-    Updated(RoleOut),
+    Updated(Box<RoleOut>),
     Unchanged(String),
 }
 
@@ -600,5 +600,5 @@ pub async fn apply_change(state: &AppState, id: &str, c: RoleChange) -> ApiResul
     let row = storage::roles::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("role [{id}] not found")))?;
-    Ok(UpdateResult::Updated(row.into()))
+    Ok(UpdateResult::Updated(Box::new(row.into())))
 }
