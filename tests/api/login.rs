@@ -208,6 +208,12 @@ async fn a_valid_token_is_exchanged_for_a_fresh_one_wherever_it_is_sent() {
                 .post(app.url("/login"))
                 .json(&json!({"token": token})),
         ),
+        (
+            "form body",
+            app.client
+                .post(app.url("/login"))
+                .form(&[("token", token.as_str())]),
+        ),
     ];
     for (how, req) in requests {
         let (status, headers, body) = send(req).await;
