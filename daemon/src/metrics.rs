@@ -13,6 +13,74 @@ use std::{
 #[derive(Clone, Default)]
 pub struct Metrics(Arc<Inner>);
 
+/// A Prometheus histogram over fixed upper bounds (the last one is +Inf).
+pub struct Histogram<const N: usize> {
+    bounds: [u64; N],
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [u64; N]) -> Self {
+        Self {
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: u64) {
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(N - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(v, Relaxed);
+    }
+
+    /// Renders with bounds divided by `scale` (e.g. microseconds shown as seconds).
+    fn render(&self, out: &mut String, name: &str, help: &str, scale: f64) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            let le = if i == N - 1 {
+                "+Inf".to_string()
+            } else {
+                (self.bounds[i] as f64 / scale).to_string()
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum.load(Relaxed) as f64 / scale;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+impl Default for Histogram<11> {
+    /// Batch sizes.
+    fn default() -> Self {
+        Self::new([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, u64::MAX])
+    }
+}
+
+impl Default for Histogram<13> {
+    /// Latencies in microseconds.
+    fn default() -> Self {
+        Self::new([
+            500,
+            1_000,
+            2_000,
+            5_000,
+            10_000,
+            20_000,
+            50_000,
+            100_000,
+            250_000,
+            500_000,
+            1_000_000,
+            2_500_000,
+            u64::MAX,
+        ])
+    }
+}
+
 #[derive(Default)]
 pub struct Inner {
     pub connections_open: AtomicI64,
@@ -24,6 +92,18 @@ pub struct Inner {
     pub batch_messages: AtomicU64,
     pub commit_micros_total: AtomicU64,
     pub commit_micros_max: AtomicU64,
+    /// Event frames not queued because the socket was behind (it gets a gap frame instead).
+    pub events_dropped: AtomicU64,
+    /// Events sent from the table to resuming sockets.
+    pub events_replayed: AtomicU64,
+    /// Messages refused by the per-user rate limit.
+    pub rate_limited: AtomicU64,
+    /// Client frames answered with an error frame.
+    pub frame_errors: AtomicU64,
+    /// Times the LISTEN connection was lost and re-established.
+    pub listener_reconnects: AtomicU64,
+    pub batch_sizes: Histogram<11>,
+    pub commit_latency: Histogram<13>,
     http: Mutex<BTreeMap<(String, String, u16), u64>>,
 }
 
@@ -69,6 +149,8 @@ impl Metrics {
         self.batch_messages.fetch_add(messages, Relaxed);
         self.commit_micros_total.fetch_add(micros, Relaxed);
         self.commit_micros_max.fetch_max(micros, Relaxed);
+        self.batch_sizes.observe(messages);
+        self.commit_latency.observe(micros);
     }
 
     pub fn render(&self) -> String {
@@ -103,7 +185,7 @@ impl Metrics {
         counter(
             &mut out,
             "core4d_event_messages_delivered_total",
-            "Event frames queued to sockets.",
+            "Event frames written to sockets.",
             self.messages_delivered.load(Relaxed),
         );
         counter(
@@ -135,6 +217,47 @@ impl Metrics {
             "core4d_event_commit_microseconds_max",
             "Slowest writer commit since start.",
             self.commit_micros_max.load(Relaxed) as i64,
+        );
+        for (name, help, v) in [
+            (
+                "core4d_event_frames_dropped_total",
+                "Event frames not queued because the socket was behind (it gets a gap frame).",
+                &self.events_dropped,
+            ),
+            (
+                "core4d_event_replayed_total",
+                "Stored events replayed to resuming sockets.",
+                &self.events_replayed,
+            ),
+            (
+                "core4d_event_rate_limited_total",
+                "Messages refused by the per-user rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "core4d_event_frame_errors_total",
+                "Client frames answered with an error frame.",
+                &self.frame_errors,
+            ),
+            (
+                "core4d_event_listener_reconnects_total",
+                "Times the LISTEN connection was lost and re-established.",
+                &self.listener_reconnects,
+            ),
+        ] {
+            counter(&mut out, name, help, v.load(Relaxed));
+        }
+        self.batch_sizes.render(
+            &mut out,
+            "core4d_event_batch_size",
+            "Messages per committed writer batch.",
+            1.0,
+        );
+        self.commit_latency.render(
+            &mut out,
+            "core4d_event_commit_seconds",
+            "Time from taking a batch to its commit.",
+            1e6,
         );
         let _ = writeln!(
             out,
@@ -168,5 +291,16 @@ mod tests {
         let text = m.render();
         assert!(text.contains("core4d_http_requests_total{method=\"GET\",route=\"/core4/api/v1/roles/{id}\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("# TYPE core4d_event_connections gauge"));
+        m.record_commit(3, 1500);
+        let text = m.render();
+        assert!(
+            text.contains("core4d_event_batch_size_bucket{le=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("core4d_event_commit_seconds_bucket{le=\"0.002\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("core4d_event_commit_seconds_bucket{le=\"+Inf\"} 1"));
     }
 }

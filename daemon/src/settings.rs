@@ -83,8 +83,13 @@ pub struct EventSettings {
     pub outbound_queue: usize,
     /// Most messages the writer commits in one transaction.
     pub batch_max: usize,
-    /// Seconds between permission re-checks of open sockets.
+    /// Milliseconds between permission re-checks (and expiry checks) of open sockets.
     pub recheck_interval_ms: u64,
+    /// Messages one socket may have waiting for their acknowledgement; beyond that the socket is
+    /// not read until acks went out.
+    pub max_unacked: usize,
+    /// How long a message waits for an unreachable database before its sender gets an error frame.
+    pub commit_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -141,6 +146,8 @@ impl Default for EventSettings {
             outbound_queue: 1024,
             batch_max: 1000,
             recheck_interval_ms: 500,
+            max_unacked: 256,
+            commit_timeout_ms: 10_000,
         }
     }
 }

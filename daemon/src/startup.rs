@@ -155,7 +155,6 @@ impl Application {
             ..
         } = self;
         let app = app(&state);
-        let hub = state.hub.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
             app,
@@ -164,7 +163,6 @@ impl Application {
                     _ = shutdown => {}
                     _ = stop_rx => {}
                 }
-                hub.shutdown().await;
             },
             Some(Duration::from_secs(10)),
         );
@@ -182,6 +180,9 @@ impl Application {
             }
             None => server.await.map_err(anyhow::Error::from),
         };
+        // No new connections now (upgraded sockets are not the server's): flush the event
+        // writer, then close the sockets with 1001.
+        state.hub.shutdown().await;
         state.pool.close().await;
         if let Some(pg) = embedded {
             if let Err(e) = pg.stop().await {

@@ -1,1 +1,1050 @@
-//! (tests being written)
+//! The event WebSocket and history, end to end: a real core4d (sometimes two), a real PostgreSQL.
+
+use std::{
+    collections::{BTreeSet, VecDeque},
+    time::Duration,
+};
+
+use core4_tests::{TestApp, error_text, spawn_app, spawn_app_with, test_settings};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{
+        self, Message,
+        client::IntoClientRequest,
+        http::{HeaderValue, StatusCode},
+    },
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A test client on the event socket.
+struct Ws {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Event frames that arrived while `publish` waited for its ack.
+    backlog: VecDeque<Value>,
+}
+
+impl Ws {
+    async fn connect(app: &TestApp, token: &str) -> Ws {
+        Self::connect_url(&app.ws_url(token)).await
+    }
+
+    async fn connect_url(url: &str) -> Ws {
+        let (inner, resp) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        Ws::from(inner)
+    }
+
+    fn from(inner: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Ws {
+        Ws {
+            inner,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.inner
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON frame; panics on close or silence.
+    async fn recv(&mut self) -> Value {
+        match self.backlog.pop_front() {
+            Some(v) => v,
+            None => self.read().await,
+        }
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("socket open")
+                .expect("socket ok");
+            match msg {
+                Message::Text(t) => {
+                    return serde_json::from_str(&t).unwrap_or_else(|_| panic!("not JSON: {t}"));
+                }
+                Message::Close(c) => panic!("socket closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one matches.
+    async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Nothing arrives within `d`.
+    async fn assert_silent(&mut self, d: Duration) {
+        assert!(self.backlog.is_empty(), "unexpected: {:?}", self.backlog);
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(d, self.inner.next()).await {
+            panic!("unexpected frame: {msg:?}");
+        }
+    }
+
+    /// Waits for the server's close frame and returns its code and reason.
+    async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("closed within 10 s");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    panic!("closed without a close frame")
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn interest(&mut self, channels: &[&str]) -> Value {
+        self.send(json!({"type": "interest", "data": channels}))
+            .await;
+        self.recv_until(|v| v["type"] == "interest").await
+    }
+
+    /// Sends a message and returns its id from the ack (event frames before it are skipped).
+    async fn publish(&mut self, channel: &str, text: Value) -> String {
+        self.send(json!({"type": "message", "channel": channel, "text": text}))
+            .await;
+        let ack = loop {
+            let v = self.read().await;
+            if v.get("channel").is_none() {
+                break v;
+            }
+            self.backlog.push_back(v);
+        };
+        assert!(
+            ack["type"] == "send" || ack["type"] == "interest",
+            "not an ack: {ack}"
+        );
+        ack["message_id"].as_str().expect("message_id").to_string()
+    }
+
+    async fn event(&mut self) -> Value {
+        self.recv_until(|v| v.get("channel").is_some()).await
+    }
+}
+
+fn is_error(v: &Value) -> bool {
+    v["type"] == "error" && v.get("channel").is_none()
+}
+
+/// A user with exactly these permissions (plus what login and the socket need).
+async fn user_with(app: &TestApp, admin: &str, name: &str, perms: &[&str]) -> (String, String) {
+    let mut perm = vec!["api://core4.api.v1.request.standard.*"];
+    perm.extend_from_slice(perms);
+    let (status, body) = app
+        .post(
+            "/roles",
+            admin,
+            json!({"name": name, "email": format!("{name}@example.com"), "password": "very secret", "perm": perm}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["_id"].as_str().unwrap().to_string();
+    (id, app.login(name, "very secret").await)
+}
+
+async fn update_role(app: &TestApp, admin: &str, id: &str, change: Value) {
+    let (_, current) = app.get(&format!("/roles/{id}"), admin).await;
+    let mut body = change;
+    body["etag"] = current["data"]["etag"].clone();
+    let (status, reply) = app.put(&format!("/roles/{id}"), admin, body).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+#[tokio::test]
+async fn two_users_chat_as_in_the_seed_document() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (_, t1) = app.create_user(&admin, "user1", "very secret").await;
+    let (_, t2) = app.create_user(&admin, "user2", "very secret").await;
+    let mut a = Ws::connect(&app, &t1).await;
+    let mut b = Ws::connect(&app, &t2).await;
+    for ws in [&mut a, &mut b] {
+        let reply = ws.interest(&["message", "system"]).await;
+        assert_eq!(reply["data"], json!(["message", "system"]));
+        assert_eq!(
+            reply["message"],
+            "processed interest in ['message', 'system']"
+        );
+    }
+
+    a.send(json!({"type": "message", "channel": "message", "text": "hello from 1"}))
+        .await;
+    let ack = a.recv().await;
+    assert_eq!(ack["type"], "send", "{ack}");
+    assert_eq!(ack["message"], "OK");
+    let id = ack["message_id"].as_str().unwrap().to_string();
+    assert!(ack.get("channel").is_none());
+    let own = a.event().await;
+    let seen = b.event().await;
+    assert_eq!(own, seen);
+    assert_eq!(seen["_id"], id.as_str());
+    assert_eq!(seen["author"], "user1");
+    assert_eq!(seen["channel"], "message");
+    assert_eq!(seen["name"], "message");
+    assert_eq!(seen["data"], "hello from 1");
+    assert!(seen["created"].as_str().unwrap().len() >= 19);
+
+    let id2 = b.publish("message", json!({"nested": [1, 2]})).await;
+    assert!(id2.parse::<i64>().unwrap() > id.parse::<i64>().unwrap());
+    let got = a.event().await;
+    assert_eq!(
+        (got["author"].as_str(), &got["data"]),
+        (Some("user2"), &json!({"nested": [1, 2]}))
+    );
+    assert_eq!(b.event().await["_id"], id2.as_str());
+}
+
+#[tokio::test]
+async fn interest_replaces_the_set_and_normalises_names() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let reply = ws
+        .interest(&[" Message ", "SYSTEM", "message", "", "a b"])
+        .await;
+    assert_eq!(reply["data"], json!(["message", "system"]));
+    assert!(reply["denied"]["a b"].is_string(), "{reply}");
+    // Non-strings are dropped, as core4 does.
+    ws.send(json!({"type": "interest", "data": ["Queue", 5, null]}))
+        .await;
+    let reply = ws.recv().await;
+    assert_eq!(reply["data"], json!(["queue"]));
+    // The set was replaced: a message on `message` does not arrive any more ...
+    let mut other = Ws::connect(&app, &admin).await;
+    other.publish("MESSAGE", json!("not for ws")).await;
+    let on_queue = other.publish("queue", json!("for ws")).await;
+    let got = ws.event().await;
+    assert_eq!(got["_id"], on_queue.as_str());
+    assert_eq!(got["channel"], "queue");
+    // ... and a message to a channel the sender did not listen to adds it (core4's behaviour).
+    other
+        .send(json!({"type": "message", "channel": " Fresh ", "text": "x"}))
+        .await;
+    let ack = other.recv_until(|v| v.get("channel").is_none()).await;
+    assert_eq!(ack["type"], "interest", "{ack}");
+    assert_eq!(ack["message"], "OK, added interest in channel");
+    let own = other.recv_until(|v| v["data"] == "x").await;
+    assert_eq!(own["channel"], "fresh");
+    // A missing list unsubscribes from everything.
+    ws.send(json!({"type": "interest"})).await;
+    assert_eq!(ws.recv().await["data"], json!([]));
+    other.publish("queue", json!("nobody")).await;
+    ws.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_socket_stays_usable() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "error parsing json data"),
+        ("[1,2]".into(), "a frame must be a JSON object"),
+        ("5".into(), "a frame must be a JSON object"),
+        ("null".into(), "a frame must be a JSON object"),
+        ("{}".into(), "missing `type`"),
+        (r#"{"type":7}"#.into(), "`type` must be a string"),
+        (r#"{"type":"dance"}"#.into(), "unknown type [dance]"),
+        (
+            r#"{"type":"message","text":"x"}"#.into(),
+            "malformed message: missing `channel`",
+        ),
+        (
+            r#"{"type":"message","channel":"message"}"#.into(),
+            "malformed message: missing `text`",
+        ),
+        (
+            r#"{"type":"message","channel":"message","text":null}"#.into(),
+            "malformed message: missing `text`",
+        ),
+        (
+            r#"{"type":"message","channel":"a b","text":"x"}"#.into(),
+            "malformed message: channel name contains whitespace",
+        ),
+        (
+            r#"{"type":"interest","data":null}"#.into(),
+            "`data` must be a list",
+        ),
+        (
+            format!(
+                r#"{{"type":"message","channel":"message","text":"{}"}}"#,
+                "x".repeat(70 * 1024)
+            ),
+            "frame too large",
+        ),
+    ];
+    for (frame, expected) in &cases {
+        ws.send_text(frame).await;
+        let reply = ws.recv().await;
+        assert!(is_error(&reply), "{frame:.60}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains(expected),
+            "{frame:.60}: {reply}"
+        );
+    }
+    ws.inner
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    let reply = ws.recv().await;
+    assert!(is_error(&reply) && reply["message"].as_str().unwrap().contains("binary"));
+
+    // Still usable.
+    ws.interest(&["message"]).await;
+    let id = ws.publish("message", json!("still here")).await;
+    assert_eq!(ws.event().await["_id"], id.as_str());
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "core4d_event_frame_errors_total {}",
+            cases.len() + 1
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn upgrade_without_valid_credentials_is_refused_with_401() {
+    let app = spawn_app().await;
+    let url = format!("ws://127.0.0.1:{}/core4/api/v1/event", app.port);
+    for url in [url.clone(), format!("{url}?token=garbage")] {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401);
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                error_text(&body, 401);
+            }
+            other => panic!("expected a refused upgrade, got {other:?}"),
+        }
+    }
+    // The Bearer header and the cookie work as well as ?token=.
+    let admin = app.admin_token().await;
+    for (name, value) in [
+        ("authorization", format!("Bearer {admin}")),
+        ("cookie", format!("token={admin}")),
+    ] {
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut()
+            .insert(name, HeaderValue::from_str(&value).unwrap());
+        let (mut inner, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        inner
+            .send(Message::text(r#"{"type":"interest","data":["message"]}"#))
+            .await
+            .unwrap();
+        let mut ws = Ws::from(inner);
+        assert_eq!(ws.recv().await["data"], json!(["message"]));
+    }
+    // A plain GET is not an upgrade.
+    let (status, body) = app.get("/event", &admin).await;
+    assert_eq!(status, 400);
+    assert!(error_text(&body, 400).contains("WebSocket"));
+}
+
+#[tokio::test]
+async fn channel_permissions_allow_and_deny_reading_and_writing() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    // standard_user: message rw, system r.
+    let (_, std_token) = app.create_user(&admin, "chatter", "very secret").await;
+    let mut std = Ws::connect(&app, &std_token).await;
+    let reply = std.interest(&["message", "system", "queue"]).await;
+    assert_eq!(reply["data"], json!(["message", "system"]));
+    assert_eq!(reply["denied"], json!({"queue": "no read permission"}));
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("left out: 'queue' (no read permission)")
+    );
+    std.send(json!({"type": "message", "channel": "system", "text": "x"}))
+        .await;
+    let err = std.recv().await;
+    assert!(is_error(&err), "{err}");
+    assert_eq!(err["message"], "no write permission on channel [system]");
+    std.publish("message", json!("allowed")).await;
+
+    // Write-only on `drop`, read-only on `news`; cop may do everything.
+    let (_, writer) = user_with(
+        &app,
+        &admin,
+        "writer",
+        &["event://drop/w", "event://news/r"],
+    )
+    .await;
+    let mut w = Ws::connect(&app, &writer).await;
+    assert_eq!(w.interest(&["drop", "news"]).await["data"], json!(["news"]));
+    let mut cop = Ws::connect(&app, &admin).await;
+    cop.interest(&["drop", "news"]).await;
+    w.send(json!({"type": "message", "channel": "drop", "text": "in"}))
+        .await;
+    let ack = w.recv().await;
+    assert_eq!(ack["type"], "send", "not added to interests: {ack}");
+    assert_eq!(cop.event().await["data"], "in");
+    w.send(json!({"type": "message", "channel": "news", "text": "no"}))
+        .await;
+    assert!(is_error(&w.recv().await));
+    let id = cop.publish("news", json!("read me")).await;
+    assert_eq!(w.event().await["_id"], id.as_str());
+
+    // History follows the same rule.
+    let (status, body) = app.get("/event/history?channel=drop", &writer).await;
+    assert_eq!(status, 403);
+    assert!(error_text(&body, 403).contains("no read permission"));
+    let (status, body) = app.get("/event/history?channel=news", &writer).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["total_count"], 1);
+}
+
+#[tokio::test]
+async fn revocation_closes_open_sockets_and_permission_changes_withdraw_interest() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (id, token) = app.create_user(&admin, "leaver", "very secret").await;
+    let second = app.login("leaver", "very secret").await;
+    let mut a = Ws::connect(&app, &token).await;
+    let mut b = Ws::connect(&app, &second).await;
+    a.interest(&["message", "system"]).await;
+    b.interest(&["message", "system"]).await;
+
+    // Losing `system` read: the interest is withdrawn and the socket told, within a second.
+    let started = std::time::Instant::now();
+    update_role(
+        &app,
+        &admin,
+        &id,
+        json!({"role": [], "perm": ["api://core4.api.v1.request.standard.*", "event://message/rw"]}),
+    )
+    .await;
+    let notice = a.recv().await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(notice["type"], "interest", "{notice}");
+    assert_eq!(notice["data"], json!(["message"]));
+    assert_eq!(notice["denied"], json!({"system": "no read permission"}));
+    b.recv_until(|v| v["type"] == "interest").await;
+
+    // Logout ends that one token: its socket closes with 1008, the other stays.
+    let started = std::time::Instant::now();
+    let (status, _) = app.get("/logout", &token).await;
+    assert_eq!(status, 200);
+    let (code, reason) = a.closed().await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(code, 1008);
+    assert!(reason.contains("revoked"), "{reason}");
+    let mut cop = Ws::connect(&app, &admin).await;
+    let id_msg = cop.publish("message", json!("still there?")).await;
+    assert_eq!(b.event().await["_id"], id_msg.as_str());
+
+    // Deactivation ends every token of the user.
+    update_role(&app, &admin, &id, json!({"is_active": false})).await;
+    let (code, _) = b.closed().await;
+    assert_eq!(code, 1008);
+}
+
+#[tokio::test]
+async fn token_refresh_on_an_open_socket_keeps_it_past_expiry() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.token_expiration = 3;
+    settings.events.recheck_interval_ms = 100;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let (_, token) = app.create_user(&admin, "refresher", "very secret").await;
+    let mut stale = Ws::connect(&app, &token).await;
+    let mut fresh = Ws::connect(&app, &token).await;
+    stale.interest(&["message"]).await;
+    fresh.interest(&["message"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let newer = app.login("refresher", "very secret").await;
+    fresh.send(json!({"type": "token", "token": newer})).await;
+    let reply = fresh.recv().await;
+    assert_eq!(reply["type"], "token", "{reply}");
+    assert_eq!(reply["message"], "token accepted");
+    // Someone else's token is refused.
+    fresh.send(json!({"type": "token", "token": admin})).await;
+    let err = fresh.recv().await;
+    assert!(is_error(&err) && err["message"].as_str().unwrap().contains("another user"));
+
+    let (code, reason) = stale.closed().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("token expired"), "{reason}");
+    let admin = app.admin_token().await;
+    let mut cop = Ws::connect(&app, &admin).await;
+    let id = cop.publish("message", json!("after expiry")).await;
+    assert_eq!(fresh.event().await["_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn resume_after_a_reconnect_delivers_exactly_the_missed_messages() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut publisher = Ws::connect(&app, &admin).await;
+    let mut sub = Ws::connect(&app, &admin).await;
+    sub.interest(&["message", "other"]).await;
+    let first = publisher.publish("message", json!(1)).await;
+    assert_eq!(sub.event().await["_id"], first.as_str());
+    drop(sub);
+
+    let mut missed = vec![];
+    for i in 2..=6 {
+        let channel = if i % 2 == 0 { "message" } else { "other" };
+        missed.push(publisher.publish(channel, json!(i)).await);
+    }
+    publisher.publish("unrelated", json!("x")).await;
+
+    // `?since=` on connect applies to the first interest frame.
+    let mut url = app.ws_url(&admin);
+    url.push_str(&format!("&since={first}"));
+    let mut back = Ws::connect_url(&url).await;
+    back.interest(&["message", "other"]).await;
+    let mut got = vec![];
+    for _ in 0..missed.len() {
+        got.push(back.event().await["_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, missed);
+    let live = publisher.publish("message", json!("live")).await;
+    assert_eq!(back.event().await["_id"], live.as_str());
+    back.assert_silent(Duration::from_millis(200)).await;
+
+    // `since` in the interest frame, while messages keep coming: no gap, no duplicate.
+    let mut again = Ws::connect(&app, &admin).await;
+    let pump = tokio::spawn({
+        let url = app.ws_url(&admin);
+        async move {
+            let mut p = Ws::connect_url(&url).await;
+            let mut ids = vec![];
+            for i in 0..40 {
+                ids.push(p.publish("message", json!(i)).await);
+            }
+            ids
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    again
+        .send(json!({"type": "interest", "data": ["message"], "since": first}))
+        .await;
+    let pumped = pump.await.unwrap();
+    let last = pumped.last().unwrap().clone();
+    let mut seen = vec![];
+    loop {
+        let v = again.event().await;
+        let id = v["_id"].as_str().unwrap().to_string();
+        seen.push(id.clone());
+        if id == last {
+            break;
+        }
+    }
+    let unique: BTreeSet<i64> = seen.iter().map(|s| s.parse().unwrap()).collect();
+    assert_eq!(unique.len(), seen.len(), "duplicates: {seen:?}");
+    let sorted: Vec<i64> = unique.iter().copied().collect();
+    let as_sent: Vec<i64> = seen.iter().map(|s| s.parse().unwrap()).collect();
+    assert_eq!(sorted, as_sent, "out of order");
+    let (_, history) = app
+        .get(
+            &format!("/event/history?channel=message&after={first}&per_page=1000"),
+            &admin,
+        )
+        .await;
+    let stored: BTreeSet<i64> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(unique, stored);
+}
+
+#[tokio::test]
+async fn history_pages_newest_first_with_cursors() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let mut ids = vec![];
+    for i in 0..23 {
+        ids.push(
+            ws.publish("message", json!(format!("m{i}")))
+                .await
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    ws.publish("elsewhere", json!("x")).await;
+    let page_ids = |body: &Value| -> Vec<i64> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["_id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let newest: Vec<i64> = ids.iter().rev().copied().collect();
+
+    let (status, body) = app.get("/event/history?per_page=10", &admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &body["total_count"],
+            &body["page_count"],
+            &body["count"],
+            &body["page"]
+        ),
+        (&json!(23), &json!(3), &json!(10), &json!(0))
+    );
+    assert_eq!(page_ids(&body), newest[..10]);
+    let item = &body["data"][0];
+    assert_eq!(
+        (&item["author"], &item["channel"], &item["data"]),
+        (&json!("admin"), &json!("message"), &json!("m22"))
+    );
+    let (_, body) = app.get("/event/history?per_page=10&page=-1", &admin).await;
+    assert_eq!(
+        (page_ids(&body), &body["page"]),
+        (newest[20..].to_vec(), &json!(2))
+    );
+    let (_, body) = app
+        .get(
+            &format!("/event/history?per_page=5&before={}", ids[10]),
+            &admin,
+        )
+        .await;
+    assert_eq!(page_ids(&body), newest[13..18]);
+    assert_eq!(body["total_count"], 10);
+    let (_, body) = app
+        .get(
+            &format!(
+                "/event/history?per_page=100&after={}&before={}",
+                ids[2], ids[6]
+            ),
+            &admin,
+        )
+        .await;
+    assert_eq!(page_ids(&body), vec![ids[5], ids[4], ids[3]]);
+    let (_, body) = app.get("/event/history?channel=ElseWhere", &admin).await;
+    assert_eq!(body["total_count"], 1);
+    // POST answers the same, not an empty body.
+    let (status, body) = app
+        .post("/event/history?per_page=10", &admin, json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page_ids(&body), newest[..10]);
+    for bad in ["per_page=0", "before=abc", "channel=a%20b"] {
+        let (status, body) = app.get(&format!("/event/history?{bad}"), &admin).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn two_core4d_instances_on_one_database_deliver_each_others_messages() {
+    let a = spawn_app().await;
+    let b = spawn_app_with(test_settings(&a.database_url)).await;
+    let admin_a = a.admin_token().await;
+    let admin_b = b.admin_token().await;
+    let mut on_a = Ws::connect(&a, &admin_a).await;
+    let mut on_b = Ws::connect(&b, &admin_b).await;
+    on_a.interest(&["message"]).await;
+    on_b.interest(&["message"]).await;
+    let from_a = on_a.publish("message", json!("from a")).await;
+    let from_b = on_b.publish("message", json!("from b")).await;
+    for ws in [&mut on_a, &mut on_b] {
+        let got = [ws.event().await, ws.event().await];
+        let ids: Vec<&str> = got.iter().map(|v| v["_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [from_a.as_str(), from_b.as_str()]);
+    }
+
+    // Both write at once: every socket sees every message once, in id order.
+    let n = 60;
+    let (pa, pb) = tokio::join!(
+        async {
+            let mut ws = Ws::connect(&a, &admin_a).await;
+            for i in 0..n {
+                ws.publish("message", json!(format!("a{i}"))).await;
+            }
+        },
+        async {
+            let mut ws = Ws::connect(&b, &admin_b).await;
+            for i in 0..n {
+                ws.publish("message", json!(format!("b{i}"))).await;
+            }
+        }
+    );
+    let ((), ()) = (pa, pb);
+    let mut streams = vec![];
+    for ws in [&mut on_a, &mut on_b] {
+        let mut ids = vec![];
+        for _ in 0..2 * n {
+            ids.push(
+                ws.event().await["_id"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap(),
+            );
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        streams.push(ids);
+    }
+    assert_eq!(streams[0], streams[1]);
+    let (_, history) = a.get("/event/history?per_page=1", &admin_a).await;
+    assert_eq!(history["total_count"], 2 * n + 2);
+}
+
+/// Kills every connection of core4d to its database during traffic (the listener, the writer's,
+/// the pool's): acknowledged messages must all arrive, once each.
+#[tokio::test]
+async fn lost_database_connections_during_traffic_lose_and_duplicate_nothing() {
+    let a = spawn_app().await;
+    let b = spawn_app_with(test_settings(&a.database_url)).await;
+    let admin = a.admin_token().await;
+    let db = a.database_url.rsplit('/').next().unwrap();
+    let db = db.split('?').next().unwrap().to_string();
+    let mut sub = Ws::connect(&b, &admin).await;
+    sub.interest(&["message"]).await;
+    let killer = tokio::spawn({
+        let url = core4_tests::db_url("postgres");
+        async move {
+            let pool = core4d::startup::connect(&url, 1).await.unwrap();
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                    .bind(&db)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let mut publisher = Ws::connect(&a, &admin).await;
+    let mut acked = BTreeSet::new();
+    let mut errors = 0;
+    for i in 0..150 {
+        publisher
+            .send(json!({"type": "message", "channel": "message", "text": i}))
+            .await;
+        let reply = publisher.recv_until(|v| v.get("channel").is_none()).await;
+        match reply["message_id"].as_str() {
+            Some(id) => {
+                acked.insert(id.parse::<i64>().unwrap());
+            }
+            None => errors += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    killer.await.unwrap();
+    assert_eq!(
+        errors, 0,
+        "the writer should retry through lost connections"
+    );
+    let mut got = vec![];
+    while got.len() < acked.len() {
+        got.push(
+            sub.event().await["_id"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    sub.assert_silent(Duration::from_millis(500)).await;
+    assert_eq!(got.iter().copied().collect::<BTreeSet<_>>(), acked);
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test]
+async fn postgres_restarted_during_traffic_loses_no_acknowledged_message() {
+    use core4d::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+    let dir = tempfile_dir();
+    let opts = EmbeddedOptions {
+        data_dir: dir.clone(),
+        fsync: false,
+        extra_settings: vec![],
+    };
+    let pg = EmbeddedPostgres::start(opts.clone())
+        .await
+        .expect("private PostgreSQL");
+    let url = pg.url("postgres");
+    let a = spawn_app_with(test_settings(&url)).await;
+    let b = spawn_app_with(test_settings(&url)).await;
+    let admin = a.admin_token().await;
+    let mut sub = Ws::connect(&b, &admin).await;
+    sub.interest(&["message"]).await;
+
+    let publishing = tokio::spawn({
+        let url = a.ws_url(&admin);
+        async move {
+            let mut p = Ws::connect_url(&url).await;
+            let mut acked = BTreeSet::new();
+            let mut errors = vec![];
+            for i in 0..200 {
+                p.send(json!({"type": "message", "channel": "message", "text": i}))
+                    .await;
+                let reply = p.recv_until(|v| v.get("channel").is_none()).await;
+                match reply["message_id"].as_str() {
+                    Some(id) => {
+                        acked.insert(id.parse::<i64>().unwrap());
+                    }
+                    None => errors.push(reply),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, errors)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.stop().await.expect("stop PostgreSQL");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pg = EmbeddedPostgres::start(opts)
+        .await
+        .expect("restart PostgreSQL");
+    let (acked, errors) = publishing.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(acked.len(), 200);
+
+    let mut got = vec![];
+    while got.len() < acked.len() {
+        got.push(
+            sub.event().await["_id"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    sub.assert_silent(Duration::from_millis(500)).await;
+    assert_eq!(got.iter().copied().collect::<BTreeSet<_>>(), acked);
+    let pool = core4d::startup::connect(&url, 1).await.unwrap();
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), acked);
+    pool.close().await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    pg.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    let dir = std::path::PathBuf::from(format!("{base}/c4r-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_gets_a_gap_frame_while_others_keep_pace() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.outbound_queue = 8;
+    settings.events.messages_per_second = 100_000;
+    settings.events.burst = 100_000;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut slow = Ws::connect(&app, &admin).await;
+    let mut fast = Ws::connect(&app, &admin).await;
+    slow.interest(&["message"]).await;
+    fast.interest(&["message"]).await;
+    // Big messages fill the socket buffers quickly; the slow one reads nothing meanwhile.
+    let big = "x".repeat(60 * 1024);
+    let mut publisher = Ws::connect(&app, &admin).await;
+    let n = 300;
+    let mut ids = vec![];
+    let mut fast_got = 0;
+    for i in 0..n {
+        ids.push(
+            publisher
+                .publish("message", json!(format!("{i}{big}")))
+                .await,
+        );
+        // The fast reader keeps up the whole time.
+        let v = tokio::time::timeout(Duration::from_secs(2), fast.event())
+            .await
+            .expect("the fast subscriber keeps its pace");
+        assert_eq!(v["_id"], ids[i].as_str());
+        fast_got += 1;
+    }
+    assert_eq!(fast_got, n);
+
+    // Now the slow one reads: a prefix of the events, then one gap frame, then live again.
+    let mut received = vec![];
+    let gap = loop {
+        let v = slow.recv().await;
+        if v["type"] == "gap" {
+            break v;
+        }
+        assert!(v.get("channel").is_some(), "{v}");
+        received.push(v["_id"].as_str().unwrap().to_string());
+    };
+    assert!(gap.get("channel").is_none());
+    assert!(
+        !received.is_empty() && received.len() < n,
+        "{}",
+        received.len()
+    );
+    assert_eq!(received, ids[..received.len()]);
+    assert_eq!(gap["after"], received.last().unwrap().as_str());
+    let live = publisher.publish("message", json!("after the gap")).await;
+    assert_eq!(slow.event().await["_id"], live.as_str());
+    // What it missed is in the history.
+    let (_, body) = app
+        .get(
+            &format!(
+                "/event/history?after={}&per_page=1000",
+                gap["after"].as_str().unwrap()
+            ),
+            &admin,
+        )
+        .await;
+    assert_eq!(body["total_count"], n - received.len() + 1);
+}
+
+#[tokio::test]
+async fn per_user_limits_refuse_with_error_frames_and_429() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.messages_per_second = 1;
+    settings.events.burst = 3;
+    settings.events.max_connections_per_user = 2;
+    settings.events.max_channels = 2;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let reply = ws.interest(&["a", "b", "c"]).await;
+    assert_eq!(reply["data"], json!(["a", "b"]));
+    assert_eq!(reply["denied"], json!({"c": "more than 2 channels"}));
+    for _ in 0..3 {
+        ws.publish("a", json!("ok")).await;
+    }
+    ws.send(json!({"type": "message", "channel": "a", "text": "too fast"}))
+        .await;
+    let err = ws.recv_until(|v| v.get("channel").is_none()).await;
+    assert!(
+        is_error(&err)
+            && err["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("rate limit exceeded"),
+        "{err}"
+    );
+
+    let _second = Ws::connect(&app, &admin).await;
+    match tokio_tungstenite::connect_async(app.ws_url(&admin)).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("expected 429, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_commits_every_ack_and_closes_sockets_with_1001() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let database_url = app.database_url.clone();
+    let mut sub = Ws::connect(&app, &admin).await;
+    sub.interest(&["message"]).await;
+    let mut publisher = Ws::connect(&app, &admin).await;
+    // Many messages in flight, none waited for.
+    for i in 0..200 {
+        publisher
+            .send(json!({"type": "message", "channel": "message", "text": i}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stopping = tokio::spawn(app.stop());
+    let mut acked = BTreeSet::new();
+    let code = loop {
+        let msg = tokio::time::timeout(WAIT, publisher.inner.next())
+            .await
+            .unwrap();
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if let Some(id) = v["message_id"].as_str() {
+                    acked.insert(id.parse::<i64>().unwrap());
+                }
+            }
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1001);
+    let (code, _) = sub.closed().await;
+    assert_eq!(code, 1001);
+    stopping.await.unwrap().unwrap();
+    let pool = core4d::startup::connect(&database_url, 1).await.unwrap();
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let stored: BTreeSet<i64> = stored.into_iter().collect();
+    assert!(acked.is_subset(&stored));
+    assert!(!acked.is_empty());
+}
+
+#[tokio::test]
+async fn metrics_count_sockets_messages_and_batches() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    ws.interest(&["message", "system"]).await;
+    ws.publish("message", json!("counted")).await;
+    ws.event().await;
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "core4d_event_connections 1",
+        "core4d_event_subscriptions 2",
+        "core4d_event_messages_published_total 1",
+        "core4d_event_messages_delivered_total 1",
+        "core4d_event_batch_size_bucket{le=\"1\"} 1",
+        "core4d_event_commit_seconds_count 1",
+        "route=\"/core4/api/v1/event\",status=\"101\"",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}

@@ -1,11 +1,36 @@
-//! `/event` (WebSocket) and `/event/history`. (Being built.)
+//! `/event` (the WebSocket of core4's event protocol) and `/event/history`.
 
-use poem_openapi::OpenApi;
+use poem::{
+    Body, IntoResponse, OnUpgrade, Request, Response,
+    http::{HeaderValue, StatusCode, header},
+};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::Query,
+    payload::Json,
+    registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
+    types::Type,
+};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
 
 use super::{ApiTags, AppState};
+use crate::{
+    auth::{Method, TokenAuth, qual},
+    domain::Channel,
+    envelope::{Page, Paged, format_ts},
+    error::{ApiError, ApiResult},
+    events::{
+        Admission,
+        protocol::{ClientFrame, ServerFrame, parse_id_str},
+    },
+    storage::{
+        self,
+        events::{EventRow, HistoryFilter},
+    },
+};
 
 pub struct EventsApi {
-    #[allow(dead_code)]
     state: AppState,
 }
 
@@ -15,5 +40,307 @@ impl EventsApi {
     }
 }
 
+/// A stored message, as history lists it (the same fields as the event frame).
+#[derive(Object)]
+pub struct EventOut {
+    /// The message id (a decimal string of the deployment's increasing sequence).
+    #[oai(rename = "_id")]
+    pub id: String,
+    /// Commit time, naive UTC with microseconds.
+    pub created: String,
+    pub name: String,
+    pub author: String,
+    pub channel: String,
+    /// The `text` the sender sent.
+    pub data: Value,
+}
+
+impl From<EventRow> for EventOut {
+    fn from(r: EventRow) -> Self {
+        Self {
+            id: r.id.to_string(),
+            created: format_ts(r.created),
+            data: serde_json::from_str(&r.data).unwrap_or(Value::Null),
+            name: r.name,
+            author: r.author,
+            channel: r.channel,
+        }
+    }
+}
+
+/// The accepted upgrade: 101, then the socket is served by the event hub.
+pub struct EventSocket {
+    accept: HeaderValue,
+    upgrade: OnUpgrade,
+    admission: Admission,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    since: Option<i64>,
+}
+
+impl IntoResponse for EventSocket {
+    fn into_response(self) -> Response {
+        let Self {
+            accept,
+            upgrade,
+            admission,
+            config,
+            since,
+        } = self;
+        tokio::spawn(async move {
+            // Dropping the admission (upgrade failed) gives the user's slot back.
+            let Ok(upgraded) = upgrade.await else { return };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                upgraded,
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            admission.serve(ws, since).await;
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty())
+    }
+}
+
+const SOCKET_DOC: &str = "Switching Protocols: the core4 event protocol over JSON text frames. \
+The client sends `ClientFrame`s (`interest`, `message`, `token`); the server sends `ServerFrame`s: \
+`EventFrame`s (the only frames with a `channel` key) and `ServerReply`s (`interest`, `send`, \
+`error`, `gap`, `token`). The two vendor media types below carry these schemas; they are frames on \
+the socket, not HTTP bodies. Every client frame gets exactly one reply; a malformed \
+one an `error` frame, and the socket stays open. Close codes: 1001 the server shuts down; 1008 \
+the token was revoked or expired, or the user deactivated or deleted (the reason says which); \
+1009 a frame over the hard cap (16 times `events.max_frame_bytes`, at least 1 MiB).";
+
+impl ApiResponse for EventSocket {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: SOCKET_DOC,
+                status: Some(101),
+                status_range: None,
+                content: vec![
+                    MetaMediaType {
+                        content_type: "application/vnd.core4.event-server-frame+json",
+                        schema: ServerFrame::schema_ref(),
+                    },
+                    MetaMediaType {
+                        content_type: "application/vnd.core4.event-client-frame+json",
+                        schema: ClientFrame::schema_ref(),
+                    },
+                ],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ClientFrame::register(registry);
+        ServerFrame::register(registry);
+    }
+}
+
+/// The WebSocket handshake headers, checked as poem's own extractor does.
+fn websocket_key(req: &Request) -> ApiResult<HeaderValue> {
+    let h = req.headers();
+    let has = |name: header::HeaderName, want: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(want))
+            })
+        })
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return Err(ApiError::BadRequest(
+            "this endpoint is a WebSocket: send an upgrade request".into(),
+        ));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(ApiError::BadRequest(
+            "unsupported WebSocket version (13 required)".into(),
+        ));
+    }
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| ApiError::BadRequest("missing Sec-WebSocket-Key".into()))?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(ApiError::internal)
+}
+
+async fn history(
+    state: &AppState,
+    auth: &TokenAuth,
+    channel: Option<String>,
+    page: Option<i64>,
+    per_page: Option<u32>,
+    before: Option<String>,
+    after: Option<String>,
+) -> ApiResult<Json<Paged<EventOut>>> {
+    let principal = state
+        .auth
+        .require(auth, qual::EVENT_HISTORY, Method::Read)
+        .await?;
+    let channel = Channel::parse(channel.as_deref().unwrap_or("message"))
+        .map_err(|e| ApiError::BadRequest(format!("parameter [channel]: {e}")))?;
+    if !principal.perms.event(channel.as_str(), false) {
+        return Err(ApiError::Forbidden(format!(
+            "no read permission on channel [{channel}]"
+        )));
+    }
+    let cursor = |name: &str, v: Option<String>| -> ApiResult<Option<i64>> {
+        v.map(|s| {
+            parse_id_str(&s).ok_or_else(|| {
+                ApiError::BadRequest(format!("parameter [{name}] must be a message id"))
+            })
+        })
+        .transpose()
+    };
+    let filter = HistoryFilter {
+        channel: channel.as_str().to_string(),
+        before: cursor("before", before)?,
+        after: cursor("after", after)?,
+    };
+    let pager = Page::new(page, per_page, state.settings.max_per_page)?;
+    let total = storage::events::history_count(&state.pool, &filter).await?;
+    let (page, page_count, offset) = pager.resolve(total);
+    let rows = if offset >= total {
+        Vec::new()
+    } else {
+        storage::events::history(&state.pool, &filter, offset, pager.per_page).await?
+    };
+    Ok(pager.reply(
+        page,
+        page_count,
+        total,
+        rows.into_iter().map(EventOut::from).collect(),
+    ))
+}
+
 #[OpenApi(tag = "ApiTags::Events")]
-impl EventsApi {}
+impl EventsApi {
+    /// The event WebSocket
+    ///
+    /// Upgrade to a WebSocket speaking core4's event protocol. Credentials as `?token=`, Bearer
+    /// header or `token` cookie; without valid ones the upgrade is refused with a 401 envelope.
+    /// Needs `api://core4.api.v1.request.standard.event.EventHandler` (read); channels need
+    /// `event://<channel>/r` to listen and `/w` to send. A session:
+    ///
+    /// ```text
+    /// > {"type":"interest","data":["message","system"]}
+    /// < {"type":"interest","data":["message","system"],"message":"processed interest in ['message', 'system']","denied":{}}
+    /// > {"type":"message","channel":"message","text":"hello"}
+    /// < {"type":"send","message_id":"17","message":"OK"}
+    /// < {"_id":"17","created":"2026-11-27T10:00:00.123456","name":"message","author":"user1","channel":"message","data":"hello"}
+    /// ```
+    #[oai(path = "/event", method = "get", operation_id = "event_socket")]
+    async fn socket(
+        &self,
+        req: &Request,
+        auth: TokenAuth,
+        /// Replay the stored messages after this id on the channels of the first interest frame
+        /// (unless that frame has its own `since`), then continue live.
+        since: Query<Option<String>>,
+    ) -> ApiResult<EventSocket> {
+        let principal = self
+            .state
+            .auth
+            .require(&auth, qual::EVENT, Method::Read)
+            .await?;
+        let accept = websocket_key(req)?;
+        let since = match since.0 {
+            None => None,
+            Some(s) => Some(parse_id_str(&s).ok_or_else(|| {
+                ApiError::BadRequest("parameter [since] must be a message id".into())
+            })?),
+        };
+        let token = auth.token().unwrap_or_default().to_string();
+        let hub = &self.state.hub;
+        let admission = hub.admit(principal, &token)?;
+        let upgrade = req
+            .take_upgrade()
+            .map_err(|_| ApiError::BadRequest("the connection cannot be upgraded".into()))?;
+        Ok(EventSocket {
+            accept,
+            upgrade,
+            admission,
+            config: hub.websocket_config(),
+            since,
+        })
+    }
+
+    /// Message history
+    ///
+    /// Stored messages of one channel, newest first, paged with the usual envelope. `before` and
+    /// `after` are exclusive id cursors (page backwards with `before=<oldest id seen>`; fill a gap
+    /// with `after=<gap id>`). Needs `event://<channel>/r`.
+    #[oai(
+        path = "/event/history",
+        method = "get",
+        operation_id = "event_history_get"
+    )]
+    async fn history_get(
+        &self,
+        auth: TokenAuth,
+        /// The channel (default `message`).
+        channel: Query<Option<String>>,
+        /// Page (0-based; negative counts from the end).
+        page: Query<Option<i64>>,
+        /// Items per page (default 10).
+        per_page: Query<Option<u32>>,
+        /// Only messages with a smaller id.
+        before: Query<Option<String>>,
+        /// Only messages with a larger id.
+        after: Query<Option<String>>,
+    ) -> ApiResult<Json<Paged<EventOut>>> {
+        history(
+            &self.state,
+            &auth,
+            channel.0,
+            page.0,
+            per_page.0,
+            before.0,
+            after.0,
+        )
+        .await
+    }
+
+    /// Message history (POST)
+    ///
+    /// The same as GET (core4 answered POST with an empty body).
+    #[oai(
+        path = "/event/history",
+        method = "post",
+        operation_id = "event_history_post"
+    )]
+    async fn history_post(
+        &self,
+        auth: TokenAuth,
+        /// The channel (default `message`).
+        channel: Query<Option<String>>,
+        /// Page (0-based; negative counts from the end).
+        page: Query<Option<i64>>,
+        /// Items per page (default 10).
+        per_page: Query<Option<u32>>,
+        /// Only messages with a smaller id.
+        before: Query<Option<String>>,
+        /// Only messages with a larger id.
+        after: Query<Option<String>>,
+    ) -> ApiResult<Json<Paged<EventOut>>> {
+        history(
+            &self.state,
+            &auth,
+            channel.0,
+            page.0,
+            per_page.0,
+            before.0,
+            after.0,
+        )
+        .await
+    }
+}

@@ -1,29 +1,450 @@
 //! The event hub: interest sets, fan-out, the batched writer and the cross-instance listener.
-//! (Being built; this is the interface the rest of the daemon uses.)
+//!
+//! ```text
+//! socket reader ──Pending──▶ writer (group commit, one NOTIFY per batch) ──ack──▶ socket queue
+//!                                  │ committed batch
+//!                                  ▼
+//! LISTEN core4_events ──────▶ dispatcher (strictly in id order, once each) ──frame──▶ socket queues
+//! poll (epoch, head) ───────▶ re-check principals, expire tokens, catch-up hint
+//! ```
+//! Ids are gapless and commit in order (see `migrations/0002_events.sql`), so the dispatcher only
+//! keeps the last id it published: anything it has not seen is read from the table by id range.
 
+mod conn;
+mod dispatch;
+mod limits;
+pub mod protocol;
+mod recheck;
+mod session;
+mod writer;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use poem::Upgraded;
 use sqlx::PgPool;
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
+use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::WebSocketConfig};
 
-use crate::{auth::Auth, metrics::Metrics, settings::EventSettings};
+use self::{
+    conn::{Conn, ConnAuth},
+    dispatch::Dispatch,
+    limits::Users,
+    writer::Pending,
+};
+use crate::{
+    auth::{Auth, Principal},
+    domain::{Channel, PermissionSet},
+    error::{ApiError, ApiResult},
+    metrics::Metrics,
+    settings::EventSettings,
+    storage,
+};
+
+/// Close codes the server uses.
+pub mod close {
+    /// The server shuts down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The token was revoked, expired, or the user deactivated or deleted.
+    pub const POLICY: u16 = 1008;
+}
+
+/// Bytes the WebSocket reader keeps per socket (idle sockets must stay small).
+const READ_BUFFER: usize = 4 * 1024;
 
 #[derive(Clone)]
-pub struct Hub {}
+pub struct Hub {
+    inner: Option<Arc<Inner>>,
+}
+
+pub(crate) struct Inner {
+    pool: PgPool,
+    auth: Auth,
+    settings: EventSettings,
+    metrics: Metrics,
+    /// Tags this instance's NOTIFYs, so its listener can skip them.
+    instance: String,
+    /// channel -> sockets interested in it.
+    index: RwLock<HashMap<String, HashMap<u64, Arc<Conn>>>>,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    users: Users,
+    writer: RwLock<Option<mpsc::UnboundedSender<Pending>>>,
+    dispatch: mpsc::UnboundedSender<Dispatch>,
+    /// The highest id the dispatcher has published.
+    last_published: AtomicI64,
+    next_conn: AtomicU64,
+    stopping: AtomicBool,
+    sessions: AtomicUsize,
+    sessions_done: Notify,
+    tasks: Mutex<Tasks>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    writer: Option<JoinHandle<()>>,
+    dispatcher: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Hub {
-    /// Starts the writer and the listener on `pool`.
+    /// Starts the writer, the dispatcher, the listener and the re-check poll on `pool`.
     pub async fn start(
-        _pool: PgPool,
-        _auth: Auth,
-        _settings: EventSettings,
-        _metrics: Metrics,
+        pool: PgPool,
+        auth: Auth,
+        settings: EventSettings,
+        metrics: Metrics,
     ) -> anyhow::Result<Self> {
-        Ok(Self {})
+        let head = storage::events::head(&pool).await?;
+        let (epoch, _) = storage::events::poll_state(&pool).await?;
+        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+        let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            pool,
+            auth,
+            settings,
+            metrics,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            index: RwLock::default(),
+            conns: Mutex::default(),
+            users: Users::default(),
+            writer: RwLock::new(Some(writer_tx)),
+            dispatch: dispatch_tx,
+            last_published: AtomicI64::new(head),
+            next_conn: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
+            sessions_done: Notify::new(),
+            tasks: Mutex::default(),
+        });
+        let writer = tokio::spawn(writer::run(inner.clone(), writer_rx));
+        let dispatcher = tokio::spawn(dispatch::run(inner.clone(), dispatch_rx, head));
+        let listener = tokio::spawn(dispatch::listen(inner.clone()));
+        let recheck = tokio::spawn(recheck::run(inner.clone(), epoch));
+        *lock(&inner.tasks) = Tasks {
+            writer: Some(writer),
+            dispatcher: Some(dispatcher),
+            background: vec![listener, recheck],
+        };
+        Ok(Self { inner: Some(inner) })
     }
 
     /// A hub that is never started (for printing the spec without a database).
     pub fn offline() -> Self {
-        Self {}
+        Self { inner: None }
     }
 
-    /// Stops accepting messages, flushes the writer, closes sockets with 1001.
-    pub async fn shutdown(&self) {}
+    fn inner(&self) -> ApiResult<&Arc<Inner>> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| ApiError::Unavailable("the event hub is not running".into()))
+    }
+
+    pub fn settings(&self) -> Option<&EventSettings> {
+        self.inner.as_ref().map(|i| &i.settings)
+    }
+
+    /// Admits a socket for `principal` before the upgrade: refused when the hub is stopping or
+    /// the user has `max_connections_per_user` sockets open here already.
+    pub fn admit(&self, principal: Principal, token: &str) -> ApiResult<Admission> {
+        let inner = self.inner()?;
+        if inner.stopping.load(Ordering::SeqCst) {
+            return Err(ApiError::Unavailable("the server is shutting down".into()));
+        }
+        let s = &inner.settings;
+        let Some(user) = inner
+            .users
+            .admit(&principal.id, s.max_connections_per_user, s.burst)
+        else {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "too many open event connections for this user (limit {})",
+                    s.max_connections_per_user
+                ),
+                retry_after: 5,
+            });
+        };
+        let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::new(
+            id,
+            principal.id,
+            user,
+            ConnAuth {
+                token: token.into(),
+                name: principal.name,
+                perms: Arc::new(principal.perms),
+                exp: principal.claims.exp,
+                channels: Vec::new(),
+            },
+            s.outbound_queue,
+            s.max_unacked,
+        ));
+        lock(&inner.conns).insert(id, conn.clone());
+        inner
+            .metrics
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        inner.sessions.fetch_add(1, Ordering::SeqCst);
+        Ok(Admission {
+            inner: inner.clone(),
+            conn,
+        })
+    }
+
+    /// The WebSocket settings of event sockets: small buffers, a hard cap on frames far above the
+    /// configured limit (frames between the two get an error frame, not a closed socket).
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        let limit = self
+            .settings()
+            .map(|s| s.max_frame_bytes)
+            .unwrap_or(64 * 1024);
+        let hard = limit.saturating_mul(16).max(1 << 20);
+        WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(16 * 1024)
+            .max_message_size(Some(hard))
+            .max_frame_size(Some(hard))
+    }
+
+    /// Stops accepting messages, flushes the writer (every acknowledged message is committed and
+    /// published), then closes every socket with 1001 after what is queued for it.
+    pub async fn shutdown(&self) {
+        let Some(inner) = &self.inner else { return };
+        if inner.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        write(&inner.writer).take();
+        let (writer, dispatcher, background) = {
+            let mut t = lock(&inner.tasks);
+            (
+                t.writer.take(),
+                t.dispatcher.take(),
+                std::mem::take(&mut t.background),
+            )
+        };
+        let flush =
+            Duration::from_millis(inner.settings.commit_timeout_ms) + Duration::from_secs(5);
+        if let Some(w) = writer {
+            let _ = tokio::time::timeout(flush, w).await;
+        }
+        let _ = inner.dispatch.send(Dispatch::Stop);
+        if let Some(d) = dispatcher {
+            let _ = tokio::time::timeout(flush, d).await;
+        }
+        for task in background {
+            task.abort();
+        }
+        let conns: Vec<_> = lock(&inner.conns).values().cloned().collect();
+        for conn in conns {
+            conn.close(close::GOING_AWAY, "server shutting down");
+        }
+        let drained = async {
+            loop {
+                let done = inner.sessions_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if inner.sessions.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("event sockets did not close within 5 s");
+        }
+    }
+}
+
+/// A socket admitted before its upgrade; dropping it (socket ended or upgrade failed) removes it
+/// from the hub.
+pub struct Admission {
+    inner: Arc<Inner>,
+    conn: Arc<Conn>,
+}
+
+impl Admission {
+    /// Serves the upgraded socket until it closes.
+    pub async fn serve(self, ws: WebSocketStream<Upgraded>, since: Option<i64>) {
+        session::run(self.inner.clone(), self.conn.clone(), ws, since).await;
+        drop(self);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        let conn = &self.conn;
+        conn.mark_closed();
+        let channels = conn.with_auth(|a| std::mem::take(&mut a.channels));
+        inner.set_index(conn, &channels, &[]);
+        lock(&inner.conns).remove(&conn.id);
+        Users::release(&conn.user);
+        inner
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+        if inner.sessions.fetch_sub(1, Ordering::SeqCst) == 1 {
+            inner.sessions_done.notify_waiters();
+        }
+    }
+}
+
+/// The outcome of an interest request.
+pub(crate) struct Granted {
+    pub channels: Vec<String>,
+    pub denied: Vec<(String, String)>,
+}
+
+impl Inner {
+    /// Moves `conn` from the `old` channels to the `new` ones in the index.
+    fn set_index(&self, conn: &Arc<Conn>, old: &[String], new: &[String]) {
+        let mut index = write(&self.index);
+        for ch in old.iter().filter(|c| !new.contains(c)) {
+            if let Some(subs) = index.get_mut(ch) {
+                subs.remove(&conn.id);
+                if subs.is_empty() {
+                    index.remove(ch);
+                }
+            }
+        }
+        for ch in new.iter().filter(|c| !old.contains(c)) {
+            index
+                .entry(ch.clone())
+                .or_default()
+                .insert(conn.id, conn.clone());
+        }
+        drop(index);
+        let delta = new.len() as i64 - old.len() as i64;
+        self.metrics
+            .subscriptions
+            .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Normalises the requested names once (`Channel::parse`) and keeps those the user may read,
+    /// up to `max_channels`; the rest are left out with the reason.
+    fn grant(&self, perms: &PermissionSet, requested: &[String]) -> Granted {
+        let mut channels: Vec<String> = Vec::new();
+        let mut denied: Vec<(String, String)> = Vec::new();
+        for raw in requested {
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let ch = match Channel::parse(raw) {
+                Ok(ch) => ch.as_str().to_string(),
+                Err(e) => {
+                    denied.push((raw.clone(), e));
+                    continue;
+                }
+            };
+            if channels.contains(&ch) || denied.iter().any(|(c, _)| *c == ch) {
+                continue;
+            }
+            if !perms.event(&ch, false) {
+                denied.push((ch, "no read permission".into()));
+            } else if channels.len() >= self.settings.max_channels {
+                denied.push((
+                    ch,
+                    format!("more than {} channels", self.settings.max_channels),
+                ));
+            } else {
+                channels.push(ch);
+            }
+        }
+        Granted { channels, denied }
+    }
+
+    /// Replaces the socket's interests; with `since`, live events are held for the replay.
+    fn set_interest(&self, conn: &Arc<Conn>, requested: &[String], since: Option<i64>) -> Granted {
+        let perms = conn.with_auth(|a| a.perms.clone());
+        let granted = self.grant(&perms, requested);
+        if let Some(since) = since {
+            conn.begin_hold(since);
+        }
+        let old = conn.with_auth(|a| std::mem::replace(&mut a.channels, granted.channels.clone()));
+        self.set_index(conn, &old, &granted.channels);
+        granted
+    }
+
+    /// Adds one channel (a message sent to a readable channel not yet in the set, as core4
+    /// does); false when it is not readable or the set is full.
+    fn add_interest(&self, conn: &Arc<Conn>, channel: &str) -> bool {
+        let added = conn.with_auth(|a| {
+            if a.channels.iter().any(|c| c == channel)
+                || !a.perms.event(channel, false)
+                || a.channels.len() >= self.settings.max_channels
+            {
+                false
+            } else {
+                a.channels.push(channel.to_string());
+                true
+            }
+        });
+        if added {
+            self.set_index(conn, &[], &[channel.to_string()]);
+        }
+        added
+    }
+
+    /// Drops the interests the socket's current permissions no longer allow, and tells it.
+    fn refilter(&self, conn: &Arc<Conn>) {
+        let (kept, withdrawn) = conn.with_auth(|a| {
+            let (kept, withdrawn): (Vec<String>, Vec<String>) = a
+                .channels
+                .iter()
+                .cloned()
+                .partition(|c| a.perms.event(c, false));
+            a.channels = kept.clone();
+            (kept, withdrawn)
+        });
+        if withdrawn.is_empty() {
+            return;
+        }
+        let mut old = kept.clone();
+        old.extend(withdrawn.iter().cloned());
+        self.set_index(conn, &old, &kept);
+        let denied: Vec<(String, String)> = withdrawn
+            .into_iter()
+            .map(|c| (c, "no read permission".to_string()))
+            .collect();
+        conn.push_notice(protocol::interest_frame(
+            &kept,
+            &denied,
+            "permissions changed, interest now in",
+        ));
+    }
+
+    /// Hands a message to the writer; false when the hub is stopping.
+    fn submit(&self, pending: Pending) -> Result<(), Pending> {
+        match read(&self.writer).as_ref() {
+            Some(tx) => tx.send(pending).map_err(|e| e.0),
+            None => Err(pending),
+        }
+    }
+
+    fn conns(&self) -> Vec<Arc<Conn>> {
+        lock(&self.conns).values().cloned().collect()
+    }
 }

@@ -1,0 +1,416 @@
+//! One open socket as the rest of the hub sees it: its principal, its interests, and its
+//! bounded outbound queue with the lag rule.
+//!
+//! The queue holds at most `outbound_queue` event frames (queued or being written). When an event
+//! finds it full, the socket is marked lagged and every further event is dropped for it, until
+//! the writer has written everything queued; then it gets one `gap` frame naming the last id it
+//! received, and live delivery resumes. Replies (acks, errors) never count against the limit:
+//! each client frame takes one of `max_unacked` reply permits first, so they are bounded too.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{limits::UserShare, protocol};
+use crate::{domain::PermissionSet, metrics::Metrics};
+
+/// A frame waiting for the socket's writer task.
+#[derive(Debug)]
+pub enum Out {
+    /// An event (counts against the queue limit).
+    Event(Utf8Bytes),
+    /// The reply to a client frame (returns a reply permit once written).
+    Reply(Utf8Bytes),
+    /// Unsolicited: gap, interest withdrawn.
+    Notice(Utf8Bytes),
+    /// Write everything before this, then close with this code and reason.
+    Close(u16, String),
+}
+
+/// Who is on the socket and what they listen to; changed by interest and token frames and by the
+/// permission re-check.
+#[derive(Debug, Clone)]
+pub struct ConnAuth {
+    pub token: Arc<str>,
+    pub name: String,
+    pub perms: Arc<PermissionSet>,
+    /// Token expiry, epoch seconds.
+    pub exp: i64,
+    /// The current interests, normalised, in the order granted.
+    pub channels: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Out>,
+    /// Event frames queued or being written.
+    events: usize,
+    /// Id of the last event queued for this socket; later events with smaller ids are skipped.
+    last_id: i64,
+    lagged: bool,
+    /// While a replay runs: live events wait here.
+    held: Option<VecDeque<(i64, Utf8Bytes)>>,
+    closing: bool,
+}
+
+/// What happened to an event offered to a socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Already had it (resume overlap).
+    Skipped,
+    /// Dropped: the socket is behind and will get a gap frame.
+    Dropped,
+}
+
+pub struct Conn {
+    pub id: u64,
+    pub user_id: String,
+    pub user: Arc<UserShare>,
+    cap: usize,
+    auth: Mutex<ConnAuth>,
+    out: Mutex<Outbox>,
+    /// Wakes the writer task.
+    wake: Notify,
+    /// The writer finished a round (room for replay frames).
+    drained: Notify,
+    closed: AtomicBool,
+    close_notify: Notify,
+    /// Replies still to be written; the reader takes one per client frame.
+    pub replies: Semaphore,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (plain pushes and counters).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Conn {
+    pub fn new(
+        id: u64,
+        user_id: String,
+        user: Arc<UserShare>,
+        auth: ConnAuth,
+        cap: usize,
+        max_unacked: usize,
+    ) -> Self {
+        Self {
+            id,
+            user_id,
+            user,
+            cap: cap.max(1),
+            auth: Mutex::new(auth),
+            out: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+            drained: Notify::new(),
+            closed: AtomicBool::new(false),
+            close_notify: Notify::new(),
+            replies: Semaphore::new(max_unacked.max(1)),
+        }
+    }
+
+    pub fn with_auth<R>(&self, f: impl FnOnce(&mut ConnAuth) -> R) -> R {
+        f(&mut lock(&self.auth))
+    }
+
+    /// Offers a live event (events arrive in id order).
+    pub fn push_event(&self, id: i64, frame: &Utf8Bytes) -> Pushed {
+        let pushed = {
+            let mut o = lock(&self.out);
+            if o.closing || id <= o.last_id {
+                return Pushed::Skipped;
+            }
+            let cap = self.cap;
+            if let Some(held) = &mut o.held {
+                if held.len() >= cap {
+                    o.lagged = true;
+                    return Pushed::Dropped;
+                }
+                held.push_back((id, frame.clone()));
+                return Pushed::Queued;
+            }
+            if o.lagged {
+                Pushed::Dropped
+            } else if o.events >= cap {
+                o.lagged = true;
+                Pushed::Dropped
+            } else {
+                o.frames.push_back(Out::Event(frame.clone()));
+                o.events += 1;
+                o.last_id = id;
+                Pushed::Queued
+            }
+        };
+        if pushed == Pushed::Queued {
+            self.wake.notify_one();
+        }
+        pushed
+    }
+
+    pub fn push_reply(&self, frame: Utf8Bytes) {
+        self.push(Out::Reply(frame));
+    }
+
+    pub fn push_notice(&self, frame: Utf8Bytes) {
+        self.push(Out::Notice(frame));
+    }
+
+    fn push(&self, out: Out) {
+        {
+            let mut o = lock(&self.out);
+            if o.closing {
+                return;
+            }
+            o.frames.push_back(out);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Starts a resume from `since`: events queued but not yet taken by the writer are dropped
+    /// (the replay brings them again, in order), live events are held until [`Self::end_hold`].
+    pub fn begin_hold(&self, since: i64) {
+        let mut o = lock(&self.out);
+        let before = o.frames.len();
+        o.frames.retain(|f| !matches!(f, Out::Event(_)));
+        let removed = before - o.frames.len();
+        o.events -= removed;
+        o.last_id = since;
+        o.lagged = false;
+        o.held = Some(VecDeque::new());
+    }
+
+    /// Is there room for another replayed event?
+    pub fn has_room(&self) -> bool {
+        let o = lock(&self.out);
+        o.closing || o.events < self.cap
+    }
+
+    /// Waits until the writer made room (or the socket closes).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.has_room() || self.is_closed() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// Queues a replayed event (the caller waited for room).
+    pub fn push_replayed(&self, id: i64, frame: Utf8Bytes) {
+        {
+            let mut o = lock(&self.out);
+            if o.closing || id <= o.last_id {
+                return;
+            }
+            o.frames.push_back(Out::Event(frame));
+            o.events += 1;
+            o.last_id = id;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Ends a resume: held events newer than the replay follow it. With `failed`, the replay
+    /// stopped early and the socket gets a gap frame instead of the rest.
+    pub fn end_hold(&self, failed: bool) {
+        {
+            let mut o = lock(&self.out);
+            let Some(held) = o.held.take() else { return };
+            if failed {
+                o.lagged = true;
+            } else {
+                for (id, frame) in held {
+                    if id > o.last_id {
+                        o.frames.push_back(Out::Event(frame));
+                        o.events += 1;
+                        o.last_id = id;
+                    }
+                }
+            }
+            // An empty queue with a pending gap: the writer must look now.
+        }
+        self.wake.notify_one();
+    }
+
+    /// For the writer: takes every queued frame (swapped into `into`, which must be empty).
+    pub fn take(&self, into: &mut VecDeque<Out>) {
+        std::mem::swap(&mut lock(&self.out).frames, into);
+    }
+
+    /// For the writer, after writing `events` event frames: frees their room and, if the socket
+    /// is lagged and now fully drained, queues its gap frame. Returns true when it queued one.
+    pub fn written(&self, events: usize, metrics: &Metrics) -> bool {
+        let gap = {
+            let mut o = lock(&self.out);
+            o.events = o.events.saturating_sub(events);
+            if o.lagged && o.events == 0 && o.held.is_none() && !o.closing {
+                o.lagged = false;
+                let frame = protocol::gap_frame(o.last_id);
+                o.frames.push_back(Out::Notice(frame));
+                true
+            } else {
+                false
+            }
+        };
+        if gap {
+            metrics
+                .gap_frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.drained.notify_waiters();
+        gap
+    }
+
+    /// Waits until there may be frames to take.
+    pub async fn wait_for_frames(&self) {
+        self.wake.notified().await
+    }
+
+    /// Asks the writer to close the socket after what is queued, and the reader to stop.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        {
+            let mut o = lock(&self.out);
+            if o.closing {
+                return;
+            }
+            o.closing = true;
+            o.frames.push_back(Out::Close(code, reason.into()));
+            o.held = None;
+        }
+        self.mark_closed();
+        self.wake.notify_one();
+    }
+
+    /// Marks the socket gone without a close frame (the peer went away).
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.close_notify.notify_waiters();
+        self.drained.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Self::close`] or [`Self::mark_closed`] was called.
+    pub async fn closed(&self) {
+        loop {
+            let n = self.close_notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    #[cfg(test)]
+    fn frames(&self) -> Vec<String> {
+        let mut q = VecDeque::new();
+        self.take(&mut q);
+        q.into_iter()
+            .map(|f| match f {
+                Out::Event(b) | Out::Reply(b) | Out::Notice(b) => b.to_string(),
+                Out::Close(code, reason) => format!("close {code} {reason}"),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::limits::Users;
+
+    fn conn(cap: usize) -> Conn {
+        let users = Users::default();
+        let share = users.admit("u", 10, 10).unwrap();
+        Conn::new(
+            1,
+            "u".into(),
+            share,
+            ConnAuth {
+                token: "t".into(),
+                name: "u".into(),
+                perms: Arc::new(PermissionSet::default()),
+                exp: 0,
+                channels: vec![],
+            },
+            cap,
+            8,
+        )
+    }
+
+    fn ev(id: i64) -> Utf8Bytes {
+        Utf8Bytes::from(format!("e{id}"))
+    }
+
+    #[test]
+    fn a_full_queue_drops_then_sends_one_gap_after_draining() {
+        let c = conn(2);
+        let m = Metrics::default();
+        assert_eq!(c.push_event(1, &ev(1)), Pushed::Queued);
+        assert_eq!(c.push_event(2, &ev(2)), Pushed::Queued);
+        assert_eq!(c.push_event(3, &ev(3)), Pushed::Dropped);
+        assert_eq!(c.frames(), ["e1", "e2"]);
+        // Taken but not yet written: still counted, still lagged.
+        assert_eq!(c.push_event(4, &ev(4)), Pushed::Dropped);
+        assert!(!c.written(1, &m));
+        assert_eq!(c.push_event(5, &ev(5)), Pushed::Dropped);
+        assert!(c.written(1, &m));
+        assert_eq!(c.push_event(6, &ev(6)), Pushed::Queued);
+        assert_eq!(c.frames(), [r#"{"type":"gap","after":"2"}"#, "e6"]);
+        assert_eq!(c.push_event(6, &ev(6)), Pushed::Skipped);
+    }
+
+    #[test]
+    fn resume_holds_live_events_and_skips_what_the_replay_brought() {
+        let c = conn(10);
+        c.push_event(1, &ev(1));
+        c.push_reply("r".into());
+        c.begin_hold(0);
+        assert_eq!(c.push_event(3, &ev(3)), Pushed::Queued);
+        assert_eq!(c.push_event(4, &ev(4)), Pushed::Queued);
+        for id in 1..=3 {
+            c.push_replayed(id, ev(id));
+        }
+        c.end_hold(false);
+        assert_eq!(c.frames(), ["r", "e1", "e2", "e3", "e4"]);
+    }
+
+    #[test]
+    fn an_overflowing_hold_ends_in_a_gap_after_the_last_held_event() {
+        let c = conn(1);
+        let m = Metrics::default();
+        c.begin_hold(5);
+        c.push_event(7, &ev(7));
+        assert_eq!(c.push_event(8, &ev(8)), Pushed::Dropped);
+        c.push_replayed(6, ev(6));
+        c.end_hold(false);
+        assert_eq!(c.frames(), ["e6", "e7"]);
+        assert!(c.written(2, &m));
+        assert_eq!(c.frames(), [r#"{"type":"gap","after":"7"}"#]);
+    }
+
+    #[test]
+    fn close_goes_after_queued_frames_and_stops_further_pushes() {
+        let c = conn(4);
+        c.push_event(1, &ev(1));
+        c.close(1008, "token revoked");
+        c.push_event(2, &ev(2));
+        c.push_reply("late".into());
+        assert!(c.is_closed());
+        assert_eq!(c.frames(), ["e1", "close 1008 token revoked"]);
+    }
+}

@@ -1,0 +1,495 @@
+//! The wire protocol of `/event` (reference §6): parsing client frames into typed requests,
+//! encoding server frames, and the JSON Schemas of both for the API document.
+//!
+//! Only event frames carry a `channel` key: core4's `chat.py` prints every frame that has one.
+
+use poem_openapi::{Object, Union};
+use serde_json::{Map, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::{envelope::format_ts, storage::events::EventRow};
+
+/// A client frame, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Replace the interest set; the raw names are normalised and checked by the hub.
+    Interest {
+        data: Vec<String>,
+        since: Option<i64>,
+    },
+    /// Store and broadcast `text` (compact JSON) on the raw `channel`.
+    Message { channel: String, text: String },
+    /// Replace the socket's token.
+    Token { token: String },
+}
+
+/// Why a client frame was refused; the text goes into an `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError(pub String);
+
+impl FrameError {
+    fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// Parses one text frame (the size limit is checked before).
+pub fn parse(text: &str) -> Result<Request, FrameError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| FrameError(format!("error parsing json data: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(FrameError::new(format!(
+            "a frame must be a JSON object, not {}",
+            kind(&value)
+        )));
+    };
+    let ty = match obj.get("type") {
+        None | Some(Value::Null) => {
+            return Err(FrameError::new(
+                "missing `type`: expected interest, message or token",
+            ));
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(FrameError::new(format!(
+                "`type` must be a string, not {}",
+                kind(other)
+            )));
+        }
+    };
+    match ty.as_str() {
+        "interest" => parse_interest(&obj),
+        "message" => {
+            let channel = match obj.get("channel") {
+                None | Some(Value::Null) => {
+                    return Err(FrameError::new("malformed message: missing `channel`"));
+                }
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => {
+                    return Err(FrameError::new(format!(
+                        "malformed message: `channel` must be a string, not {}",
+                        kind(other)
+                    )));
+                }
+            };
+            let text = match obj.remove("text") {
+                None | Some(Value::Null) => {
+                    return Err(FrameError::new("malformed message: missing `text`"));
+                }
+                Some(Value::String(s)) if s.is_empty() => {
+                    return Err(FrameError::new("malformed message: `text` is empty"));
+                }
+                Some(v) => v.to_string(),
+            };
+            Ok(Request::Message { channel, text })
+        }
+        "token" => match obj.get("token") {
+            Some(Value::String(s)) if !s.is_empty() => Ok(Request::Token { token: s.clone() }),
+            _ => Err(FrameError::new("malformed token frame: missing `token`")),
+        },
+        other => Err(FrameError(format!(
+            "unknown type [{}]: expected interest, message or token",
+            clip(other)
+        ))),
+    }
+}
+
+fn parse_interest(obj: &Map<String, Value>) -> Result<Request, FrameError> {
+    let data = match obj.get("data") {
+        // core4: a missing list unsubscribes from everything.
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            // core4 drops non-strings silently; empty names go after normalisation.
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(other) => {
+            return Err(FrameError::new(format!(
+                "malformed interest: `data` must be a list of channel names, not {}",
+                kind(other)
+            )));
+        }
+    };
+    let since =
+        match obj.get("since") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_id(v).ok_or_else(|| {
+                FrameError::new("malformed interest: `since` must be a message id")
+            })?),
+        };
+    Ok(Request::Interest { data, since })
+}
+
+/// A message id as sent by clients: a decimal string (or number), not negative.
+pub fn parse_id(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => parse_id_str(s),
+        Value::Number(n) => n.as_i64().filter(|n| *n >= 0),
+        _ => None,
+    }
+}
+
+pub fn parse_id_str(s: &str) -> Option<i64> {
+    s.trim().parse::<i64>().ok().filter(|n| *n >= 0)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Client strings quoted back are cut short.
+fn clip(s: &str) -> String {
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // Serialising a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// The event frame, encoded once per event and shared by every receiving socket.
+pub fn event_frame(e: &EventRow) -> Utf8Bytes {
+    let mut out = String::with_capacity(112 + e.author.len() + e.channel.len() + e.data.len());
+    out.push_str("{\"_id\":\"");
+    out.push_str(&e.id.to_string());
+    out.push_str("\",\"created\":\"");
+    out.push_str(&format_ts(e.created));
+    out.push_str("\",\"name\":");
+    push_json_str(&mut out, &e.name);
+    out.push_str(",\"author\":");
+    push_json_str(&mut out, &e.author);
+    out.push_str(",\"channel\":");
+    push_json_str(&mut out, &e.channel);
+    out.push_str(",\"data\":");
+    out.push_str(&e.data);
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+/// `{"type":"send","message_id":"<id>","message":"OK"}`, or the `interest` variant when the
+/// message also added its channel to the socket's interests (as core4 does).
+pub fn ack_frame(id: i64, added_interest: bool) -> Utf8Bytes {
+    Utf8Bytes::from(if added_interest {
+        format!(
+            "{{\"type\":\"interest\",\"message_id\":\"{id}\",\"message\":\"OK, added interest in channel\"}}"
+        )
+    } else {
+        format!("{{\"type\":\"send\",\"message_id\":\"{id}\",\"message\":\"OK\"}}")
+    })
+}
+
+pub fn error_frame(message: &str) -> Utf8Bytes {
+    let mut out = String::from("{\"type\":\"error\",\"message\":");
+    push_json_str(&mut out, message);
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+pub fn gap_frame(after: i64) -> Utf8Bytes {
+    Utf8Bytes::from(format!("{{\"type\":\"gap\",\"after\":\"{after}\"}}"))
+}
+
+/// The reply to an interest frame: the granted channels, a core4-style message, and what was
+/// left out and why.
+pub fn interest_frame(granted: &[String], denied: &[(String, String)], context: &str) -> Utf8Bytes {
+    let repr = granted
+        .iter()
+        .map(|c| format!("'{c}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut message = format!("{context} [{repr}]");
+    if !denied.is_empty() {
+        let left_out = denied
+            .iter()
+            .map(|(c, why)| format!("'{}' ({why})", clip(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        message.push_str(&format!("; left out: {left_out}"));
+    }
+    let denied: Map<String, Value> = denied
+        .iter()
+        .map(|(c, why)| (c.clone(), Value::String(why.clone())))
+        .collect();
+    let frame = serde_json::json!({
+        "type": "interest",
+        "data": granted,
+        "message": message,
+        "denied": denied,
+    });
+    Utf8Bytes::from(frame.to_string())
+}
+
+pub fn token_frame(expires: &str) -> Utf8Bytes {
+    Utf8Bytes::from(format!(
+        "{{\"type\":\"token\",\"message\":\"token accepted\",\"expires\":\"{expires}\"}}"
+    ))
+}
+
+// ---- JSON Schemas (registered in the API document's components by the `/event` response) ----
+
+/// Client frame: replace this socket's channel set.
+#[derive(Object)]
+pub struct InterestRequestFrame {
+    /// Channel names; trimmed and lowercased, duplicates, empty names and non-strings dropped.
+    /// Missing: unsubscribe from everything.
+    pub data: Option<Vec<String>>,
+    /// Replay the stored messages after this id on these channels first, then continue live
+    /// (no gap, no duplicate).
+    pub since: Option<String>,
+}
+
+/// Client frame: store `text` on `channel` and broadcast it.
+#[derive(Object)]
+pub struct MessageRequestFrame {
+    /// The channel (normalised like interests). Needs `event://<channel>/w`.
+    pub channel: String,
+    /// Any JSON value except null and the empty string; stored as the event's `data`.
+    pub text: Value,
+}
+
+/// Client frame: replace the socket's token (before it expires) without reconnecting.
+#[derive(Object)]
+pub struct TokenRequestFrame {
+    /// A token of the same user.
+    pub token: String,
+}
+
+/// Every frame a client may send: a JSON text frame, `type` picks the kind.
+#[derive(Union)]
+#[oai(discriminator_name = "type")]
+pub enum ClientFrame {
+    #[oai(mapping = "interest")]
+    Interest(InterestRequestFrame),
+    #[oai(mapping = "message")]
+    Message(MessageRequestFrame),
+    #[oai(mapping = "token")]
+    Token(TokenRequestFrame),
+}
+
+/// Server frame: a stored event, delivered to every socket interested in its channel (the
+/// sender's too). The only frame with a `channel` key.
+#[derive(Object)]
+pub struct EventFrame {
+    /// The message id: a per-deployment increasing sequence, as a decimal string.
+    #[oai(rename = "_id")]
+    pub id: String,
+    /// Commit time, naive UTC with microseconds (`2018-10-31T06:37:15.734609`).
+    pub created: String,
+    /// `message` for chat messages.
+    pub name: String,
+    /// The sender's user name.
+    pub author: String,
+    pub channel: String,
+    /// The `text` the sender sent.
+    pub data: Value,
+}
+
+/// Server frame, `type` = `interest`: the reply to an interest frame (with `data`), or the
+/// acknowledgement of a message that also added its channel (with `message_id`).
+#[derive(Object)]
+pub struct InterestReplyFrame {
+    /// The channels this socket now receives.
+    pub data: Option<Vec<String>>,
+    /// The stored message's id (acknowledgement only).
+    pub message_id: Option<String>,
+    /// `processed interest in ['message', 'system']`, plus what was left out and why.
+    pub message: String,
+    /// Requested channels that were left out, with the reason (e.g. `no read permission`).
+    pub denied: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Server frame, `type` = `send`: the message is committed in PostgreSQL under `message_id`.
+#[derive(Object)]
+pub struct SendReplyFrame {
+    pub message_id: String,
+    /// `OK`.
+    pub message: String,
+}
+
+/// Server frame, `type` = `error`: the client frame was refused; the socket stays open.
+#[derive(Object)]
+pub struct ErrorReplyFrame {
+    /// For people, e.g. `malformed message: missing \`text\``.
+    pub message: String,
+}
+
+/// Server frame, `type` = `gap`: this socket fell behind and missed events after `after`; page
+/// them from `/event/history?after=<after>`. Live delivery continues after this frame.
+#[derive(Object)]
+pub struct GapFrame {
+    /// The id of the last event this socket received before the gap.
+    pub after: String,
+}
+
+/// Server frame, `type` = `token`: a token frame was accepted.
+#[derive(Object)]
+pub struct TokenReplyFrame {
+    /// `token accepted`.
+    pub message: String,
+    /// When the new token expires (naive UTC); the socket is closed then unless refreshed again.
+    pub expires: String,
+}
+
+/// Every frame the server sends besides [`EventFrame`]s; `type` picks the kind.
+#[derive(Union)]
+#[oai(discriminator_name = "type")]
+pub enum ServerReply {
+    #[oai(mapping = "interest")]
+    Interest(InterestReplyFrame),
+    #[oai(mapping = "send")]
+    Send(SendReplyFrame),
+    #[oai(mapping = "error")]
+    Error(ErrorReplyFrame),
+    #[oai(mapping = "gap")]
+    Gap(GapFrame),
+    #[oai(mapping = "token")]
+    Token(TokenReplyFrame),
+}
+
+/// Every frame the server sends: events and replies.
+#[derive(Union)]
+pub enum ServerFrame {
+    Event(EventFrame),
+    Reply(ServerReply),
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ParseFromJSON;
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn client_frames_parse() {
+        assert_eq!(
+            parse(r#"{"type":"interest","data":["Message"," system ",5,null],"since":"12"}"#),
+            Ok(Request::Interest {
+                data: vec!["Message".into(), " system ".into()],
+                since: Some(12)
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"interest"}"#),
+            Ok(Request::Interest {
+                data: vec![],
+                since: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"message","channel":"message","text":{"b":1,"a":[true]}}"#),
+            Ok(Request::Message {
+                channel: "message".into(),
+                text: r#"{"a":[true],"b":1}"#.into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"token","token":"a.b.c"}"#),
+            Ok(Request::Token {
+                token: "a.b.c".into()
+            })
+        );
+    }
+
+    #[test]
+    fn every_malformed_class_gets_a_message() {
+        assert!(err("nope").starts_with("error parsing json data"));
+        assert_eq!(err("[]"), "a frame must be a JSON object, not a list");
+        assert_eq!(err("5"), "a frame must be a JSON object, not a number");
+        assert_eq!(err("null"), "a frame must be a JSON object, not null");
+        assert!(err("{}").starts_with("missing `type`"));
+        assert!(err(r#"{"type":7}"#).starts_with("`type` must be a string"));
+        assert!(err(r#"{"type":"dance"}"#).starts_with("unknown type [dance]"));
+        assert_eq!(
+            err(r#"{"type":"message","text":"x"}"#),
+            "malformed message: missing `channel`"
+        );
+        assert_eq!(
+            err(r#"{"type":"message","channel":"message"}"#),
+            "malformed message: missing `text`"
+        );
+        assert_eq!(
+            err(r#"{"type":"message","channel":"message","text":""}"#),
+            "malformed message: `text` is empty"
+        );
+        assert!(err(r#"{"type":"interest","data":null}"#).contains("must be a list"));
+        assert!(err(r#"{"type":"interest","data":[],"since":"x"}"#).contains("`since`"));
+        assert!(err(r#"{"type":"token"}"#).contains("missing `token`"));
+    }
+
+    fn row() -> EventRow {
+        EventRow {
+            id: 42,
+            created: datetime!(2019-03-10 19:02:20.123 UTC),
+            name: "message".into(),
+            author: "us\"er1".into(),
+            channel: "message".into(),
+            data: r#"{"a":"hi"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn event_frames_match_their_schema() {
+        let frame = event_frame(&row());
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"_id": "42", "created": "2019-03-10T19:02:20.123000", "name": "message",
+                "author": "us\"er1", "channel": "message", "data": {"a": "hi"}})
+        );
+        assert!(EventFrame::parse_from_json(Some(value)).is_ok());
+    }
+
+    #[test]
+    fn replies_match_their_schemas_and_carry_no_channel() {
+        let frames = [
+            ack_frame(7, false),
+            ack_frame(7, true),
+            error_frame("bad \"thing\""),
+            gap_frame(41),
+            interest_frame(
+                &["message".into()],
+                &[("queue".into(), "no read permission".into())],
+                "processed interest in",
+            ),
+            token_frame("2030-01-01T00:00:00.000000"),
+        ];
+        for frame in frames {
+            let value: Value = serde_json::from_str(&frame).unwrap();
+            assert!(value.get("channel").is_none(), "{value}");
+            assert!(
+                ServerReply::parse_from_json(Some(value.clone())).is_ok(),
+                "{value}"
+            );
+        }
+        let value: Value = serde_json::from_str(&interest_frame(&[], &[], "x")).unwrap();
+        assert_eq!(value["message"], "x []");
+    }
+
+    #[test]
+    fn client_frames_match_their_schema() {
+        for text in [
+            r#"{"type":"interest","data":["message"],"since":"3"}"#,
+            r#"{"type":"message","channel":"message","text":"hi"}"#,
+            r#"{"type":"token","token":"a.b.c"}"#,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert!(ClientFrame::parse_from_json(Some(value)).is_ok(), "{text}");
+        }
+    }
+}

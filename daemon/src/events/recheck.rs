@@ -1,0 +1,123 @@
+//! One task per instance keeps open sockets honest: it closes sockets whose token expired, and
+//! when the auth epoch moved (logout, role or permission change, deactivation, deletion, password
+//! change) it re-verifies each distinct token of the open sockets once: revoked tokens close
+//! their sockets with 1008, the others get their interests re-filtered. The same poll reads the
+//! event head as a cheap safety net for a NOTIFY that never arrived.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use futures_util::{StreamExt, stream};
+use time::OffsetDateTime;
+
+use super::{Inner, close, conn::Conn, dispatch::Dispatch};
+use crate::{error::ApiError, storage};
+
+/// Distinct tokens verified at once after an epoch change.
+const CONCURRENCY: usize = 8;
+
+pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
+    let period = Duration::from_millis(inner.settings.recheck_interval_ms.max(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prev_head: Option<i64> = None;
+    let mut rounds: u64 = 0;
+    loop {
+        tick.tick().await;
+        rounds += 1;
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        expire(&inner);
+        match storage::events::poll_state(&inner.pool).await {
+            Ok((epoch, head)) => {
+                // A head seen a whole interval ago and still not published: catch up.
+                if let Some(h) = prev_head
+                    && h > inner.last_published.load(Ordering::SeqCst)
+                {
+                    let _ = inner.dispatch.send(Dispatch::CatchUp { upto: Some(h) });
+                }
+                prev_head = Some(head);
+                if epoch != seen_epoch && recheck_all(&inner).await {
+                    seen_epoch = epoch;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "event poll failed"),
+        }
+        let s = &inner.settings;
+        if rounds.is_multiple_of(20) {
+            inner.users.purge(s.messages_per_second, s.burst);
+        }
+        if rounds.is_multiple_of((600_000 / period.as_millis().max(1) as u64).max(1))
+            && let Err(e) = storage::events::prune_batches(&inner.pool).await
+        {
+            tracing::debug!(error = %e, "pruning event batch records failed");
+        }
+    }
+}
+
+fn expire(inner: &Inner) {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    for conn in inner.conns() {
+        if conn.with_auth(|a| a.exp <= now) {
+            conn.close(
+                close::POLICY,
+                "token expired: reconnect with a fresh token, or send a token frame before expiry",
+            );
+        }
+    }
+}
+
+/// Re-verifies every distinct token of the open sockets. False when the database could not
+/// answer for some token (the next round tries again).
+async fn recheck_all(inner: &Arc<Inner>) -> bool {
+    let mut by_token: HashMap<Arc<str>, Vec<Arc<Conn>>> = HashMap::new();
+    for conn in inner.conns() {
+        if conn.is_closed() {
+            continue;
+        }
+        let token = conn.with_auth(|a| a.token.clone());
+        by_token.entry(token).or_default().push(conn);
+    }
+    let results: Vec<bool> = stream::iter(by_token)
+        .map(|(token, conns)| async move {
+            match inner.auth.verify_token(&token).await {
+                Ok(principal) => {
+                    let perms = Arc::new(principal.perms);
+                    for conn in conns {
+                        let same = conn.with_auth(|a| {
+                            let same = a.token == token;
+                            if same {
+                                a.perms = perms.clone();
+                                a.name = principal.name.clone();
+                            }
+                            same
+                        });
+                        if same {
+                            inner.refilter(&conn);
+                        }
+                    }
+                    true
+                }
+                Err(ApiError::Unauthorized(reason)) => {
+                    for conn in conns {
+                        if conn.with_auth(|a| a.token == token) {
+                            conn.close(close::POLICY, format!("{reason}: log in again"));
+                        }
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "re-verifying a socket's token failed");
+                    false
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().all(|ok| ok)
+}

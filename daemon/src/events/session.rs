@@ -1,0 +1,304 @@
+//! One socket's two tasks: the reader answers client frames (every frame gets exactly one reply,
+//! malformed ones an `error` frame, and the socket stays open), the writer drains the socket's
+//! queue, several frames per flush.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
+use poem::Upgraded;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message, Utf8Bytes,
+        protocol::{CloseFrame, frame::coding::CloseCode},
+    },
+};
+
+use super::{
+    Inner,
+    conn::{Conn, Out},
+    protocol::{self, Request},
+    writer::Pending,
+};
+use crate::{domain::Channel, envelope::format_ts, metrics::Metrics, storage};
+
+type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
+type Stream = SplitStream<WebSocketStream<Upgraded>>;
+
+/// Replayed rows read per query.
+const REPLAY_PAGE: i64 = 500;
+
+pub async fn run(
+    inner: Arc<Inner>,
+    conn: Arc<Conn>,
+    ws: WebSocketStream<Upgraded>,
+    since: Option<i64>,
+) {
+    let (sink, mut stream) = ws.split();
+    let mut writer = tokio::spawn(write_loop(conn.clone(), sink, inner.metrics.clone()));
+    let mut reader = Reader {
+        inner: &inner,
+        conn: &conn,
+        since,
+    };
+    let server_closed = reader.read_loop(&mut stream).await;
+    if server_closed {
+        // The writer sends what is queued and the close frame; then wait briefly for the
+        // client's close reply so the close handshake completes.
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    } else {
+        conn.mark_closed();
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+}
+
+struct Reader<'a> {
+    inner: &'a Arc<Inner>,
+    conn: &'a Arc<Conn>,
+    /// `?since=` of the connect: applies to the first interest frame without its own.
+    since: Option<i64>,
+}
+
+impl Reader<'_> {
+    /// Returns true when the server closed the socket, false when the client went away.
+    async fn read_loop(&mut self, stream: &mut Stream) -> bool {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.conn.closed() => return true,
+                msg = stream.next() => msg,
+            };
+            let text = match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return false,
+                Some(Ok(Message::Text(text))) => Some(text),
+                Some(Ok(Message::Binary(_))) => None,
+                Some(Ok(_)) => continue,
+            };
+            // One reply permit per client frame: a client that does not read its replies stops
+            // being read.
+            tokio::select! {
+                biased;
+                _ = self.conn.closed() => return true,
+                permit = self.conn.replies.acquire() => match permit {
+                    Ok(p) => p.forget(),
+                    Err(_) => return true,
+                },
+            }
+            match text {
+                Some(text) => self.handle(text).await,
+                None => self.error("binary frames are not supported: send JSON text frames"),
+            }
+        }
+    }
+
+    fn error(&self, message: &str) {
+        self.inner
+            .metrics
+            .frame_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.conn.push_reply(protocol::error_frame(message));
+    }
+
+    async fn handle(&mut self, text: Utf8Bytes) {
+        let limit = self.inner.settings.max_frame_bytes;
+        if text.len() > limit {
+            return self.error(&format!(
+                "frame too large: {} bytes (limit {limit})",
+                text.len()
+            ));
+        }
+        match protocol::parse(&text) {
+            Err(e) => self.error(&e.0),
+            Ok(Request::Interest { data, since }) => {
+                let since = since.or(self.since.take());
+                self.interest(&data, since).await
+            }
+            Ok(Request::Message { channel, text }) => self.message(&channel, text),
+            Ok(Request::Token { token }) => self.token(&token).await,
+        }
+    }
+
+    async fn interest(&mut self, requested: &[String], since: Option<i64>) {
+        let granted = self.inner.set_interest(self.conn, requested, since);
+        self.conn.push_reply(protocol::interest_frame(
+            &granted.channels,
+            &granted.denied,
+            "processed interest in",
+        ));
+        let Some(since) = since else { return };
+        let mut cursor = since;
+        let channels = granted.channels;
+        while !channels.is_empty() && !self.conn.is_closed() {
+            let rows = match storage::events::replay(
+                &self.inner.pool,
+                &channels,
+                cursor,
+                REPLAY_PAGE,
+            )
+            .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay failed");
+                    self.conn.end_hold(true);
+                    self.conn.push_notice(protocol::error_frame(
+                            "replay stopped: the database is not reachable; page the rest from /event/history",
+                        ));
+                    return;
+                }
+            };
+            let n = rows.len() as i64;
+            for row in rows {
+                self.conn.wait_for_room().await;
+                cursor = row.id;
+                self.conn.push_replayed(row.id, protocol::event_frame(&row));
+            }
+            self.inner
+                .metrics
+                .events_replayed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            if n < REPLAY_PAGE {
+                break;
+            }
+        }
+        self.conn.end_hold(false);
+    }
+
+    fn message(&mut self, raw_channel: &str, data: String) {
+        let channel = match Channel::parse(raw_channel) {
+            Ok(c) => c.as_str().to_string(),
+            Err(e) => return self.error(&format!("malformed message: {e}")),
+        };
+        let (may_write, author) = self
+            .conn
+            .with_auth(|a| (a.perms.event(&channel, true), a.name.clone()));
+        if !may_write {
+            return self.error(&format!("no write permission on channel [{channel}]"));
+        }
+        let s = &self.inner.settings;
+        if !self.conn.user.try_send(s.messages_per_second, s.burst) {
+            self.inner
+                .metrics
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return self.error(&format!(
+                "rate limit exceeded: at most {} messages per second per user (burst {}); message not stored",
+                s.messages_per_second, s.burst
+            ));
+        }
+        let added_interest = self.inner.add_interest(self.conn, &channel);
+        let pending = Pending {
+            conn: self.conn.clone(),
+            channel,
+            author,
+            data,
+            added_interest,
+        };
+        if self.inner.submit(pending).is_err() {
+            self.error("the server is shutting down; message not stored");
+        }
+    }
+
+    async fn token(&mut self, token: &str) {
+        match self.inner.auth.verify_token(token).await {
+            Err(e) => self.error(&format!("token rejected: {e}")),
+            Ok(p) if p.id != self.conn.user_id => {
+                self.error("token rejected: it belongs to another user")
+            }
+            Ok(p) => {
+                let exp = p.claims.exp;
+                self.conn.with_auth(|a| {
+                    a.token = token.into();
+                    a.name = p.name;
+                    a.perms = Arc::new(p.perms);
+                    a.exp = exp;
+                });
+                self.inner.refilter(self.conn);
+                let expires = time::OffsetDateTime::from_unix_timestamp(exp)
+                    .map(format_ts)
+                    .unwrap_or_default();
+                self.conn.push_reply(protocol::token_frame(&expires));
+            }
+        }
+    }
+}
+
+/// Writes queued frames until the socket closes; every frame taken in one round goes out with a
+/// single flush.
+async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) {
+    let mut queue = VecDeque::new();
+    loop {
+        conn.take(&mut queue);
+        if queue.is_empty() {
+            if conn.is_closed() {
+                return;
+            }
+            conn.wait_for_frames().await;
+            continue;
+        }
+        let (mut events, mut replies) = (0usize, 0usize);
+        let mut close = None;
+        for out in queue.drain(..) {
+            let msg = match out {
+                Out::Event(b) => {
+                    events += 1;
+                    Message::Text(b)
+                }
+                Out::Reply(b) => {
+                    replies += 1;
+                    Message::Text(b)
+                }
+                Out::Notice(b) => Message::Text(b),
+                Out::Close(code, reason) => {
+                    close = Some((code, reason));
+                    break;
+                }
+            };
+            if sink.feed(msg).await.is_err() {
+                conn.mark_closed();
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            conn.mark_closed();
+            return;
+        }
+        conn.replies.add_permits(replies);
+        metrics
+            .messages_delivered
+            .fetch_add(events as u64, Ordering::Relaxed);
+        conn.written(events, &metrics);
+        if queue.capacity() > 256 {
+            queue = VecDeque::new();
+        }
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    }
+}
