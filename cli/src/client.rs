@@ -451,8 +451,11 @@ pub fn parse_seq(id: &str) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Event(Event),
-    /// The channels the server granted.
-    Interest(Vec<String>),
+    /// The channels the server granted, and those it left out with the reason.
+    Interest {
+        granted: Vec<String>,
+        denied: Vec<(String, String)>,
+    },
     /// A sent message is durably stored under this id.
     Ack(String),
     /// The server skipped messages after this id (slow consumer): fill from history.
@@ -482,8 +485,8 @@ impl Frame {
                     None => unreachable!(),
                 })
             }
-            Some("interest") => Frame::Interest(
-                value
+            Some("interest") => Frame::Interest {
+                granted: value
                     .get("data")
                     .and_then(Value::as_array)
                     .map(|a| {
@@ -493,7 +496,19 @@ impl Frame {
                             .collect()
                     })
                     .unwrap_or_default(),
-            ),
+                denied: value
+                    .get("denied")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(ch, why)| {
+                                let why = why.as_str().unwrap_or("refused");
+                                (sanitize(ch).into_owned(), sanitize(why).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
             Some("gap") => match str_field("after") {
                 Some(after) => Frame::Gap(after),
                 None => Frame::Other(value),
@@ -506,7 +521,11 @@ impl Frame {
     }
 }
 
-/// An open event WebSocket; `token` frames are adopted (and saved) here and never surface.
+/// WebSocket close code core4d uses when the token expired or was revoked, or the user was
+/// deactivated: reconnecting with the same token cannot help.
+const CLOSE_POLICY: u16 = 1008;
+
+/// An open event WebSocket; `token` frames are handled here and never surface.
 pub struct EventSocket<'a> {
     client: &'a ApiClient,
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -529,6 +548,12 @@ impl EventSocket<'_> {
         self.send_json(&frame).await
     }
 
+    /// Hands the socket a fresh token before the old one expires (the server closes it then).
+    pub async fn send_token(&mut self, token: &str) -> Result<()> {
+        self.send_json(&serde_json::json!({"type": "token", "token": token}))
+            .await
+    }
+
     pub async fn send_message(&mut self, channel: &str, text: &Value) -> Result<()> {
         self.send_json(&serde_json::json!({"type": "message", "channel": channel, "text": text}))
             .await
@@ -544,9 +569,28 @@ impl EventSocket<'_> {
             };
             let text = match message {
                 tungstenite::Message::Text(t) => t,
+                tungstenite::Message::Close(Some(frame))
+                    if u16::from(frame.code) == CLOSE_POLICY =>
+                {
+                    // "token expired: reconnect with a fresh token, ..." -> "token expired"
+                    let reason = frame.reason.split(':').next().unwrap_or_default().trim();
+                    let reason = if reason.is_empty() {
+                        "token revoked"
+                    } else {
+                        reason
+                    };
+                    return Err(map_error(
+                        &self.client.server,
+                        StatusCode::UNAUTHORIZED,
+                        Some(reason),
+                        None,
+                        None,
+                    ));
+                }
                 tungstenite::Message::Close(_) => return Ok(None),
                 _ => continue,
             };
+            // The reply to a token frame ("token accepted"); a pushed token is adopted.
             if let Ok(value) = serde_json::from_str::<Value>(&text)
                 && value.get("type").and_then(Value::as_str) == Some("token")
                 && value.get("channel").is_none()
@@ -692,7 +736,10 @@ mod tests {
         );
         assert_eq!(
             Frame::parse(r#"{"type":"interest","data":["message"],"message":"processed"}"#),
-            Frame::Interest(vec!["message".into()])
+            Frame::Interest {
+                granted: vec!["message".into()],
+                denied: vec![]
+            }
         );
         assert_eq!(
             Frame::parse(r#"{"type":"gap","after":"41"}"#),

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     client::{ApiClient, Event, EventSocket, Frame, parse_seq},
-    commands::interactive,
+    commands::{interactive, login::Profile},
     context::Context,
     error::{CliError, Result},
     output::{
@@ -168,74 +168,71 @@ fn print_ack(ctx: &Context, channel: &str, id: &str) -> Result<()> {
     }
 }
 
-/// How many sent lines may wait for their acks at once.
-const SEND_WINDOW: usize = 64;
-
 async fn send(args: &SendArgs, ctx: &Context) -> Result<()> {
     let channel = channel_name(&args.channel)?;
+    if args.text.is_empty() {
+        return Err(CliError::Usage("the message text must not be empty".into()));
+    }
+    let single = (args.text != "-")
+        .then(|| message_text(&args.text, args.json))
+        .transpose()?;
     let client = ctx.client()?;
     let mut socket = client.connect_events().await?;
-    if args.text != "-" {
-        if args.text.is_empty() {
-            return Err(CliError::Usage("the message text must not be empty".into()));
-        }
-        socket
-            .send_message(&channel, &message_text(&args.text, args.json)?)
-            .await?;
-        let id = next_ack(&mut socket).await?;
+    if let Some(text) = single {
+        let id = send_one(&mut socket, &channel, &text).await?;
         socket.close().await;
         return print_ack(ctx, &channel, &id);
     }
-
+    // One at a time: the server's replies carry no correlation id, and this way a line refused
+    // by the rate limit can be sent again. The rate limit, not the round trip, bounds the pace.
     let mut lines = stdin_lines();
-    let (mut in_flight, mut eof) = (0usize, false);
-    while !(eof && in_flight == 0) {
-        tokio::select! {
-            line = lines.recv(), if !eof && in_flight < SEND_WINDOW => match line {
-                None => eof = true,
-                Some(line) => {
-                    let line = line?;
-                    let line = line.trim_end_matches('\r');
-                    if !line.is_empty() {
-                        socket.send_message(&channel, &message_text(line, args.json)?).await?;
-                        in_flight += 1;
-                    }
-                }
-            },
-            frame = socket.next_frame(), if in_flight > 0 => match frame? {
-                Some(Frame::Ack(id)) => {
-                    in_flight -= 1;
-                    print_ack(ctx, &channel, &id)?;
-                }
-                Some(Frame::Error(message)) => return Err(send_error(&message)),
-                Some(_) => {}
-                None => return Err(lost_before_ack(in_flight)),
-            },
+    while let Some(line) = lines.recv().await {
+        let line = line?;
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
         }
+        let id = send_one(&mut socket, &channel, &message_text(line, args.json)?).await?;
+        print_ack(ctx, &channel, &id)?;
     }
     socket.close().await;
     Ok(())
 }
 
-fn send_error(message: &str) -> CliError {
-    CliError::Usage(format!("core4d rejected the message: {message}"))
-}
-
-fn lost_before_ack(n: usize) -> CliError {
-    CliError::Other(format!(
-        "the connection closed before {n} message(s) were acknowledged: they may or may not be stored \
-         — check with `core4ctl event history`"
-    ))
-}
-
-async fn next_ack(socket: &mut EventSocket<'_>) -> Result<String> {
+/// Sends one message and waits until it is stored; waits and retries when rate-limited.
+async fn send_one(socket: &mut EventSocket<'_>, channel: &str, text: &Value) -> Result<String> {
+    let mut pause = Duration::from_millis(50);
     loop {
-        match socket.next_frame().await? {
-            Some(Frame::Ack(id)) => return Ok(id),
-            Some(Frame::Error(message)) => return Err(send_error(&message)),
-            Some(_) => {}
-            None => return Err(lost_before_ack(1)),
+        socket.send_message(channel, text).await?;
+        loop {
+            match socket.next_frame().await? {
+                Some(Frame::Ack(id)) => return Ok(id),
+                Some(Frame::Error(message)) if message.starts_with("rate limit exceeded") => break,
+                Some(Frame::Error(message)) => return Err(send_error(channel, &message)),
+                Some(_) => {}
+                None => {
+                    return Err(CliError::Other(
+                        "the connection closed before the message was acknowledged: it may or may \
+                         not be stored — check with `core4ctl event history`"
+                            .into(),
+                    ));
+                }
+            }
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn send_error(channel: &str, message: &str) -> CliError {
+    if message.starts_with("no write permission") {
+        CliError::Auth(format!(
+            "{message}: your account may not send to {} — ask an administrator for event://{}/w",
+            sanitize(channel),
+            sanitize(channel)
+        ))
+    } else {
+        CliError::Usage(format!("core4d rejected the message: {message}"))
     }
 }
 
@@ -446,9 +443,31 @@ async fn tail(args: &TailArgs, ctx: &Context) -> Result<()> {
         printer.last = Some(current_position(&client, &channels).await?);
     }
 
+    reconnecting(&client, &channels, &channels, &mut printer, None).await
+}
+
+/// Follows `channels` across reconnects until input ends (chat), Ctrl-C, or an error no
+/// reconnect can cure.
+async fn reconnecting(
+    client: &ApiClient,
+    channels: &[String],
+    wanted: &[String],
+    printer: &mut Printer,
+    mut outbox: Option<&mut Outbox<'_>>,
+) -> Result<()> {
+    let mut keeper = TokenKeeper::start(client).await?;
     let mut backoff = Backoff::new();
     loop {
-        match follow(&client, &channels, &mut printer, &mut backoff, None).await {
+        let session = follow(
+            client,
+            channels,
+            wanted,
+            printer,
+            &mut backoff,
+            &mut keeper,
+            outbox.as_deref_mut(),
+        );
+        match session.await {
             Ok(SessionEnd::Done) => return Ok(()),
             Ok(SessionEnd::Closed) => {
                 let closed = CliError::Other("closed by the server".into());
@@ -468,16 +487,57 @@ struct Outbox<'a> {
     unacked: usize,
 }
 
+/// Keeps a long-lived socket's token fresh. core4d closes a socket when its token expires, so
+/// before that the token is renewed (any request may return a refreshed one in its `token`
+/// header; `/profile` is the cheapest) and handed to the socket in a token frame.
+struct TokenKeeper {
+    next_check: tokio::time::Instant,
+}
+
+impl TokenKeeper {
+    async fn start(client: &ApiClient) -> Result<Self> {
+        let mut keeper = Self {
+            next_check: tokio::time::Instant::now(),
+        };
+        keeper.check(client).await?;
+        Ok(keeper)
+    }
+
+    /// Asks the server (which refreshes the token when it is due) and plans the next check at a
+    /// third of the remaining lifetime, between 1 s and 10 min.
+    async fn check(&mut self, client: &ApiClient) -> Result<()> {
+        const MAX: Duration = Duration::from_secs(600);
+        let wait = match client.get::<Profile>("/profile", &[]).await {
+            Ok(profile) => profile
+                .token_expires
+                .as_deref()
+                .and_then(output::parse_timestamp)
+                .map(|exp| (exp - time::OffsetDateTime::now_utc()) / 3)
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(MAX)
+                .clamp(Duration::from_secs(1), MAX),
+            // Without access to /profile there is no refresh; the socket lives as long as it can.
+            Err(CliError::Auth(message)) if message.starts_with("forbidden") => MAX,
+            Err(e) => return Err(e),
+        };
+        self.next_check = tokio::time::Instant::now() + wait;
+        Ok(())
+    }
+}
+
 /// One connection: subscribe from the last printed id, then print (and, for chat, send) until
-/// the socket closes or input ends.
+/// the socket closes or input ends. `wanted` are the channels whose refusal matters.
 async fn follow(
     client: &ApiClient,
     channels: &[String],
+    wanted: &[String],
     printer: &mut Printer,
     backoff: &mut Backoff,
+    keeper: &mut TokenKeeper,
     mut outbox: Option<&mut Outbox<'_>>,
 ) -> Result<SessionEnd> {
     let mut socket = client.connect_events().await?;
+    let mut socket_token = client.token();
     socket.interest(channels, Some(&printer.since())).await?;
     if let Some(out) = outbox.as_deref_mut()
         && out.unacked > 0
@@ -511,15 +571,34 @@ async fn follow(
                     }
                 }
             }
+            _ = tokio::time::sleep_until(keeper.next_check) => {
+                keeper.check(client).await?;
+                let current = client.token();
+                if current != socket_token
+                    && let Some(token) = &current
+                {
+                    socket.send_token(token).await?;
+                    socket_token = current;
+                }
+            }
             frame = socket.next_frame() => match frame? {
                 None => return Ok(SessionEnd::Closed),
                 Some(Frame::Event(event)) => printer.emit(&event)?,
-                Some(Frame::Interest(granted)) => {
+                Some(Frame::Interest { granted, denied }) => {
                     backoff.reset();
-                    for wanted in channels {
-                        if !granted.iter().any(|g| g.eq_ignore_ascii_case(wanted)) {
-                            eprintln!("core4ctl: not subscribed to channel {} (refused by the server)", sanitize(wanted));
-                        }
+                    let refused: Vec<&(String, String)> = denied
+                        .iter()
+                        .filter(|(ch, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(ch)))
+                        .collect();
+                    let granted_wanted = wanted.iter().any(|w| granted.iter().any(|g| g.eq_ignore_ascii_case(w)));
+                    if !refused.is_empty() && !granted_wanted {
+                        let (ch, why) = refused[0];
+                        return Err(CliError::Auth(format!(
+                            "cannot read channel {ch}: {why} — ask an administrator for event://{ch}/r"
+                        )));
+                    }
+                    for (ch, why) in refused {
+                        eprintln!("core4ctl: not following channel {ch}: {why}");
                     }
                 }
                 Some(Frame::Gap(after)) => fill_gap(client, channels, printer, &after).await?,
@@ -532,15 +611,18 @@ async fn follow(
                         }
                     }
                 }
+                Some(Frame::Error(message)) if message.starts_with("replay stopped") => {
+                    // The server could not finish replaying: the rest comes from history.
+                    let after = printer.since();
+                    fill_gap(client, channels, printer, &after).await?;
+                }
                 Some(Frame::Error(message)) => {
-                    if outbox.is_some() {
-                        // A rejected chat line is worth a word, not the end of the chat.
-                        eprintln!("core4ctl: core4d: {message}");
-                        if let Some(out) = outbox.as_deref_mut() {
-                            out.unacked = out.unacked.saturating_sub(1);
-                        }
-                    } else {
-                        return Err(CliError::Usage(format!("core4d: {message}")));
+                    // A refused chat line or token is worth a word, not the end of the session.
+                    eprintln!("core4ctl: core4d: {message}");
+                    if let Some(out) = outbox.as_deref_mut()
+                        && !message.starts_with("token rejected")
+                    {
+                        out.unacked = out.unacked.saturating_sub(1);
                     }
                 }
                 Some(Frame::Other(_)) => {}
@@ -556,13 +638,18 @@ pub async fn chat(args: &ChatArgs, ctx: &Context) -> Result<()> {
 async fn chat_inner(args: &ChatArgs, ctx: &Context) -> Result<()> {
     let channel = channel_name(&args.channel)?;
     let client = ctx.client()?;
-    let me: crate::commands::login::Profile = client.get("/profile", &[]).await?;
+    let me: Profile = client.get("/profile", &[]).await?;
     let mut channels = vec![channel.clone()];
+    let mut last = current_position(&client, &channels).await?;
     if !channel.eq_ignore_ascii_case("system") {
-        channels.push("system".to_owned());
+        // Like chat.py, system notices too, if this account may read them.
+        if let Ok(system) = current_position(&client, &["system".to_owned()]).await {
+            channels.push("system".to_owned());
+            last = last.max(system);
+        }
     }
     let mut printer = Printer {
-        last: Some(current_position(&client, &channels).await?),
+        last: Some(last),
         json: ctx.json(),
         show_channel: false,
         skip_author: Some(me.name.clone()),
@@ -581,26 +668,8 @@ async fn chat_inner(args: &ChatArgs, ctx: &Context) -> Result<()> {
         eof: false,
         unacked: 0,
     };
-    let mut backoff = Backoff::new();
-    loop {
-        match follow(
-            &client,
-            &channels,
-            &mut printer,
-            &mut backoff,
-            Some(&mut outbox),
-        )
-        .await
-        {
-            Ok(SessionEnd::Done) => return Ok(()),
-            Ok(SessionEnd::Closed) => {
-                let closed = CliError::Other("closed by the server".into());
-                backoff.wait(client.server(), &closed).await;
-            }
-            Err(e) if retryable(&e) => backoff.wait(client.server(), &e).await,
-            Err(e) => return Err(e),
-        }
-    }
+    let wanted = [channel.clone()];
+    reconnecting(&client, &channels, &wanted, &mut printer, Some(&mut outbox)).await
 }
 
 async fn history(args: &HistoryArgs, ctx: &Context) -> Result<()> {

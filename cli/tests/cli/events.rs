@@ -20,11 +20,37 @@ fn text(line: &str) -> &str {
         .unwrap_or_else(|| panic!("not a message line: {line:?}"))
 }
 
-/// Waits until a started tail has subscribed, by sending a marker until it shows up.
+fn marker_number(line: &str) -> usize {
+    let (_, rest) = line
+        .rsplit_once("ready-")
+        .unwrap_or_else(|| panic!("not a marker: {line}"));
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until a started tail follows `channel`: sends numbered markers until one shows up
+/// (a marker sent before the tail took its starting point never does), then reads the markers
+/// sent after it, so the next line the test reads is its own.
 fn synced(tail: &mut Running, sender: &Cli, channel: &str) {
-    sender.run(&["event", "send", channel, "ready?"]).success();
-    let line = tail.line(WAIT);
-    assert!(line.ends_with("> ready?"), "{line}");
+    let mut sent = 0;
+    let seen = loop {
+        sent += 1;
+        assert!(sent <= 40, "the tail never showed a marker");
+        sender
+            .run(&["event", "send", channel, &format!("ready-{sent}")])
+            .success();
+        if let Some(line) = tail.line_within(Duration::from_millis(400)) {
+            break marker_number(&line);
+        }
+    };
+    // The markers sent after it arrive in order.
+    for n in seen + 1..=sent {
+        let line = tail.line(WAIT);
+        assert!(line.contains(&format!("ready-{n}")), "{line}");
+    }
 }
 
 #[test]
@@ -117,6 +143,7 @@ fn tail_json_prints_one_object_per_line() {
     let cli = Cli::new();
     cli.login_admin(&server).success();
     let mut tail = cli.spawn(&["event", "tail", "message", "system", "-o", "json"], false);
+    synced(&mut tail, &cli, "message");
     cli.run(&["event", "send", "message", "first"]).success();
     let event: serde_json::Value = serde_json::from_str(&tail.line(WAIT)).unwrap();
     for key in ["_id", "created", "name", "author", "channel", "data"] {
@@ -253,11 +280,11 @@ fn chat_sends_typed_lines_and_prints_others_messages() {
                 "--role",
                 "standard_user",
             ],
-            Some("zoe-pw\n"),
+            Some("zoe-pw-123\n"),
         )
         .success();
     let zoe = Cli::new();
-    zoe.login(&server, "zoe", "zoe-pw").success();
+    zoe.login(&server, "zoe", "zoe-pw-123").success();
 
     let mut tail = admin.spawn(&["event", "tail", "message"], false);
     synced(&mut tail, &admin, "message");
@@ -309,5 +336,88 @@ fn hostile_message_text_cannot_reach_the_terminal_raw() {
         history.json()[0]["data"],
         "\x1b]0;owned\x07\x1b[2Jboo\u{202e}",
         "JSON keeps the value"
+    );
+}
+
+#[test]
+fn send_dash_waits_out_the_rate_limit_instead_of_dropping_lines() {
+    let server = TestServer::spawn_with(|s| {
+        s.events.messages_per_second = 10;
+        s.events.burst = 3;
+    });
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let lines: String = (1..=15).map(|i| format!("r{i}\n")).collect();
+    let out = cli
+        .run_with_stdin(&["event", "send", "message", "-"], Some(&lines))
+        .success();
+    assert_eq!(ids(&out.stdout).len(), 15, "{out:?}");
+    let history = cli
+        .run(&[
+            "event",
+            "history",
+            "message",
+            "--per-page",
+            "100",
+            "-o",
+            "json",
+        ])
+        .success()
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 15);
+}
+
+#[test]
+fn channels_without_permission_exit_3_with_a_hint() {
+    let server = TestServer::spawn();
+    let admin = Cli::new();
+    admin.login_admin(&server).success();
+    admin
+        .run_with_stdin(
+            &[
+                "roles",
+                "create",
+                "yuri",
+                "--email",
+                "yuri@example.com",
+                "--password-stdin",
+                "--role",
+                "standard_user",
+            ],
+            Some("yuri-pw-123\n"),
+        )
+        .success();
+    let yuri = Cli::new();
+    yuri.login(&server, "yuri", "yuri-pw-123").success();
+    yuri.run(&["event", "send", "message", "allowed"]).success();
+    yuri.run(&["event", "send", "secret", "not allowed"])
+        .failure(3, "event://secret/w");
+    yuri.run(&["event", "tail", "secret"])
+        .failure(3, "forbidden");
+}
+
+#[test]
+fn tail_renews_its_token_before_the_socket_would_expire() {
+    let server = TestServer::spawn_with(|s| {
+        s.token_expiration = 4;
+        s.token_refresh = 1;
+    });
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut tail = cli.spawn(&["event", "tail", "message"], false);
+    synced(&mut tail, &cli, "message");
+    std::thread::sleep(Duration::from_secs(7));
+
+    let sender = Cli::new();
+    sender.login_admin(&server).success();
+    sender
+        .run(&["event", "send", "message", "still here"])
+        .success();
+    assert_eq!(text(&tail.line(WAIT)), "still here");
+    let (code, stderr) = tail.interrupt();
+    assert_eq!(code, 0);
+    assert!(
+        !stderr.contains("reconnecting"),
+        "the socket stayed open: {stderr}"
     );
 }

@@ -1,6 +1,3 @@
-// The long-running-command helpers serve the event tests, enabled once core4d has events.
-#![allow(dead_code)]
-
 //! Spawning core4d and running core4ctl as a child process.
 
 use std::{
@@ -291,6 +288,11 @@ impl Running {
                 panic!("no line from core4ctl within {timeout:?} ({e}); stderr:\n{stderr}");
             }
         }
+    }
+
+    /// The next line if one arrives within `wait`.
+    pub fn line_within(&mut self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(wait).ok()
     }
 
     /// Lines that arrive within `wait` (for checking that nothing more comes).

@@ -4,6 +4,6 @@
 
 mod auth;
 mod errors;
-// mod events; (enabled once core4d serves the event socket)
+mod events;
 mod helpers;
 mod roles;
