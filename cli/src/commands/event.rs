@@ -357,8 +357,16 @@ async fn fill_gap(
             }
         }
     }
+    let mut filled = 0;
     for event in missed.values() {
+        let before = printer.last;
         printer.emit(event)?;
+        filled += usize::from(printer.last != before);
+    }
+    if filled > 0 {
+        eprintln!(
+            "core4ctl: fell behind the live stream; {filled} missed message(s) came from history"
+        );
     }
     Ok(())
 }

@@ -421,3 +421,42 @@ fn tail_renews_its_token_before_the_socket_would_expire() {
         "the socket stayed open: {stderr}"
     );
 }
+
+#[test]
+fn a_tail_that_falls_behind_fills_the_gap_from_history_in_order() {
+    let server = TestServer::spawn_with(|s| {
+        s.events.outbound_queue = 4;
+        s.events.messages_per_second = 100_000;
+        s.events.burst = 100_000;
+    });
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let start = ids(&cli
+        .run(&["event", "send", "message", "start"])
+        .success()
+        .stdout)[0];
+
+    // Nobody reads this tail's output for now: its pipe, then its socket, fill up.
+    let since = start.to_string();
+    let (mut tail, go) = cli.spawn_paused(&["event", "tail", "message", "--since", &since]);
+    let filler = "x".repeat(8000);
+    let count = 600;
+    let lines: String = (1..=count).map(|i| format!("{i:04} {filler}\n")).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    cli.run_with_stdin(&["event", "send", "message", "-"], Some(&lines))
+        .success();
+
+    go.send(()).unwrap();
+    for i in 1..=count {
+        let line = tail.line(WAIT);
+        let number: usize = text(&line)[..4].parse().unwrap();
+        assert_eq!(number, i, "in order, none lost or repeated");
+    }
+    assert!(tail.lines_within(Duration::from_millis(500)).is_empty());
+    let (code, stderr) = tail.interrupt();
+    assert_eq!(code, 0);
+    assert!(
+        stderr.contains("came from history"),
+        "a gap happened and was filled: {stderr}"
+    );
+}

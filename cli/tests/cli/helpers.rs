@@ -232,6 +232,21 @@ impl Cli {
 
     /// A long-running command (tail, chat) whose stdout is read line by line.
     pub fn spawn(&self, args: &[&str], with_stdin: bool) -> Running {
+        self.spawn_reading(args, with_stdin, None)
+    }
+
+    /// Like [`Cli::spawn`], but nobody reads its stdout until `start` fires: a slow consumer.
+    pub fn spawn_paused(&self, args: &[&str]) -> (Running, mpsc::Sender<()>) {
+        let (start_tx, start_rx) = mpsc::channel();
+        (self.spawn_reading(args, false, Some(start_rx)), start_tx)
+    }
+
+    fn spawn_reading(
+        &self,
+        args: &[&str],
+        with_stdin: bool,
+        start: Option<mpsc::Receiver<()>>,
+    ) -> Running {
         let mut cmd = self.command(args);
         if with_stdin {
             cmd.stdin(Stdio::piped());
@@ -242,6 +257,9 @@ impl Cli {
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
+            if let Some(start) = start {
+                let _ = start.recv();
+            }
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
