@@ -99,6 +99,7 @@ impl Application {
         let generated_admin_password = seed(&pool, &settings, &hasher).await?;
         let metrics = Metrics::default();
         let auth = Auth::new(pool.clone(), secret.as_bytes(), hasher, &settings);
+        auth.spawn_invalidation_listener();
         let hub = Hub::start(
             pool.clone(),
             auth.clone(),
@@ -184,10 +185,10 @@ impl Application {
         // writer, then close the sockets with 1001.
         state.hub.shutdown().await;
         state.pool.close().await;
-        if let Some(pg) = embedded {
-            if let Err(e) = pg.stop().await {
-                tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed");
-            }
+        if let Some(pg) = embedded
+            && let Err(e) = pg.stop().await
+        {
+            tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed");
         }
         result
     }
@@ -278,8 +279,12 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
                 ))
             }),
         );
-    let cors = Cors::new()
-        .allow_origin_regex(".*")
+    // Without `allow_origin`, poem's Cors allows every origin (core4's default `*`).
+    let mut cors = Cors::new();
+    if state.settings.allow_origin != "*" {
+        cors = cors.allow_origin(state.settings.allow_origin.as_str());
+    }
+    let cors = cors
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -294,16 +299,22 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
         ])
         .expose_headers(["token"]);
     let metrics = state.metrics.clone();
+    let cookie_max_age = state.settings.token_expiration;
     route
         .with(cors)
         .with(CatchPanic::new())
         .around(move |ep, req| {
             let metrics = metrics.clone();
-            async move { Ok(envelope_layer(ep, req, metrics).await) }
+            async move { Ok(envelope_layer(ep, req, metrics, cookie_max_age).await) }
         })
 }
 
-async fn envelope_layer<E: Endpoint>(ep: Arc<E>, mut req: Request, metrics: Metrics) -> Response {
+async fn envelope_layer<E: Endpoint>(
+    ep: Arc<E>,
+    mut req: Request,
+    metrics: Metrics,
+    cookie_max_age: u64,
+) -> Response {
     if req.uri().path() == "/core4/api/login" {
         let rewritten = format!(
             "{BASE}/login{}",
@@ -333,6 +344,12 @@ async fn envelope_layer<E: Endpoint>(ep: Arc<E>, mut req: Request, metrics: Metr
         && let Ok(value) = HeaderValue::from_str(&token)
     {
         resp.headers_mut().insert("token", value);
+        // Browsers authenticate with the cookie: renew it together with the token.
+        if let Ok(cookie) = HeaderValue::from_str(&format!(
+            "token={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={cookie_max_age}"
+        )) {
+            resp.headers_mut().append("set-cookie", cookie);
+        }
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", value);

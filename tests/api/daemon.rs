@@ -109,9 +109,9 @@ async fn the_served_spec_equals_the_committed_one_and_swagger_ui_is_there() {
         .await
         .unwrap();
     let committed: Value = serde_json::from_str(include_str!("../../openapi/core4.json")).unwrap();
-    assert_eq!(
-        served, committed,
-        "regenerate openapi/core4.json with `cargo run -p core4d -- openapi`"
+    assert!(
+        served == committed,
+        "regenerate openapi/core4.json with `cargo run -p core4d -- openapi > openapi/core4.json`"
     );
     let docs = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);

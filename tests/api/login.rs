@@ -703,7 +703,6 @@ async fn the_login_limit_lifts_after_its_window() {
 /// Differs on purpose (reference §9.20): core4 did not expose the `token` refresh header to
 /// browsers.
 #[tokio::test]
-#[ignore = "startup.rs: Cors::allow_origin_regex(\".*\") is a poem glob matching only origins that start with '.', so any request with an Origin gets 403 request-origin not allowed (settings.allow_origin is unused)"]
 async fn cors_exposes_the_token_header() {
     let app = spawn_app().await;
     let token = app.admin_token().await;
@@ -806,7 +805,6 @@ async fn core4d_refuses_to_start_with_a_short_admin_password_or_no_admin_name() 
 /// core4 re-set the cookie along with the `token` header when it refreshed a token, so a
 /// browser session that relies on the cookie slides too.
 #[tokio::test]
-#[ignore = "startup.rs envelope_layer adds only the token header for a refreshed token, no Set-Cookie, so cookie sessions end after token_expiration"]
 async fn a_refreshed_token_also_renews_the_cookie() {
     let mut settings = test_settings(&fresh_database().await);
     settings.token_refresh = 1;
@@ -832,4 +830,37 @@ async fn a_refreshed_token_also_renews_the_cookie() {
         cookie.starts_with(&format!("token={fresh};")) && cookie.contains("HttpOnly"),
         "{cookie:?}"
     );
+}
+
+/// Instances cache verified tokens; a logout on one must still end the token on the other (it
+/// learns through the NOTIFY committed with the revocation).
+#[tokio::test]
+async fn logout_on_one_instance_ends_the_token_on_another() {
+    let a = core4_tests::spawn_app().await;
+    let b = core4_tests::spawn_app_with(core4_tests::test_settings(&a.database_url)).await;
+    let token = a.admin_token().await;
+    assert_eq!(
+        b.get("/profile", &token).await.0,
+        200,
+        "b accepts and caches the token"
+    );
+    assert_eq!(b.get("/profile", &token).await.0, 200);
+    let (status, _) = a
+        .call(reqwest::Method::POST, "/logout", Some(&token), None)
+        .await;
+    assert_eq!(status, 200);
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..40 {
+        last = b.get("/profile", &token).await;
+        if last.0 == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        last.0, 401,
+        "the other instance still accepts a revoked token: {}",
+        last.1
+    );
+    assert_eq!(core4_tests::error_text(&last.1, 401), "token revoked");
 }

@@ -547,3 +547,66 @@ async fn body_etag(app: &TestApp, token: &str, path: &str) -> Value {
     assert_eq!(status, 200, "{body}");
     body["data"]["etag"].clone()
 }
+
+/// Setting another user's password takes over that user's rights, so a non-cop may only change
+/// users and roles whose rights it holds itself.
+#[tokio::test]
+async fn a_non_cop_cannot_take_over_a_user_with_more_rights() {
+    let app = core4_tests::spawn_app().await;
+    let admin = app.admin_token().await;
+    let (status, _) = app
+        .post(
+            "/roles",
+            &admin,
+            serde_json::json!({"name": "editor", "email": "editor@example.com", "password": "editor-pw-1",
+                "role": ["standard_user"], "perm": ["api://core4.api.v1.request.role/ru"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .post(
+            "/roles",
+            &admin,
+            serde_json::json!({"name": "boss", "email": "boss@example.com", "password": "boss-pw-123",
+                "role": ["standard_user"], "perm": ["api://core4.api.v1.request.role", "app://secret"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (boss_id, boss_etag) = (
+        body["data"]["_id"].as_str().unwrap().to_string(),
+        body["data"]["etag"].as_str().unwrap().to_string(),
+    );
+    let (status, body) = app
+        .post(
+            "/roles",
+            &admin,
+            serde_json::json!({"name": "peer", "email": "peer@example.com", "password": "peer-pw-123", "role": ["standard_user"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (peer_id, peer_etag) = (
+        body["data"]["_id"].as_str().unwrap().to_string(),
+        body["data"]["etag"].as_str().unwrap().to_string(),
+    );
+    let editor = app.login("editor", "editor-pw-1").await;
+    let (status, body) = app
+        .put(
+            &format!("/roles/{boss_id}"),
+            &editor,
+            serde_json::json!({"etag": boss_etag, "password": "taken-over"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert!(core4_tests::error_text(&body, 403).contains("rights the caller lacks"));
+    let (status, body) = app
+        .put(
+            &format!("/roles/{peer_id}"),
+            &editor,
+            serde_json::json!({"etag": peer_etag, "realname": "Peer"}),
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "a user with no more rights than the editor may be changed: {body}"
+    );
+}

@@ -57,10 +57,11 @@ impl ProfileApi {
             .auth
             .require(&auth, qual::PROFILE, Method::Read)
             .await?;
-        let row = storage::roles::get(&self.state.pool, &me.id)
+        let row = storage::roles::profile(&self.state.pool, &me.id)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("token revoked".into()))?;
-        let (role_total, perm_total) = storage::roles::cascade(&self.state.pool, &me.id).await?;
+        let (role_total, perm_total) = (row.role_total, me.perms.all().to_vec());
+        let row = row.role;
         let expires = time::OffsetDateTime::from_unix_timestamp(me.claims.exp)
             .map(format_ts)
             .unwrap_or_default();

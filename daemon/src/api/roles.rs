@@ -212,10 +212,20 @@ impl RolesApi {
         })
     }
 
-    /// Is `id` a holder of `cop` (directly or through its roles)?
-    async fn holds_cop(&self, id: &str) -> ApiResult<bool> {
+    /// A non-cop may only change or delete what holds no right it lacks itself: otherwise
+    /// setting another user's password would take over that user's rights (a `cop`'s included).
+    async fn check_not_above(&self, me: &Principal, id: &str, verb: &str) -> ApiResult<()> {
+        if me.perms.is_admin() {
+            return Ok(());
+        }
         let (_, perms) = storage::roles::cascade(&self.state.pool, id).await?;
-        Ok(perms.iter().any(|p| p == "cop"))
+        if perms.iter().all(|p| me.perms.all().contains(p)) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "only a cop may {verb} a user or role holding rights the caller lacks"
+            )))
+        }
     }
 
     async fn delete_role(
@@ -233,9 +243,7 @@ impl RolesApi {
         let etag = etag
             .filter(|e| !e.is_empty())
             .ok_or_else(|| ApiError::BadRequest("Missing argument etag".into()))?;
-        if !me.perms.is_admin() && self.holds_cop(&id).await? {
-            return Err(ApiError::Forbidden("only a cop may delete a cop".into()));
-        }
+        self.check_not_above(&me, &id, "delete").await?;
         let mut tx = storage::roles::begin_change(&self.state.pool).await?;
         storage::roles::load_for_change(&mut tx, &id).await?;
         storage::roles::delete(&mut tx, &id, &etag).await?;
@@ -246,6 +254,7 @@ impl RolesApi {
         }
         storage::tokens::bump_epoch(&mut tx).await?;
         tx.commit().await?;
+        self.state.auth.invalidate();
         Ok(DeleteResponse::Ok(ok(true)))
     }
 }
@@ -446,9 +455,7 @@ impl RolesApi {
         if b.perm.is_some() || b.role.is_some() || b.is_active.is_some() {
             need_cop(&me, "perm, role or is_active")?;
         }
-        if !me.perms.is_admin() && self.holds_cop(&id).await? {
-            return Err(ApiError::Forbidden("only a cop may change a cop".into()));
-        }
+        self.check_not_above(&me, &id, "change").await?;
         let change = RoleChange {
             etag: b.etag,
             name: b.name,
@@ -588,15 +595,15 @@ pub async fn apply_change(state: &AppState, id: &str, c: RoleChange) -> ApiResul
         || changed.is_active != old.is_active
         || changed.end_tokens;
     storage::roles::update(&mut tx, id, &etag, changed).await?;
-    if rights_changed {
-        if storage::roles::active_cops(&mut tx).await? == 0 {
-            return Err(ApiError::Conflict(
-                "cannot remove the last active cop".into(),
-            ));
-        }
-        storage::tokens::bump_epoch(&mut tx).await?;
+    if rights_changed && storage::roles::active_cops(&mut tx).await? == 0 {
+        return Err(ApiError::Conflict(
+            "cannot remove the last active cop".into(),
+        ));
     }
+    // Any change, a rename included, reaches cached principals and open sockets.
+    storage::tokens::bump_epoch(&mut tx).await?;
     tx.commit().await?;
+    state.auth.invalidate();
     let row = storage::roles::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("role [{id}] not found")))?;

@@ -1,6 +1,7 @@
 //! Authentication and authorisation: passwords, tokens, the security scheme of the API, and the
 //! check that turns a credential into a [`Principal`] with its cascaded permissions.
 
+mod cache;
 mod limiter;
 mod password;
 mod scheme;
@@ -56,6 +57,7 @@ struct Inner {
     limiter: LoginLimiter,
     regex: RegexCache,
     refresh_secs: i64,
+    cache: cache::PrincipalCache,
 }
 
 impl Auth {
@@ -71,6 +73,7 @@ impl Auth {
                 ),
                 regex: RegexCache::default(),
                 refresh_secs: settings.token_refresh as i64,
+                cache: cache::PrincipalCache::default(),
             }),
         }
     }
@@ -119,7 +122,18 @@ impl Auth {
     /// and the cascaded permissions.
     pub async fn verify_token(&self, token: &str) -> ApiResult<Principal> {
         let claims = self.inner.keys.verify(token)?;
-        let row = storage::roles::principal_row(&self.inner.pool, &claims.sub, &claims.jti).await?;
+        let row = match self.inner.cache.get(&claims.jti) {
+            Some(row) => Some(row),
+            None => {
+                let generation = self.inner.cache.generation();
+                let row = storage::roles::principal_row(&self.inner.pool, &claims.sub, &claims.jti)
+                    .await?;
+                if let Some(row) = &row {
+                    self.inner.cache.insert(generation, &claims.jti, row);
+                }
+                row
+            }
+        };
         let Some(row) = row else {
             return Err(ApiError::Unauthorized("token revoked".into()));
         };
@@ -173,6 +187,20 @@ impl Auth {
 
     /// Ends this token everywhere.
     pub async fn revoke(&self, claims: &Claims) -> ApiResult<()> {
-        storage::tokens::revoke(&self.inner.pool, &claims.jti, claims.exp).await
+        storage::tokens::revoke(&self.inner.pool, &claims.jti, claims.exp).await?;
+        self.invalidate();
+        Ok(())
+    }
+
+    /// Drops cached principals at once; call after committing a change of rights or tokens (other
+    /// instances learn of it through the NOTIFY that the change committed).
+    pub fn invalidate(&self) {
+        self.inner.cache.invalidate();
+    }
+
+    /// Keeps the principal cache coherent with changes made anywhere; runs until the pool closes.
+    pub fn spawn_invalidation_listener(&self) -> tokio::task::JoinHandle<()> {
+        let auth = self.clone();
+        tokio::spawn(async move { auth.inner.cache.listen(auth.inner.pool.clone()).await })
     }
 }

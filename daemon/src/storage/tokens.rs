@@ -18,9 +18,13 @@ pub async fn revoke(pool: &PgPool, jti: &str, exp: i64) -> ApiResult<()> {
     Ok(())
 }
 
-/// Marks that tokens or permissions changed; commit it with the change itself.
+/// Marks that tokens or permissions changed; commit it with the change itself. Its NOTIFY
+/// reaches the principal cache of every instance at commit.
 pub async fn bump_epoch(tx: &mut Transaction<'_, Postgres>) -> ApiResult<()> {
     sqlx::query("UPDATE auth_epoch SET n = n + 1")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SELECT pg_notify('core4_auth', '')")
         .execute(&mut **tx)
         .await?;
     Ok(())
