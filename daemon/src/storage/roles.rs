@@ -258,17 +258,18 @@ pub async fn list(
     limit: u32,
     offset: u64,
 ) -> ApiResult<Vec<RoleRow>> {
-    let mut qb = QueryBuilder::new(SELECT_ROLE);
-    push_filter(&mut qb, f);
+    // Page the ids first: PostgreSQL evaluates the select list (the `role` subquery) for every
+    // row an OFFSET skips, so the full rows are built for the page only.
     let dir = if desc { "DESC" } else { "ASC" };
     // PostgreSQL's default null placement, so the (column, id) btrees serve both directions.
-    qb.push(format!(
-        " ORDER BY {} {dir}, r.id {dir} LIMIT ",
-        sort.column()
-    ));
+    let order = format!(" ORDER BY {} {dir}, r.id {dir}", sort.column());
+    let mut qb = QueryBuilder::new(format!("{SELECT_ROLE} JOIN (SELECT r.id FROM roles r"));
+    push_filter(&mut qb, f);
+    qb.push(format!("{order} LIMIT "));
     qb.push_bind(limit as i64)
         .push(" OFFSET ")
         .push_bind(offset.min(i64::MAX as u64) as i64);
+    qb.push(format!(") page ON page.id = r.id{order}"));
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
 
