@@ -57,11 +57,11 @@ impl ProfileApi {
             .auth
             .require(&auth, qual::PROFILE, Method::Read)
             .await?;
-        let row = storage::roles::profile(&self.state.pool, &me.id)
+        // The cascade comes with the (cached) principal; only the row itself is read.
+        let row = storage::roles::get(&self.state.pool, &me.id)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("token revoked".into()))?;
-        let (role_total, perm_total) = (row.role_total, me.perms.all().to_vec());
-        let row = row.role;
+        let (role_total, perm_total) = (me.role_total.clone(), me.perms.all().to_vec());
         let expires = time::OffsetDateTime::from_unix_timestamp(me.claims.exp)
             .map(format_ts)
             .unwrap_or_default();

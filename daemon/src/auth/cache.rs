@@ -113,6 +113,7 @@ mod tests {
             token_version: 0,
             revoked: false,
             perm_total: vec![],
+            role_total: vec![],
         }
     }
 

@@ -42,6 +42,8 @@ pub struct Principal {
     pub id: String,
     pub name: String,
     pub perms: PermissionSet,
+    /// Every role the principal holds through the cascade, sorted.
+    pub role_total: Vec<String>,
     pub claims: Claims,
 }
 
@@ -144,6 +146,7 @@ impl Auth {
             id: claims.sub.clone(),
             name: row.name,
             perms: PermissionSet::new(row.perm_total),
+            role_total: row.role_total,
             claims,
         })
     }

@@ -40,6 +40,8 @@ pub struct PrincipalRow {
     pub token_version: i64,
     pub revoked: bool,
     pub perm_total: Vec<String>,
+    /// Names of every role reached through the cascade, sorted, the user excluded.
+    pub role_total: Vec<String>,
 }
 
 /// Walks `role_parents` from `$1`: active roles only, inactive ones are neither counted nor
@@ -64,7 +66,9 @@ pub async fn principal_row(pool: &PgPool, id: &str, jti: &str) -> ApiResult<Opti
                ARRAY(SELECT DISTINCT p FROM (
                     SELECT unnest(u.perm) AS p
                     UNION SELECT unnest(r.perm) FROM casc JOIN roles r ON r.id = casc.id
-               ) perms ORDER BY p) AS perm_total
+               ) perms ORDER BY p) AS perm_total,
+               ARRAY(SELECT DISTINCT r.name FROM casc JOIN roles r ON r.id = casc.id
+                     WHERE r.id <> $1 ORDER BY r.name) AS role_total
         FROM roles u WHERE u.id = $1"
     );
     Ok(sqlx::query_as(AssertSqlSafe(sql))
@@ -115,27 +119,6 @@ async fn get_tx(tx: &mut Transaction<'_, Postgres>, id: &str) -> ApiResult<Optio
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?)
-}
-
-#[derive(sqlx::FromRow)]
-pub struct ProfileRow {
-    #[sqlx(flatten)]
-    pub role: RoleRow,
-    pub role_total: Vec<String>,
-}
-
-/// A user with its cascaded role names, in one round trip.
-pub async fn profile(pool: &PgPool, id: &str) -> ApiResult<Option<ProfileRow>> {
-    let sql = format!(
-        "{CASCADE}, me AS ({SELECT_ROLE} WHERE r.id = $1)
-        SELECT me.*, ARRAY(SELECT DISTINCT x.name FROM casc JOIN roles x ON x.id = casc.id
-                           WHERE x.id <> $1 ORDER BY x.name) AS role_total
-        FROM me"
-    );
-    Ok(sqlx::query_as(AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
 }
 
 /// The cascade of `id`: (`role_total` names, `perm_total`), both sorted, `id` itself excluded
