@@ -1,8 +1,8 @@
 //! End-to-end tests: a real PostgreSQL, a real core4d per test, HTTP and WebSocket over loopback.
 
+mod compat;
 mod daemon;
 mod events;
 mod login;
-mod openapi;
 mod permissions;
 mod roles;
