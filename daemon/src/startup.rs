@@ -116,8 +116,7 @@ impl Application {
         };
 
         let acceptor = TcpAcceptor::from_tokio(
-            tokio::net::TcpListener::bind(state.settings.listen)
-                .await
+            bind(state.settings.listen)
                 .with_context(|| format!("cannot listen on {}", state.settings.listen))?,
         )?;
         let port = acceptor
@@ -192,6 +191,20 @@ impl Application {
         }
         result
     }
+}
+
+/// Binds the API listener with TCP_NODELAY, which accepted sockets inherit: without it, small
+/// WebSocket frames wait for the peer's delayed ACK (Nagle), adding up to tens of milliseconds.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Creates the admin and `standard_user` when missing; returns a generated admin password.
