@@ -24,6 +24,7 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prev_head: Option<i64> = None;
+    let mut confirm = false;
     let mut rounds: u64 = 0;
     loop {
         tick.tick().await;
@@ -41,8 +42,15 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
                     let _ = inner.dispatch.send(Dispatch::CatchUp { upto: Some(h) });
                 }
                 prev_head = Some(head);
-                if epoch != seen_epoch && recheck_all(&inner).await {
-                    seen_epoch = epoch;
+                if epoch != seen_epoch {
+                    if recheck_all(&inner).await {
+                        seen_epoch = epoch;
+                        confirm = true;
+                    }
+                } else if confirm {
+                    // Once more a round later: another instance's principal cache may have
+                    // answered the first round before its invalidation NOTIFY arrived.
+                    confirm = !recheck_all(&inner).await;
                 }
             }
             Err(e) => tracing::debug!(error = %e, "event poll failed"),
