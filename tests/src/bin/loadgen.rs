@@ -1,0 +1,759 @@
+//! Load generator for core4d's event channels (benchmarks, not tests).
+//!
+//! ```text
+//! loadgen fanout  --subscribers 1000 --rate 100 --size 100 --duration 20
+//! loadgen publish --publishers 100 --window 4 --duration 20
+//! loadgen idle    --connections 15000 --pid $(pgrep -x core4d)
+//! loadgen fanout  --sub-url http://127.0.0.1:5002 --subscribers 1 --rate 1000   # cross-instance
+//! loadgen fanout  --nats ws://127.0.0.1:9222 --subscribers 1000 --rate 100      # the same load on nats-server
+//! ```
+//! It logs in as the admin and creates two users once: `loadgen-writer` (write-only on `bench*`,
+//! so its own messages do not come back to it) and `loadgen-reader` (read-only on `bench*`).
+//! Publish-to-receive latency is measured inside this process: each message carries its send
+//! time.
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt, stream};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Parser)]
+#[command(about = "Load generator for core4d's event channels")]
+struct Cli {
+    /// core4d's address.
+    #[arg(long, default_value = "http://127.0.0.1:5001", global = true)]
+    url: String,
+    #[arg(long, default_value = "admin", global = true)]
+    admin: String,
+    #[arg(long, env = "CORE4_ADMIN_PASSWORD", global = true, default_value = "")]
+    admin_password: String,
+    /// core4d's process id, to report its CPU time and memory.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Many subscribers on one channel, publishers at a fixed rate: deliveries/s and latency.
+    Fanout(FanoutArgs),
+    /// Concurrent publishers as fast as acks come back: acknowledged messages/s.
+    Publish(PublishArgs),
+    /// Many idle authenticated sockets: memory per socket.
+    Idle(IdleArgs),
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Messages per second, over all publishers.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Bytes of each message's text.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Seconds measured (after a 2 s warm-up).
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    #[arg(long, default_value = "bench")]
+    channel: String,
+    /// Subscribers connect here instead of `--url` (a second core4d on the same database).
+    #[arg(long)]
+    sub_url: Option<String>,
+    /// Run the same load against nats-server's WebSocket listener instead (e.g. ws://127.0.0.1:9222).
+    #[arg(long)]
+    nats: Option<String>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[arg(long, default_value_t = 100)]
+    publishers: usize,
+    /// Unacknowledged messages each publisher keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    #[arg(long, default_value = "bench")]
+    channel: String,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[arg(long, default_value_t = 15000)]
+    connections: usize,
+    /// Sockets opened at once.
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+    /// Seconds to hold the sockets after the measurement.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+}
+
+fn start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn micros_now() -> u64 {
+    start().elapsed().as_micros() as u64
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    start();
+    let cli = Cli::parse();
+    println!("{}", machine());
+    match &cli.cmd {
+        Cmd::Fanout(args) => fanout(&cli, args).await,
+        Cmd::Publish(args) => publish(&cli, args).await,
+        Cmd::Idle(args) => idle(&cli, args).await,
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("machine: {cpus} CPUs ({model})")
+}
+
+// ---- setup ----
+
+struct Tokens {
+    writer: String,
+    reader: String,
+}
+
+async fn login(http: &reqwest::Client, url: &str, user: &str, password: &str) -> Result<String> {
+    let resp = http
+        .get(format!("{url}/core4/api/v1/login"))
+        .query(&[("username", user), ("password", password)])
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("login of {user} failed: {}", resp.status());
+    }
+    let body: Value = resp.json().await?;
+    Ok(body["data"]["token"]
+        .as_str()
+        .context("no token")?
+        .to_string())
+}
+
+async fn prepare(cli: &Cli) -> Result<Tokens> {
+    let http = reqwest::Client::new();
+    let admin = login(&http, &cli.url, &cli.admin, &cli.admin_password)
+        .await
+        .context("set --admin-password or CORE4_ADMIN_PASSWORD")?;
+    let password = "loadgen-password";
+    for (name, perm) in [
+        ("loadgen-writer", "event://bench*/w"),
+        ("loadgen-reader", "event://bench*/r"),
+    ] {
+        let resp = http
+            .post(format!("{}/core4/api/v1/roles", cli.url))
+            .bearer_auth(&admin)
+            .json(&json!({
+                "name": name,
+                "email": format!("{name}@example.com"),
+                "password": password,
+                "perm": ["api://core4.api.v1.request.standard.*", perm],
+            }))
+            .send()
+            .await?;
+        if !(resp.status().is_success() || resp.status() == 409) {
+            bail!("creating {name}: {}", resp.text().await?);
+        }
+    }
+    Ok(Tokens {
+        writer: login(&http, &cli.url, "loadgen-writer", password).await?,
+        reader: login(&http, &cli.url, "loadgen-reader", password).await?,
+    })
+}
+
+fn ws_url(http_url: &str, token: &str) -> String {
+    let base = http_url
+        .replacen("http://", "ws://", 1)
+        .replacen("https://", "wss://", 1);
+    format!("{base}/core4/api/v1/event?token={token}")
+}
+
+/// Client sockets with small buffers (tungstenite's default 128 KiB read buffer is zero-filled
+/// on every read).
+fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+}
+
+async fn connect(url: &str) -> Result<Ws> {
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true).await?;
+    Ok(ws)
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(Message::Close(c))) => bail!("closed: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed"),
+        }
+    }
+}
+
+/// Opens a socket and subscribes it; returns once the interest reply arrived.
+async fn subscriber(url: &str, channel: &str) -> Result<Ws> {
+    let mut ws = connect(url).await?;
+    ws.send(Message::text(
+        json!({"type": "interest", "data": [channel]}).to_string(),
+    ))
+    .await?;
+    let reply: Value = serde_json::from_str(&next_text(&mut ws).await?)?;
+    if reply["data"] != json!([channel]) {
+        bail!("interest refused: {reply}");
+    }
+    Ok(ws)
+}
+
+// ---- measurement ----
+
+#[derive(Default)]
+struct Stats {
+    /// One sample vector per receiving task, collected after the window.
+    samples: std::sync::Mutex<Vec<Arc<std::sync::Mutex<Vec<u32>>>>>,
+    received: AtomicU64,
+    gaps: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Stats {
+    fn sink(&self) -> Arc<std::sync::Mutex<Vec<u32>>> {
+        let sink = Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Ok(mut all) = self.samples.lock() {
+            all.push(sink.clone());
+        }
+        sink
+    }
+
+    fn record(sink: &std::sync::Mutex<Vec<u32>>, micros: u64) {
+        if let Ok(mut v) = sink.lock() {
+            v.push(micros.min(u32::MAX as u64) as u32);
+        }
+    }
+
+    fn latencies(&self) -> Vec<u32> {
+        let all = self.samples.lock().map(|a| a.clone()).unwrap_or_default();
+        all.iter()
+            .flat_map(|s| s.lock().map(|v| v.clone()).unwrap_or_default())
+            .collect()
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn latency_line(label: &str, mut v: Vec<u32>) -> String {
+    v.sort_unstable();
+    format!(
+        "{label}: n={} p50={:.2} ms p90={:.2} ms p99={:.2} ms p99.9={:.2} ms max={:.2} ms",
+        v.len(),
+        percentile(&v, 0.5),
+        percentile(&v, 0.9),
+        percentile(&v, 0.99),
+        percentile(&v, 0.999),
+        percentile(&v, 1.0)
+    )
+}
+
+/// CPU seconds (user + system) and RSS (KiB) of a process.
+fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, rss))
+}
+
+async fn scrape(url: &str) -> String {
+    match reqwest::get(format!("{url}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn writer_summary(before: &str, after: &str) -> String {
+    let d = |n: &str| metric(after, n) - metric(before, n);
+    let batches = d("core4d_event_batches_total");
+    let msgs = d("core4d_event_batch_messages_total");
+    let micros = d("core4d_event_commit_microseconds_total");
+    if batches == 0.0 {
+        return "writer: no batches".into();
+    }
+    format!(
+        "writer: {batches} batches, mean {:.1} messages/batch, mean commit {:.2} ms, max commit {:.2} ms",
+        msgs / batches,
+        micros / batches / 1000.0,
+        metric(after, "core4d_event_commit_microseconds_max") / 1000.0
+    )
+}
+
+/// The send time (micros since start) at the front of a message's text.
+fn sent_at(frame: &[u8], marker: &[u8]) -> Option<u64> {
+    let pos = frame.windows(marker.len()).position(|w| w == marker)? + marker.len();
+    let digits = frame.get(pos..pos + 12)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn payload(size: usize) -> String {
+    let t = micros_now();
+    let mut s = format!("{t:012}|");
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
+// ---- fanout ----
+
+async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
+    if let Some(nats) = &args.nats {
+        return nats_fanout(cli, nats, args).await;
+    }
+    let tokens = prepare(cli).await?;
+    let sub_base = args.sub_url.clone().unwrap_or_else(|| cli.url.clone());
+    let sub_url = ws_url(&sub_base, &tokens.reader);
+    let stats = Arc::new(Stats::default());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let opened = Instant::now();
+    let subs: Vec<Ws> = stream::iter(0..args.subscribers)
+        .map(|_| subscriber(&sub_url, &args.channel))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    println!(
+        "{} subscribers on {} ({}) in {:.1} s",
+        subs.len(),
+        args.channel,
+        sub_base,
+        opened.elapsed().as_secs_f64()
+    );
+    for mut ws in subs {
+        let stats = stats.clone();
+        let measuring = measuring.clone();
+        let sink = stats.sink();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let Message::Text(t) = msg else { continue };
+                let bytes = t.as_bytes();
+                if let Some(sent) = sent_at(bytes, b"\"data\":\"") {
+                    if measuring.load(Relaxed) {
+                        Stats::record(&sink, micros_now().saturating_sub(sent));
+                        stats.received.fetch_add(1, Relaxed);
+                    }
+                } else if bytes.starts_with(b"{\"type\":\"gap\"") {
+                    stats.gaps.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+
+    let pub_url = ws_url(&cli.url, &tokens.writer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let per_pub = args.rate as f64 / args.publishers as f64;
+    for _ in 0..args.publishers {
+        let ws = connect(&pub_url).await?;
+        let (mut tx, mut rx) = ws.split();
+        let (stop, sent, stats) = (stop.clone(), sent.clone(), stats.clone());
+        let (channel, size) = (args.channel.clone(), args.size);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = rx.next().await {
+                if let Message::Text(t) = msg
+                    && t.starts_with("{\"type\":\"error\"")
+                {
+                    stats.errors.fetch_add(1, Relaxed);
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let period = Duration::from_secs_f64(1.0 / per_pub);
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while !stop.load(Relaxed) {
+                tick.tick().await;
+                let frame = json!({"type": "message", "channel": channel, "text": payload(size)});
+                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Relaxed);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics_before = scrape(&cli.url).await;
+    let usage_before = cli.pid.and_then(proc_usage);
+    let sent_before = sent.load(Relaxed);
+    measuring.store(true, Relaxed);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    measuring.store(false, Relaxed);
+    let secs = window.elapsed().as_secs_f64();
+    let received = stats.received.load(Relaxed);
+    let sent_n = sent.load(Relaxed) - sent_before;
+    let usage_after = cli.pid.and_then(proc_usage);
+    let metrics_after = scrape(&cli.url).await;
+    stop.store(true, Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let latencies = stats.latencies();
+    println!(
+        "fanout: {} msg/s sent x {} subscribers: {:.0} deliveries/s ({:.0} expected), gaps {}, send errors {}",
+        (sent_n as f64 / secs).round(),
+        args.subscribers,
+        received as f64 / secs,
+        sent_n as f64 * args.subscribers as f64 / secs,
+        stats.gaps.load(Relaxed),
+        stats.errors.load(Relaxed),
+    );
+    println!("{}", latency_line("publish-to-receive", latencies));
+    println!("{}", writer_summary(&metrics_before, &metrics_after));
+    if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
+        println!(
+            "core4d: {:.0}% CPU, RSS {} MiB",
+            (c1 - c0) / secs * 100.0,
+            rss / 1024
+        );
+    }
+    Ok(())
+}
+
+// ---- publish ----
+
+async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
+    let tokens = prepare(cli).await?;
+    let url = ws_url(&cli.url, &tokens.writer);
+    let stats = Arc::new(Stats::default());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sockets: Vec<Ws> = stream::iter(0..args.publishers)
+        .map(|_| connect(&url))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    for ws in sockets {
+        let (stats, measuring, stop) = (stats.clone(), measuring.clone(), stop.clone());
+        let (channel, size, window) = (args.channel.clone(), args.size, args.window.max(1));
+        let sink = stats.sink();
+        tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let mut in_flight = std::collections::VecDeque::with_capacity(window);
+            loop {
+                while in_flight.len() < window && !stop.load(Relaxed) {
+                    let frame =
+                        json!({"type": "message", "channel": channel, "text": payload(size)});
+                    if tx.send(Message::text(frame.to_string())).await.is_err() {
+                        return;
+                    }
+                    in_flight.push_back(micros_now());
+                }
+                if in_flight.is_empty() {
+                    break;
+                }
+                let Some(Ok(Message::Text(t))) = rx.next().await else {
+                    break;
+                };
+                let Some(sent) = in_flight.pop_front() else {
+                    continue;
+                };
+                if t.contains("\"message_id\"") {
+                    if measuring.load(Relaxed) {
+                        stats.received.fetch_add(1, Relaxed);
+                        Stats::record(&sink, micros_now().saturating_sub(sent));
+                    }
+                } else {
+                    stats.errors.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics_before = scrape(&cli.url).await;
+    let usage_before = cli.pid.and_then(proc_usage);
+    measuring.store(true, Relaxed);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    measuring.store(false, Relaxed);
+    let secs = window.elapsed().as_secs_f64();
+    let acked = stats.received.load(Relaxed);
+    let usage_after = cli.pid.and_then(proc_usage);
+    let metrics_after = scrape(&cli.url).await;
+    stop.store(true, Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let latencies = stats.latencies();
+    println!(
+        "publish: {} publishers, window {}: {:.0} acknowledged messages/s, errors {}",
+        args.publishers,
+        args.window,
+        acked as f64 / secs,
+        stats.errors.load(Relaxed)
+    );
+    println!("{}", latency_line("send-to-ack", latencies));
+    println!("{}", writer_summary(&metrics_before, &metrics_after));
+    if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
+        println!(
+            "core4d: {:.0}% CPU, RSS {} MiB",
+            (c1 - c0) / secs * 100.0,
+            rss / 1024
+        );
+    }
+    Ok(())
+}
+
+// ---- idle ----
+
+async fn idle(cli: &Cli, args: &IdleArgs) -> Result<()> {
+    let tokens = prepare(cli).await?;
+    let url = ws_url(&cli.url, &tokens.reader);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cli.pid.and_then(proc_usage);
+    let opened = Instant::now();
+    let results: Vec<Result<Ws>> = stream::iter(0..args.connections)
+        .map(|i| {
+            let url = url.clone();
+            async move {
+                // Spread the sockets over a few channels, as real clients would be.
+                subscriber(&url, &format!("bench-idle-{}", i % 16)).await
+            }
+        })
+        .buffer_unordered(args.parallel)
+        .collect()
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        println!("first failure: {e:#}");
+    }
+    let sockets: Vec<Ws> = results.into_iter().filter_map(Result::ok).collect();
+    println!(
+        "idle: {} authenticated, subscribed sockets open ({} failed) in {:.1} s",
+        sockets.len(),
+        failed,
+        opened.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let (Some((_, rss0)), Some((_, rss1))) = (before, cli.pid.and_then(proc_usage)) {
+        println!(
+            "core4d RSS: {} MiB before, {} MiB with the sockets: {:.2} KiB per socket",
+            rss0 / 1024,
+            rss1 / 1024,
+            (rss1.saturating_sub(rss0)) as f64 / sockets.len().max(1) as f64
+        );
+    }
+    let metrics = scrape(&cli.url).await;
+    println!(
+        "core4d_event_connections {}",
+        metric(&metrics, "core4d_event_connections")
+    );
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    drop(sockets);
+    Ok(())
+}
+
+// ---- the same fan-out on nats-server (core NATS over its WebSocket listener) ----
+
+async fn nats_connect(url: &str) -> Result<Ws> {
+    let mut ws = connect(url).await?;
+    // INFO first; then CONNECT without verbose acks, and a PING to know we are through.
+    let _info = next_nats(&mut ws).await?;
+    ws.send(Message::binary(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n".to_vec(),
+    ))
+    .await?;
+    loop {
+        if next_nats(&mut ws).await?.contains("PONG") {
+            return Ok(ws);
+        }
+    }
+}
+
+async fn next_nats(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => return Ok(String::from_utf8_lossy(&b).into_owned()),
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed"),
+        }
+    }
+}
+
+async fn nats_fanout(cli: &Cli, url: &str, args: &FanoutArgs) -> Result<()> {
+    let stats = Arc::new(Stats::default());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let subject = args.channel.clone();
+    let subs: Vec<Ws> = stream::iter(0..args.subscribers)
+        .map(|_| {
+            let subject = subject.clone();
+            async move {
+                let mut ws = nats_connect(url).await?;
+                ws.send(Message::binary(
+                    format!("SUB {subject} 1\r\nPING\r\n").into_bytes(),
+                ))
+                .await?;
+                loop {
+                    if next_nats(&mut ws).await?.contains("PONG") {
+                        return Ok::<_, anyhow::Error>(ws);
+                    }
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    println!("{} nats subscribers on {subject}", subs.len());
+    for mut ws in subs {
+        let (stats, measuring) = (stats.clone(), measuring.clone());
+        let sink = stats.sink();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let bytes = match &msg {
+                    Message::Binary(b) => &b[..],
+                    Message::Text(t) => t.as_bytes(),
+                    _ => continue,
+                };
+                if bytes.starts_with(b"PING") {
+                    let _ = ws.send(Message::binary(b"PONG\r\n".to_vec())).await;
+                    continue;
+                }
+                // One WebSocket frame may carry several MSGs: each payload starts with its time.
+                let mut rest = bytes;
+                while let Some(pos) = rest.windows(4).position(|w| w == b"MSG ") {
+                    let after = &rest[pos..];
+                    let Some(nl) = after.windows(2).position(|w| w == b"\r\n") else {
+                        break;
+                    };
+                    let body = &after[nl + 2..];
+                    if let Some(sent) = body
+                        .get(..12)
+                        .and_then(|d| std::str::from_utf8(d).ok())
+                        .and_then(|d| d.parse::<u64>().ok())
+                        && measuring.load(Relaxed)
+                    {
+                        Stats::record(&sink, micros_now().saturating_sub(sent));
+                        stats.received.fetch_add(1, Relaxed);
+                    }
+                    rest = &body[body.len().min(12)..];
+                }
+            }
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let per_pub = args.rate as f64 / args.publishers as f64;
+    for _ in 0..args.publishers {
+        let mut ws = nats_connect(url).await?;
+        let (stop, sent, subject, size) = (stop.clone(), sent.clone(), subject.clone(), args.size);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_pub));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while !stop.load(Relaxed) {
+                tick.tick().await;
+                let body = payload(size);
+                let frame = format!("PUB {subject} {}\r\n{body}\r\n", body.len());
+                if ws.send(Message::binary(frame.into_bytes())).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Relaxed);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent_before = sent.load(Relaxed);
+    let usage_before = cli.pid.and_then(proc_usage);
+    measuring.store(true, Relaxed);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    measuring.store(false, Relaxed);
+    let secs = window.elapsed().as_secs_f64();
+    let sent_n = sent.load(Relaxed) - sent_before;
+    let usage_after = cli.pid.and_then(proc_usage);
+    stop.store(true, Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let latencies = stats.latencies();
+    println!(
+        "nats fanout: {} msg/s sent x {} subscribers: {:.0} deliveries/s ({:.0} expected)",
+        (sent_n as f64 / secs).round(),
+        args.subscribers,
+        stats.received.load(Relaxed) as f64 / secs,
+        sent_n as f64 * args.subscribers as f64 / secs,
+    );
+    println!("{}", latency_line("publish-to-receive", latencies));
+    if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
+        println!(
+            "nats-server: {:.0}% CPU, RSS {} MiB",
+            (c1 - c0) / secs * 100.0,
+            rss / 1024
+        );
+    }
+    Ok(())
+}
