@@ -540,6 +540,15 @@ async fn resume_after_a_reconnect_delivers_exactly_the_missed_messages() {
     assert_eq!(back.event().await["_id"], live.as_str());
     back.assert_silent(Duration::from_millis(200)).await;
 
+    // A `since` from the future is taken as "now", not as a reason to skip what comes next.
+    let mut future = Ws::connect(&app, &admin).await;
+    future
+        .send(json!({"type": "interest", "data": ["message"], "since": "999999999"}))
+        .await;
+    future.recv().await;
+    let next = publisher.publish("message", json!("next")).await;
+    assert_eq!(future.event().await["_id"], next.as_str());
+
     // `since` in the interest frame, while messages keep coming: no gap, no duplicate.
     let mut again = Ws::connect(&app, &admin).await;
     let pump = tokio::spawn({

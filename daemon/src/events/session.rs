@@ -140,6 +140,16 @@ impl Reader<'_> {
     }
 
     async fn interest(&mut self, requested: &[String], since: Option<i64>) {
+        // A `since` beyond the last stored id would hide the next live events as "already had".
+        let since = match since {
+            Some(s) if s > self.inner.last_published.load(Ordering::SeqCst) => {
+                let head = storage::events::head(&self.inner.pool)
+                    .await
+                    .unwrap_or_else(|_| self.inner.last_published.load(Ordering::SeqCst));
+                Some(s.min(head))
+            }
+            other => other,
+        };
         let granted = self.inner.set_interest(self.conn, requested, since);
         self.conn.push_reply(protocol::interest_frame(
             &granted.channels,
