@@ -119,12 +119,23 @@ impl Auth {
         }
     }
 
-    /// Resolves a token into a principal with one indexed query: signature and expiry, then
-    /// revocation (logout), the user's token version (password change, deactivation, deletion)
-    /// and the cascaded permissions.
+    /// Resolves a token into a principal: signature and expiry, then revocation (logout), the
+    /// user's token version (password change, deactivation, deletion) and the cascaded
+    /// permissions — one indexed query, or none while the principal cache holds the token.
     pub async fn verify_token(&self, token: &str) -> ApiResult<Principal> {
+        self.verify(token, true).await
+    }
+
+    /// As [`Auth::verify_token`], always from the database: for re-checks that follow a change
+    /// another instance made, whose invalidation NOTIFY may not have arrived yet.
+    pub async fn verify_token_uncached(&self, token: &str) -> ApiResult<Principal> {
+        self.verify(token, false).await
+    }
+
+    async fn verify(&self, token: &str, use_cache: bool) -> ApiResult<Principal> {
         let claims = self.inner.keys.verify(token)?;
-        let row = match self.inner.cache.get(&claims.jti) {
+        let cached = if use_cache { self.inner.cache.get(&claims.jti) } else { None };
+        let row = match cached {
             Some(row) => Some(row),
             None => {
                 let generation = self.inner.cache.generation();

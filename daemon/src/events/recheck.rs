@@ -24,7 +24,6 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prev_head: Option<i64> = None;
-    let mut confirm = false;
     let mut rounds: u64 = 0;
     loop {
         tick.tick().await;
@@ -42,15 +41,9 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
                     let _ = inner.dispatch.send(Dispatch::CatchUp { upto: Some(h) });
                 }
                 prev_head = Some(head);
-                if epoch != seen_epoch {
-                    if recheck_all(&inner).await {
-                        seen_epoch = epoch;
-                        confirm = true;
-                    }
-                } else if confirm {
-                    // Once more a round later: another instance's principal cache may have
-                    // answered the first round before its invalidation NOTIFY arrived.
-                    confirm = !recheck_all(&inner).await;
+                // Re-checks bypass the principal cache, which may not have heard of the change yet.
+                if epoch != seen_epoch && recheck_all(&inner).await {
+                    seen_epoch = epoch;
                 }
             }
             Err(e) => tracing::debug!(error = %e, "event poll failed"),
@@ -92,7 +85,7 @@ async fn recheck_all(inner: &Arc<Inner>) -> bool {
     }
     let results: Vec<bool> = stream::iter(by_token)
         .map(|(token, conns)| async move {
-            match inner.auth.verify_token(&token).await {
+            match inner.auth.verify_token_uncached(&token).await {
                 Ok(principal) => {
                     let perms = Arc::new(principal.perms);
                     for conn in conns {
