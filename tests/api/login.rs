@@ -864,3 +864,35 @@ async fn logout_on_one_instance_ends_the_token_on_another() {
     );
     assert_eq!(core4_tests::error_text(&last.1, 401), "token revoked");
 }
+
+/// Logout ends the session, not just the token presented: the login token and a token
+/// exchanged from it both stop working, while another login of the same user is untouched.
+#[tokio::test]
+async fn logout_ends_every_token_of_the_session_and_only_that_session() {
+    let app = spawn_app().await;
+    let first = app.admin_token().await;
+    let other_session = app.admin_token().await;
+    let resp = app
+        .client
+        .get(app.url("/login"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let exchanged = resp.json::<serde_json::Value>().await.unwrap()["data"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(exchanged, first);
+    let (status, _) = app
+        .call(reqwest::Method::POST, "/logout", Some(&exchanged), None)
+        .await;
+    assert_eq!(status, 200);
+    for token in [&first, &exchanged] {
+        let (status, body) = app.get("/profile", token).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(error_text(&body, 401), "token revoked");
+    }
+    assert_eq!(app.get("/profile", &other_session).await.0, 200);
+}

@@ -172,7 +172,9 @@ impl LoginApi {
             (Some(u), Some(p), _) => auth_state.login(&u, &p, &client).await?,
             (_, _, Some(t)) => {
                 let me = auth_state.verify_token(&t).await?;
-                auth_state.keys().issue(&me.id, &me.name, me.claims.ver)?
+                auth_state
+                    .keys()
+                    .issue(&me.id, &me.name, me.claims.ver, Some(&me.claims.sid))?
             }
             _ => {
                 return Err(ApiError::Unauthorized(

@@ -107,7 +107,7 @@ impl Auth {
         match user {
             Some(u) if verified && u.is_active && u.email.is_some() => {
                 storage::roles::touch_last_login(&self.inner.pool, &u.id).await?;
-                self.inner.keys.issue(&u.id, &u.name, u.token_version)
+                self.inner.keys.issue(&u.id, &u.name, u.token_version, None)
             }
             _ => {
                 self.inner.limiter.record_failure(&limit_keys);
@@ -134,12 +134,16 @@ impl Auth {
 
     async fn verify(&self, token: &str, use_cache: bool) -> ApiResult<Principal> {
         let claims = self.inner.keys.verify(token)?;
-        let cached = if use_cache { self.inner.cache.get(&claims.jti) } else { None };
+        let cached = if use_cache {
+            self.inner.cache.get(&claims.jti)
+        } else {
+            None
+        };
         let row = match cached {
             Some(row) => Some(row),
             None => {
                 let generation = self.inner.cache.generation();
-                let row = storage::roles::principal_row(&self.inner.pool, &claims.sub, &claims.jti)
+                let row = storage::roles::principal_row(&self.inner.pool, &claims.sub, &claims.sid)
                     .await?;
                 if let Some(row) = &row {
                     self.inner.cache.insert(generation, &claims.jti, row);
@@ -171,10 +175,12 @@ impl Auth {
         if OffsetDateTime::now_utc().unix_timestamp() - principal.claims.iat
             > self.inner.refresh_secs
         {
-            let (fresh, _) =
-                self.inner
-                    .keys
-                    .issue(&principal.id, &principal.name, principal.claims.ver)?;
+            let (fresh, _) = self.inner.keys.issue(
+                &principal.id,
+                &principal.name,
+                principal.claims.ver,
+                Some(&principal.claims.sid),
+            )?;
             set_refreshed_token(fresh);
         }
         Ok(principal)
@@ -199,9 +205,15 @@ impl Auth {
         principal.perms.api(&self.inner.regex, qual_name, access)
     }
 
-    /// Ends this token everywhere.
+    /// Ends this token's session everywhere: the token and every token refreshed or exchanged
+    /// from it.
     pub async fn revoke(&self, claims: &Claims) -> ApiResult<()> {
-        storage::tokens::revoke(&self.inner.pool, &claims.jti, claims.exp).await?;
+        storage::tokens::revoke(
+            &self.inner.pool,
+            &claims.sid,
+            self.inner.keys.lifetime_secs(),
+        )
+        .await?;
         self.invalidate();
         Ok(())
     }

@@ -21,8 +21,11 @@ pub struct Claims {
     pub timestamp: f64,
     /// Expiry, epoch seconds.
     pub exp: i64,
-    /// Token id, the key of the revocation list.
+    /// Token id.
     pub jti: String,
+    /// Session id: set at password login, kept by refresh and exchange; logout revokes it.
+    #[serde(default)]
+    pub sid: String,
     /// The user's token version when issued; bumping it ends all the user's tokens.
     pub ver: i64,
 }
@@ -48,20 +51,26 @@ impl TokenKeys {
         }
     }
 
+    /// A new token; `session` continues an existing session (refresh, exchange), `None` starts
+    /// one (password login).
     pub fn issue(
         &self,
         user_id: &str,
         name: &str,
         version: i64,
+        session: Option<&str>,
     ) -> Result<(String, Claims), ApiError> {
         let now = OffsetDateTime::now_utc();
+        let jti = uuid::Uuid::new_v4().to_string();
+        let sid = session.map(str::to_string).unwrap_or_else(|| jti.clone());
         let claims = Claims {
             sub: user_id.to_string(),
             name: name.to_string(),
             iat: now.unix_timestamp(),
             timestamp: now.unix_timestamp_nanos() as f64 / 1e9,
             exp: now.unix_timestamp() + self.lifetime,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti,
+            sid,
             ver: version,
         };
         let token = encode(&Header::new(Algorithm::HS512), &claims, &self.encoding)
@@ -69,10 +78,20 @@ impl TokenKeys {
         Ok((token, claims))
     }
 
+    pub fn lifetime_secs(&self) -> i64 {
+        self.lifetime
+    }
+
     /// Signature, algorithm and expiry; a bad token is a 401, never a 500.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
+            .map(|mut c| {
+                if c.sid.is_empty() {
+                    c.sid = c.jti.clone();
+                }
+                c
+            })
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::Unauthorized("token expired".into()),
                 _ => ApiError::Unauthorized("invalid token".into()),
@@ -87,7 +106,9 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_carry_the_user() {
         let keys = TokenKeys::new(&[7; 64], 60);
-        let (token, claims) = keys.issue("5be414ccde8b69542b70f4d7", "user1", 3).unwrap();
+        let (token, claims) = keys
+            .issue("5be414ccde8b69542b70f4d7", "user1", 3, None)
+            .unwrap();
         let back = keys.verify(&token).unwrap();
         assert_eq!(
             (back.sub.as_str(), back.name.as_str(), back.ver, back.jti),
@@ -100,7 +121,7 @@ mod tests {
     fn garbage_foreign_and_expired_tokens_are_401() {
         let keys = TokenKeys::new(&[7; 64], 60);
         let other = TokenKeys::new(&[8; 64], 60);
-        let (foreign, _) = other.issue("x", "x", 0).unwrap();
+        let (foreign, _) = other.issue("x", "x", 0, None).unwrap();
         for bad in ["garbage", "a.b.c", foreign.as_str()] {
             assert!(
                 matches!(keys.verify(bad), Err(ApiError::Unauthorized(m)) if m == "invalid token")
@@ -110,7 +131,7 @@ mod tests {
             lifetime: -5,
             ..keys.clone()
         };
-        let (old, _) = expired.issue("x", "x", 0).unwrap();
+        let (old, _) = expired.issue("x", "x", 0, None).unwrap();
         assert!(
             matches!(keys.verify(&old), Err(ApiError::Unauthorized(m)) if m == "token expired")
         );

@@ -1,8 +1,10 @@
 //! One task per instance keeps open sockets honest: it closes sockets whose token expired, and
 //! when the auth epoch moved (logout, role or permission change, deactivation, deletion, password
 //! change) it re-verifies each distinct token of the open sockets once: revoked tokens close
-//! their sockets with 1008, the others get their interests re-filtered. The same poll reads the
-//! event head as a cheap safety net for a NOTIFY that never arrived.
+//! their sockets with 1008, the others get their interests re-filtered. A logout does not move
+//! the epoch: the poll reads the sessions revoked since the last round and closes just their
+//! sockets. The same poll reads the event head as a cheap safety net for a NOTIFY that never
+//! arrived.
 
 use std::{
     collections::HashMap,
@@ -14,7 +16,15 @@ use futures_util::{StreamExt, stream};
 use time::OffsetDateTime;
 
 use super::{Inner, close, conn::Conn, dispatch::Dispatch};
-use crate::{error::ApiError, storage};
+use crate::{
+    auth::{Method, qual},
+    error::ApiError,
+    storage,
+};
+
+/// Revocations are re-read with this overlap: a logout transaction's `now()` is its start time,
+/// so it can commit a little after a later-stamped one was already seen.
+const REVOCATION_OVERLAP: Duration = Duration::from_secs(10);
 
 /// Distinct tokens verified at once after an epoch change.
 const CONCURRENCY: usize = 8;
@@ -24,6 +34,7 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prev_head: Option<i64> = None;
+    let mut revoked_cursor = OffsetDateTime::now_utc() - REVOCATION_OVERLAP;
     let mut rounds: u64 = 0;
     loop {
         tick.tick().await;
@@ -32,6 +43,16 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
             return;
         }
         expire(&inner);
+        match storage::tokens::revoked_since(&inner.pool, revoked_cursor - REVOCATION_OVERLAP).await
+        {
+            Ok((sids, latest)) => {
+                if !sids.is_empty() {
+                    close_revoked(&inner, &sids);
+                }
+                revoked_cursor = latest.map_or(revoked_cursor, |l| l.max(revoked_cursor));
+            }
+            Err(e) => tracing::debug!(error = %e, "reading revocations failed"),
+        }
         match storage::events::poll_state(&inner.pool).await {
             Ok((epoch, head)) => {
                 // A head seen a whole interval ago and still not published: catch up.
@@ -72,6 +93,24 @@ fn expire(inner: &Inner) {
     }
 }
 
+/// Closes the sockets whose token belongs to one of the revoked sessions.
+fn close_revoked(inner: &Inner, sids: &[String]) {
+    let mut session_of: HashMap<Arc<str>, Option<String>> = HashMap::new();
+    for conn in inner.conns() {
+        if conn.is_closed() {
+            continue;
+        }
+        let token = conn.with_auth(|a| a.token.clone());
+        let sid = session_of
+            .entry(token.clone())
+            .or_insert_with(|| inner.auth.keys().verify(&token).ok().map(|c| c.sid))
+            .clone();
+        if sid.is_some_and(|s| sids.contains(&s)) {
+            conn.close(close::POLICY, "token revoked: log in again");
+        }
+    }
+}
+
 /// Re-verifies every distinct token of the open sockets. False when the database could not
 /// answer for some token (the next round tries again).
 async fn recheck_all(inner: &Arc<Inner>) -> bool {
@@ -86,6 +125,17 @@ async fn recheck_all(inner: &Arc<Inner>) -> bool {
     let results: Vec<bool> = stream::iter(by_token)
         .map(|(token, conns)| async move {
             match inner.auth.verify_token_uncached(&token).await {
+                Ok(principal) if !inner.auth.allowed(&principal, qual::EVENT, Method::Read) => {
+                    for conn in conns {
+                        if conn.with_auth(|a| a.token == token) {
+                            conn.close(
+                                close::POLICY,
+                                "forbidden: no access to the event endpoint any more",
+                            );
+                        }
+                    }
+                    true
+                }
                 Ok(principal) => {
                     let perms = Arc::new(principal.perms);
                     for conn in conns {

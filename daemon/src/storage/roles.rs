@@ -55,14 +55,14 @@ const CASCADE: &str = "WITH RECURSIVE casc(id) AS (
     )";
 
 /// Everything a token check needs, in one round trip.
-pub async fn principal_row(pool: &PgPool, id: &str, jti: &str) -> ApiResult<Option<PrincipalRow>> {
-    let Ok(jti) = uuid::Uuid::parse_str(jti) else {
+pub async fn principal_row(pool: &PgPool, id: &str, sid: &str) -> ApiResult<Option<PrincipalRow>> {
+    let Ok(sid) = uuid::Uuid::parse_str(sid) else {
         return Ok(None);
     };
     let sql = format!(
         "{CASCADE}
         SELECT u.name, u.is_active, u.token_version,
-               EXISTS (SELECT 1 FROM revoked_tokens t WHERE t.jti = $2) AS revoked,
+               EXISTS (SELECT 1 FROM revoked_sessions t WHERE t.sid = $2) AS revoked,
                ARRAY(SELECT DISTINCT p FROM (
                     SELECT unnest(u.perm) AS p
                     UNION SELECT unnest(r.perm) FROM casc JOIN roles r ON r.id = casc.id
@@ -73,7 +73,7 @@ pub async fn principal_row(pool: &PgPool, id: &str, jti: &str) -> ApiResult<Opti
     );
     Ok(sqlx::query_as(AssertSqlSafe(sql))
         .bind(id)
-        .bind(jti)
+        .bind(sid)
         .fetch_optional(pool)
         .await?)
 }
