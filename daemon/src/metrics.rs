@@ -114,6 +114,14 @@ impl std::ops::Deref for Metrics {
     }
 }
 
+/// Prometheus label values escape `\`, `"` and newlines.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Replaces ids in a path so the route table stays small: `/roles/<24 hex>` -> `/roles/{id}`.
 pub fn route_of(path: &str) -> String {
     path.split('/')
@@ -132,10 +140,14 @@ pub fn route_of(path: &str) -> String {
 
 impl Metrics {
     pub fn record_http(&self, method: &str, path: &str, status: u16) {
+        // Clients choose methods and paths: only known methods and routed paths get a series.
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+            _ => "OTHER",
+        };
         let route = route_of(path);
         if let Ok(mut map) = self.0.http.lock() {
-            // Unknown paths are not worth a series each.
-            let route = if status == 404 || map.len() > 500 {
+            let route = if status == 404 || status == 405 || map.len() > 500 {
                 "other".to_string()
             } else {
                 route
@@ -267,7 +279,8 @@ impl Metrics {
             for ((method, route, status), n) in map.iter() {
                 let _ = writeln!(
                     out,
-                    "core4d_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+                    "core4d_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    escape_label(route)
                 );
             }
         }
@@ -290,6 +303,14 @@ mod tests {
         m.record_http("GET", "/core4/api/v1/roles/5be414ccde8b69542b70f4d8", 200);
         let text = m.render();
         assert!(text.contains("core4d_http_requests_total{method=\"GET\",route=\"/core4/api/v1/roles/{id}\",status=\"200\"} 2"), "{text}");
+        m.record_http("FOO1", "/core4/api/v1/roles", 401);
+        m.record_http("GET", "/core4/api/v1/roles/a\"b\\c", 401);
+        let text = m.render();
+        assert!(text.contains("method=\"OTHER\""), "{text}");
+        assert!(
+            text.contains(r#"route="/core4/api/v1/roles/a\"b\\c""#),
+            "{text}"
+        );
         assert!(text.contains("# TYPE core4d_event_connections gauge"));
         m.record_commit(3, 1500);
         let text = m.render();

@@ -77,8 +77,15 @@ pub struct EventSettings {
     pub messages_per_second: u32,
     /// Token bucket burst.
     pub burst: u32,
-    /// Open event connections per user.
+    /// Open event connections per user and instance (over it the upgrade gets 429).
     pub max_connections_per_user: usize,
+    /// Open event connections per instance, all users together (over it the upgrade gets 503).
+    pub max_connections: usize,
+    /// Seconds between the server's pings on each event socket; a socket that sent nothing (no
+    /// pong, no frame) for two intervals is closed with 1001 `no pong`.
+    pub ping_interval_secs: u64,
+    /// `/event/history` counts at most this many matching messages for `total_count`.
+    pub history_count_limit: u64,
     /// Frames queued per connection before it is declared slow and sent a gap frame.
     pub outbound_queue: usize,
     /// Most messages the writer commits in one transaction.
@@ -142,7 +149,10 @@ impl Default for EventSettings {
             max_channels: 64,
             messages_per_second: 100,
             burst: 200,
-            max_connections_per_user: 20_000,
+            max_connections_per_user: 1_000,
+            max_connections: 50_000,
+            ping_interval_secs: 30,
+            history_count_limit: 100_000,
             outbound_queue: 1024,
             batch_max: 1000,
             recheck_interval_ms: 500,
@@ -182,16 +192,25 @@ impl Settings {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database_url".into()),
-            )
             .merge(Env::prefixed("CORE4_").filter(is_setting_key).split("__"))
             .merge(Serialized::defaults(flags));
-        let settings: Settings = fig
+        let mut settings: Settings = fig
             .extract()
             .map_err(|e| format!("invalid configuration: {e}"))?;
+        // Secrets and URLs are taken verbatim: figment would parse `12345678` as a number (and
+        // quote the value in its error) or `[..]` as a list.
+        let raw = |name: &str| std::env::var(name).ok();
+        if let Some(v) = raw("CORE4_SECRET") {
+            settings.secret = Some(v);
+        }
+        if let Some(v) = raw("CORE4_ADMIN_PASSWORD") {
+            settings.admin_password = Some(v);
+        }
+        if flags.database_url.is_none()
+            && let Some(v) = raw("CORE4_DATABASE_URL").or_else(|| raw("DATABASE_URL"))
+        {
+            settings.database_url = Some(v);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -241,6 +260,9 @@ fn is_setting_key(key: &figment::value::UncasedStr) -> bool {
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase();
+    if matches!(top.as_str(), "secret" | "admin_password" | "database_url") {
+        return false; // read verbatim in `Settings::load`
+    }
     serde_json::to_value(Settings::default())
         .ok()
         .and_then(|v| v.as_object().map(|o| o.contains_key(&top)))
@@ -251,20 +273,37 @@ const REDACTED: &str = "<redacted>";
 
 /// Removes the password from a `postgres://user:password@host/db` URL.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
+            let userinfo = &base[scheme + 3..at];
             match userinfo.find(':') {
                 Some(colon) => format!(
                     "{}{}:{REDACTED}{}",
-                    &url[..scheme + 3],
+                    &base[..scheme + 3],
                     &userinfo[..colon],
-                    &url[at..]
+                    &base[at..]
                 ),
-                None => url.to_string(),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    match query {
+        None => base,
+        Some(q) => {
+            let params: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={REDACTED}"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
     }
 }
 
@@ -314,6 +353,10 @@ mod tests {
         assert!(is_setting_key(UncasedStr::new("EVENTS__MAX_FRAME_BYTES")));
         assert!(!is_setting_key(UncasedStr::new("SERVER")));
         assert!(!is_setting_key(UncasedStr::new("PG_BIN_DIR")));
+        assert!(
+            !is_setting_key(UncasedStr::new("ADMIN_PASSWORD")),
+            "secrets are read verbatim"
+        );
     }
 
     #[test]

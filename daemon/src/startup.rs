@@ -315,11 +315,51 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
     let cookie_max_age = state.settings.token_expiration;
     route
         .with(cors)
-        .with(CatchPanic::new())
+        .with(CatchPanic::new().with_handler(EnvelopeOnPanic))
         .around(move |ep, req| {
             let metrics = metrics.clone();
             async move { Ok(envelope_layer(ep, req, metrics, cookie_max_age).await) }
         })
+}
+
+/// A panicking handler answers with the 500 envelope (its cause logged), like any other bug.
+#[derive(Clone)]
+struct EnvelopeOnPanic;
+
+impl poem::middleware::PanicHandler for EnvelopeOnPanic {
+    type Response = Response;
+
+    fn get_response(&self, _panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+        crate::error::ApiError::internal(anyhow::anyhow!("a request handler panicked"))
+            .into_response()
+    }
+}
+
+/// Largest request body accepted (every body of the API is a small JSON object).
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+/// Refuses a declared body over [`MAX_BODY_BYTES`] with 413, and caps a chunked one so that
+/// reading it can never buffer more (its parse then fails with a 400).
+fn limit_body(req: &mut Request) -> Result<(), crate::error::ApiError> {
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES => Err(crate::error::ApiError::PayloadTooLarge(format!(
+            "the request body is {n} bytes; the limit is {MAX_BODY_BYTES}"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            use tokio::io::AsyncReadExt;
+            let body = req.take_body();
+            req.set_body(poem::Body::from_async_read(
+                body.into_async_read().take(MAX_BODY_BYTES + 1),
+            ));
+            Ok(())
+        }
+    }
 }
 
 async fn envelope_layer<E: Endpoint>(
@@ -347,6 +387,9 @@ async fn envelope_layer<E: Endpoint>(
     let request_id = ctx.id.clone();
     let (mut resp, refreshed) = ctx
         .scope(async {
+            if let Err(too_large) = limit_body(&mut req) {
+                return too_large.into_response();
+            }
             match ep.call(req).await {
                 Ok(resp) => resp.into_response(),
                 Err(err) => to_envelope_response(err),

@@ -177,3 +177,38 @@ async fn metrics_count_http_requests_by_route_and_status() {
     assert!(text.contains("core4d_http_requests_total{method=\"GET\",route=\"/core4/api/v1/health\",status=\"200\"} 1"), "{text}");
     assert!(text.contains("# TYPE core4d_event_connections gauge"));
 }
+
+#[tokio::test]
+async fn oversized_bodies_get_413_before_anything_reads_them() {
+    let app = spawn_app().await;
+    let big = format!("{{\"name\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let resp = app
+        .client
+        .post(app.url("/roles"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert!(error_text(&body, 413).contains("limit"));
+}
+
+/// PostgreSQL cannot store a NUL byte in text; that is the client's input, so 400, never 500.
+#[tokio::test]
+async fn unstorable_characters_are_a_400_not_a_500() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (status, body) = app.get("/roles?q=%00", &admin).await;
+    assert_eq!(status, 400, "{body}");
+    error_text(&body, 400);
+    let (status, body) = app
+        .post(
+            "/roles",
+            &admin,
+            serde_json::json!({"name": "nul", "realname": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -111,6 +111,6 @@ impl ProfileApi {
             perm: None,
             is_active: None,
         };
-        Ok(ok(apply_change(&self.state, &me.id, change).await?))
+        Ok(ok(apply_change(&self.state, None, &me.id, change).await?))
     }
 }

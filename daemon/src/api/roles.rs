@@ -212,22 +212,6 @@ impl RolesApi {
         })
     }
 
-    /// A non-cop may only change or delete what holds no right it lacks itself: otherwise
-    /// setting another user's password would take over that user's rights (a `cop`'s included).
-    async fn check_not_above(&self, me: &Principal, id: &str, verb: &str) -> ApiResult<()> {
-        if me.perms.is_admin() {
-            return Ok(());
-        }
-        let (_, perms) = storage::roles::cascade(&self.state.pool, id).await?;
-        if perms.iter().all(|p| me.perms.all().contains(p)) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "only a cop may {verb} a user or role holding rights the caller lacks"
-            )))
-        }
-    }
-
     async fn delete_role(
         &self,
         auth: TokenAuth,
@@ -243,9 +227,9 @@ impl RolesApi {
         let etag = etag
             .filter(|e| !e.is_empty())
             .ok_or_else(|| ApiError::BadRequest("Missing argument etag".into()))?;
-        self.check_not_above(&me, &id, "delete").await?;
         let mut tx = storage::roles::begin_change(&self.state.pool).await?;
         storage::roles::load_for_change(&mut tx, &id).await?;
+        check_not_above(&mut tx, &me, &id, "delete").await?;
         storage::roles::delete(&mut tx, &id, &etag).await?;
         if storage::roles::active_cops(&mut tx).await? == 0 {
             return Err(ApiError::Conflict(
@@ -455,7 +439,6 @@ impl RolesApi {
         if b.perm.is_some() || b.role.is_some() || b.is_active.is_some() {
             need_cop(&me, "perm, role or is_active")?;
         }
-        self.check_not_above(&me, &id, "change").await?;
         let change = RoleChange {
             etag: b.etag,
             name: b.name,
@@ -466,7 +449,9 @@ impl RolesApi {
             perm: b.perm,
             is_active: b.is_active,
         };
-        apply_change(&self.state, &id, change).await.map(ok)
+        apply_change(&self.state, Some(&me), &id, change)
+            .await
+            .map(ok)
     }
 
     /// Delete a user or role
@@ -517,9 +502,38 @@ pub struct RoleChange {
     pub is_active: Option<bool>,
 }
 
+/// A non-cop may only change or delete what holds no right it lacks itself: otherwise setting
+/// another user's password would take over that user's rights (a `cop`'s included). Checked
+/// inside the change's transaction, over every parent role, inactive ones too (they can be
+/// switched on again).
+async fn check_not_above(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    me: &Principal,
+    id: &str,
+    verb: &str,
+) -> ApiResult<()> {
+    if me.perms.is_admin() {
+        return Ok(());
+    }
+    let perms = storage::roles::all_reachable_perms(tx, id).await?;
+    if perms.iter().all(|p| me.perms.all().contains(p)) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "only a cop may {verb} a user or role holding rights the caller lacks"
+        )))
+    }
+}
+
 /// Applies a change under its etag, keeping the invariants: users need an email for a
 /// password, the last active `cop` stays, tokens end on password change and deactivation.
-pub async fn apply_change(state: &AppState, id: &str, c: RoleChange) -> ApiResult<UpdateResult> {
+/// `actor` is checked against the target's rights (`None`: a user changing their own profile).
+pub async fn apply_change(
+    state: &AppState,
+    actor: Option<&Principal>,
+    id: &str,
+    c: RoleChange,
+) -> ApiResult<UpdateResult> {
     let etag = c
         .etag
         .filter(|e| !e.is_empty())
@@ -541,6 +555,9 @@ pub async fn apply_change(state: &AppState, id: &str, c: RoleChange) -> ApiResul
     };
     let mut tx = storage::roles::begin_change(&state.pool).await?;
     let old = storage::roles::load_for_change(&mut tx, id).await?;
+    if let Some(me) = actor {
+        check_not_above(&mut tx, me, id, "change").await?;
+    }
     let parents = match &c.role {
         Some(names) => Some(storage::roles::resolve(&mut tx, names).await?),
         None => None,

@@ -96,6 +96,12 @@ impl Auth {
         password: &str,
         client: &str,
     ) -> ApiResult<(String, Claims)> {
+        // No name can be that long; refusing early keeps attacker-sized keys out of the limiter.
+        if username.chars().count() > 64 || password.len() > 1024 {
+            return Err(ApiError::Unauthorized(
+                "invalid username or password".into(),
+            ));
+        }
         let limit_keys = [
             format!("user:{}", RoleName::key_of(username)),
             format!("addr:{client}"),

@@ -53,7 +53,10 @@ impl Permission {
             "app" | "mongodb" => {}
             "event" => {
                 let (pattern, acc) = rest.rsplit_once('/').ok_or_else(invalid)?;
-                if pattern.is_empty() || !matches!(acc, "r" | "w" | "rw" | "wr") {
+                if pattern.is_empty()
+                    || !matches!(acc, "r" | "w" | "rw" | "wr")
+                    || pattern.matches('*').count() > 8
+                {
                     return Err(invalid());
                 }
             }
@@ -90,18 +93,28 @@ fn compile_prefix(pattern: &str) -> Result<Regex, regex::Error> {
         .build()
 }
 
+/// `*` matches any run of characters. Iterative with one backtrack point, so the cost is at most
+/// pattern length × text length, whatever the pattern.
 fn glob_match(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, tail)) => {
-            let Some(rest) = text.strip_prefix(head) else {
-                return false;
-            };
-            (0..=rest.len())
-                .filter(|i| rest.is_char_boundary(*i))
-                .any(|i| glob_match(tail, &rest[i..]))
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
         }
     }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// Compiled `api://` patterns shared by all requests, so the hot path never compiles a regex.
@@ -251,6 +264,27 @@ mod tests {
         let empty_acc = PermissionSet::new(vec!["api://core4.api.v1/".into()]);
         assert!(!empty_acc.api(&cache, role, Access::Read));
         assert!(PermissionSet::new(vec!["cop".into()]).api(&cache, role, Access::Delete));
+    }
+
+    #[test]
+    fn globs_match_like_shell_wildcards_without_backtracking_blowup() {
+        assert!(glob_match("*", "") && glob_match("a*", "abc") && glob_match("*c", "abc"));
+        assert!(glob_match("a*b*c", "axxbyyc") && !glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("team-*-ops", "team-x-ops") && !glob_match("team-*-ops", "team-x-opsy"));
+        // A naive recursive matcher would not finish these in a lifetime.
+        assert!(!glob_match(
+            "*a*a*a*a*a*a*a*a",
+            &format!("{}b", "a".repeat(63))
+        ));
+        assert!(!glob_match("*a*a*a*a*a*a*a*ab", &"a".repeat(10_000)));
+        assert!(glob_match(
+            "*a*a*a*a*a*a*a*ab",
+            &format!("{}b", "a".repeat(10_000))
+        ));
+        assert!(
+            Permission::parse("event://*a*a*a*a*a*a*a*a*a/r").is_err(),
+            "more than 8 stars"
+        );
     }
 
     #[test]

@@ -486,6 +486,24 @@ pub async fn exists_by_name(pool: &PgPool, name_key: &str) -> ApiResult<bool> {
     )
 }
 
+/// Own permissions plus those of every role reachable from `id`, inactive ones included.
+pub async fn all_reachable_perms(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+) -> ApiResult<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "WITH RECURSIVE reach(id) AS (
+             SELECT $1::text
+           UNION
+             SELECT rp.parent_id FROM reach JOIN role_parents rp ON rp.role_id = reach.id
+         )
+         SELECT DISTINCT p FROM reach JOIN roles r ON r.id = reach.id, unnest(r.perm) p",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 pub async fn parent_ids(tx: &mut Transaction<'_, Postgres>, id: &str) -> ApiResult<Vec<String>> {
     Ok(
         sqlx::query_scalar("SELECT parent_id FROM role_parents WHERE role_id = $1")
