@@ -380,6 +380,16 @@ async fn envelope_layer<E: Endpoint>(
             *req.uri_mut() = uri;
         }
     }
+    // core4 read a JSON object body whatever the Content-Type said; a body sent with none
+    // (`requests.post(url, data=json.dumps(...))`) is taken as JSON.
+    if matches!(*req.method(), Method::POST | Method::PUT)
+        && !req.headers().contains_key(poem::http::header::CONTENT_TYPE)
+    {
+        req.headers_mut().insert(
+            poem::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
