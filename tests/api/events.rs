@@ -1057,3 +1057,105 @@ async fn metrics_count_sockets_messages_and_batches() {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn history_counts_up_to_its_limit_and_cursors_page_beyond_it() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.history_count_limit = 10;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let mut ids = vec![];
+    for i in 0..23 {
+        ids.push(
+            ws.publish("message", json!(i))
+                .await
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    let newest: Vec<i64> = ids.iter().rev().copied().collect();
+    let page = |body: &Value| -> (Vec<i64>, Value, Value, Value) {
+        let items = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["_id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        (
+            items,
+            body["total_count"].clone(),
+            body["page_count"].clone(),
+            body["page"].clone(),
+        )
+    };
+    let (_, body) = app.get("/event/history?per_page=5", &admin).await;
+    assert_eq!(
+        page(&body),
+        (newest[..5].to_vec(), json!(10), json!(2), json!(0))
+    );
+    let (_, body) = app.get("/event/history?per_page=4&page=2", &admin).await;
+    assert_eq!(
+        page(&body),
+        (newest[8..10].to_vec(), json!(10), json!(3), json!(2))
+    );
+    let (_, body) = app.get("/event/history?per_page=5&page=-1", &admin).await;
+    assert_eq!(
+        page(&body),
+        (newest[5..10].to_vec(), json!(10), json!(2), json!(1))
+    );
+    let (_, body) = app.get("/event/history?per_page=5&page=2", &admin).await;
+    assert_eq!(page(&body), (vec![], json!(10), json!(2), json!(2)));
+    // Cursors reach behind the counted window; near the end the count is exact again.
+    let (_, body) = app
+        .get(
+            &format!("/event/history?per_page=5&before={}", newest[9]),
+            &admin,
+        )
+        .await;
+    assert_eq!(
+        page(&body),
+        (newest[10..15].to_vec(), json!(10), json!(2), json!(0))
+    );
+    let (_, body) = app
+        .get(
+            &format!("/event/history?per_page=5&before={}", newest[19]),
+            &admin,
+        )
+        .await;
+    assert_eq!(
+        page(&body),
+        (newest[20..].to_vec(), json!(3), json!(1), json!(0))
+    );
+}
+
+/// Reference §6: 101 messages, `per_page=5&page=1` is the second-newest five of 21 pages.
+#[tokio::test]
+async fn history_pages_as_the_reference_shows() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let mut ids = vec![];
+    for i in 0..101 {
+        ids.push(ws.publish("message", json!(i)).await);
+    }
+    let (status, body) = app.get("/event/history?per_page=5&page=1", &admin).await;
+    assert_eq!(status, 200);
+    let data: Vec<&Value> = body["data"].as_array().unwrap().iter().collect();
+    let texts: Vec<i64> = data.iter().map(|e| e["data"].as_i64().unwrap()).collect();
+    assert_eq!(texts, [95, 94, 93, 92, 91]);
+    assert_eq!(data[0]["_id"], ids[95].as_str());
+    assert_eq!(
+        (
+            &body["page_count"],
+            &body["total_count"],
+            &body["page"],
+            &body["count"]
+        ),
+        (&json!(21), &json!(101), &json!(1), &json!(5))
+    );
+    let (_, body) = app.get("/event/history?per_page=5&page=-1", &admin).await;
+    assert_eq!(body["data"][0]["data"], 0);
+    assert_eq!((&body["page"], &body["count"]), (&json!(20), &json!(1)));
+}

@@ -207,13 +207,36 @@ async fn history(
         after: cursor("after", after)?,
     };
     let pager = Page::new(page, per_page, state.settings.max_per_page)?;
-    let total = storage::events::history_count(&state.pool, &filter).await?;
+    // Counting stops at the window; page numbers address the newest `window` messages only.
+    let window = state.settings.events.history_count_limit.max(1);
+    let per_page = pager.per_page as u64;
+    // A page from the front that is not full tells the total: no count needed.
+    let (mut known_total, mut prefetched) = (None, None);
+    if pager.page >= 0 {
+        let offset = (pager.page as u64).saturating_mul(per_page);
+        if offset < window {
+            let rows =
+                storage::events::history(&state.pool, &filter, offset, pager.per_page).await?;
+            let n = rows.len() as u64;
+            if n < per_page && (offset == 0 || n > 0) {
+                known_total = Some(offset + n);
+            }
+            prefetched = Some(rows);
+        }
+    }
+    let total = match known_total {
+        Some(t) => t.min(window),
+        None => storage::events::history_count(&state.pool, &filter, window).await?,
+    };
     let (page, page_count, offset) = pager.resolve(total);
-    let rows = if offset >= total {
+    let mut rows = if offset >= total {
         Vec::new()
+    } else if let Some(rows) = prefetched {
+        rows
     } else {
         storage::events::history(&state.pool, &filter, offset, pager.per_page).await?
     };
+    rows.truncate(total.saturating_sub(offset).min(per_page) as usize);
     Ok(pager.reply(
         page,
         page_count,
@@ -279,6 +302,13 @@ impl EventsApi {
     /// Stored messages of one channel, newest first, paged with the usual envelope. `before` and
     /// `after` are exclusive id cursors (page backwards with `before=<oldest id seen>`; fill a gap
     /// with `after=<gap id>`). Needs `event://<channel>/r`.
+    ///
+    /// Counting is bounded: `total_count` counts at most `events.history_count_limit` (100,000)
+    /// matching messages, so one call reads at most that many entries of the `(channel, id)`
+    /// index however long the channel is. A `total_count` equal to the limit means "at least
+    /// that many", and page numbers (negative ones too) reach only the newest limit-many
+    /// matches; go further back with `before=<oldest id seen>`, which costs the same at any
+    /// depth. A page from the front that is not full gives the total without counting.
     #[oai(
         path = "/event/history",
         method = "get",
