@@ -1159,3 +1159,56 @@ async fn history_pages_as_the_reference_shows() {
     assert_eq!(body["data"][0]["data"], 0);
     assert_eq!((&body["page"], &body["count"]), (&json!(20), &json!(1)));
 }
+
+#[tokio::test]
+async fn oversized_and_repeated_interest_frames_are_refused_and_rate_limited() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.messages_per_second = 1;
+    settings.events.burst = 3;
+    settings.events.max_channels = 4;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+
+    // More than 4 × max_channels names: refused outright, whatever they are (the first interest
+    // frame of a socket is free of the rate limit).
+    let many: Vec<String> = (0..5000).map(|i| format!("c{i}")).collect();
+    ws.send(json!({"type": "interest", "data": many})).await;
+    let err = ws.recv().await;
+    assert!(is_error(&err), "{err}");
+    let text = err["message"].as_str().unwrap();
+    assert!(
+        text.contains("5000 channel names, at most 16 per frame") && text.contains("unchanged"),
+        "{text}"
+    );
+    // Up to the cap: the first max_channels are granted, each name is checked once.
+    let names: Vec<String> = (0..16).map(|i| format!("c{}", i % 8)).collect();
+    ws.send(json!({"type": "interest", "data": names})).await;
+    let reply = ws.recv().await;
+    assert_eq!(reply["data"], json!(["c0", "c1", "c2", "c3"]), "{reply}");
+    assert_eq!(reply["denied"].as_object().unwrap().len(), 4, "{reply}");
+    // Later interest frames take tokens from the user's bucket (burst 3): one is left ...
+    ws.send(json!({"type": "interest", "data": many})).await;
+    assert!(is_error(&ws.recv().await));
+    assert_eq!(ws.interest(&["c5"]).await["data"], json!(["c5"]));
+    // ... and then there is none.
+    ws.send(json!({"type": "interest", "data": ["c6"]})).await;
+    let err = ws.recv().await;
+    assert!(is_error(&err), "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate limit exceeded: interest frames"),
+        "{err}"
+    );
+    // The set is unchanged, the socket open; a new socket's first interest frame is free.
+    let mut other = Ws::connect(&app, &admin).await;
+    assert_eq!(other.interest(&["c5"]).await["data"], json!(["c5"]));
+    let (_, token) = user_with(&app, &admin, "c5writer", &["event://c5/w"]).await;
+    let mut writer = Ws::connect(&app, &token).await;
+    let id = writer.publish("c5", json!("still subscribed")).await;
+    assert_eq!(ws.event().await["_id"], id.as_str());
+    assert_eq!(other.event().await["_id"], id.as_str());
+}

@@ -19,7 +19,7 @@ mod session;
 mod writer;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
@@ -318,6 +318,41 @@ pub(crate) struct Granted {
     pub denied: Vec<(String, String)>,
 }
 
+/// Normalises the requested names once (`Channel::parse`) and keeps those `perms` may read, up
+/// to `max_channels`; the rest are left out with the reason. Linear in the names (the caller
+/// bounds their number).
+fn grant(perms: &PermissionSet, requested: &[String], max_channels: usize) -> Granted {
+    let mut channels: Vec<String> = Vec::new();
+    let mut denied: Vec<(String, String)> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::with_capacity(requested.len());
+    for raw in requested {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let ch = match Channel::parse(raw) {
+            Ok(ch) => ch.as_str().to_string(),
+            Err(e) => {
+                let shown = protocol::clip(raw);
+                if seen.insert(shown.clone()) {
+                    denied.push((shown, e));
+                }
+                continue;
+            }
+        };
+        if !seen.insert(ch.clone()) {
+            continue;
+        }
+        if !perms.event(&ch, false) {
+            denied.push((ch, "no read permission".into()));
+        } else if channels.len() >= max_channels {
+            denied.push((ch, format!("more than {max_channels} channels")));
+        } else {
+            channels.push(ch);
+        }
+    }
+    Granted { channels, denied }
+}
+
 impl Inner {
     /// Moves `conn` from the `old` channels to the `new` ones in the index.
     fn set_index(&self, conn: &Arc<Conn>, old: &[String], new: &[String]) {
@@ -343,43 +378,10 @@ impl Inner {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// Normalises the requested names once (`Channel::parse`) and keeps those the user may read,
-    /// up to `max_channels`; the rest are left out with the reason.
-    fn grant(&self, perms: &PermissionSet, requested: &[String]) -> Granted {
-        let mut channels: Vec<String> = Vec::new();
-        let mut denied: Vec<(String, String)> = Vec::new();
-        for raw in requested {
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let ch = match Channel::parse(raw) {
-                Ok(ch) => ch.as_str().to_string(),
-                Err(e) => {
-                    denied.push((raw.clone(), e));
-                    continue;
-                }
-            };
-            if channels.contains(&ch) || denied.iter().any(|(c, _)| *c == ch) {
-                continue;
-            }
-            if !perms.event(&ch, false) {
-                denied.push((ch, "no read permission".into()));
-            } else if channels.len() >= self.settings.max_channels {
-                denied.push((
-                    ch,
-                    format!("more than {} channels", self.settings.max_channels),
-                ));
-            } else {
-                channels.push(ch);
-            }
-        }
-        Granted { channels, denied }
-    }
-
     /// Replaces the socket's interests; with `since`, live events are held for the replay.
     fn set_interest(&self, conn: &Arc<Conn>, requested: &[String], since: Option<i64>) -> Granted {
         let perms = conn.with_auth(|a| a.perms.clone());
-        let granted = self.grant(&perms, requested);
+        let granted = grant(&perms, requested, self.settings.max_channels);
         if let Some(since) = since {
             conn.begin_hold(since);
         }
@@ -446,5 +448,48 @@ impl Inner {
 
     fn conns(&self) -> Vec<Arc<Conn>> {
         lock(&self.conns).values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn grant_dedups_in_one_pass_and_keeps_the_limit() {
+        let perms = PermissionSet::default();
+        let long = "x".repeat(70);
+        let g = grant(
+            &perms,
+            &names(&["a", " A ", "a", &long, &long, "b c", "b c"]),
+            2,
+        );
+        assert!(g.channels.is_empty());
+        assert_eq!(
+            g.denied,
+            [
+                ("a".to_string(), "no read permission".to_string()),
+                (
+                    protocol::clip(&long),
+                    "channel name is longer than 64 characters".to_string()
+                ),
+                (
+                    "b c".to_string(),
+                    "channel name contains whitespace or control characters".to_string()
+                ),
+            ]
+        );
+
+        // Many names (up to the caller's cap) stay cheap: one set lookup each.
+        let admin = PermissionSet::new(vec!["cop".into()]);
+        let many: Vec<String> = (0..256).map(|i| format!("ch{i}")).collect();
+        let g = grant(&admin, &many, 64);
+        assert_eq!(g.channels, many[..64]);
+        assert_eq!(g.denied.len(), 192);
+        assert_eq!(g.denied[0], ("ch64".into(), "more than 64 channels".into()));
     }
 }

@@ -145,7 +145,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Client strings quoted back are cut short.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     if s.chars().count() > 40 {
         format!("{}…", s.chars().take(40).collect::<String>())
     } else {
@@ -200,6 +200,9 @@ pub fn gap_frame(after: i64) -> Utf8Bytes {
     Utf8Bytes::from(format!("{{\"type\":\"gap\",\"after\":\"{after}\"}}"))
 }
 
+/// Left-out channels the reply's `message` names (`denied` has all of them).
+const LEFT_OUT_SHOWN: usize = 8;
+
 /// The reply to an interest frame: the granted channels, a core4-style message, and what was
 /// left out and why.
 pub fn interest_frame(granted: &[String], denied: &[(String, String)], context: &str) -> Utf8Bytes {
@@ -210,11 +213,15 @@ pub fn interest_frame(granted: &[String], denied: &[(String, String)], context: 
         .join(", ");
     let mut message = format!("{context} [{repr}]");
     if !denied.is_empty() {
-        let left_out = denied
+        let mut left_out = denied
             .iter()
+            .take(LEFT_OUT_SHOWN)
             .map(|(c, why)| format!("'{}' ({why})", clip(c)))
             .collect::<Vec<_>>()
             .join(", ");
+        if denied.len() > LEFT_OUT_SHOWN {
+            left_out.push_str(&format!(" and {} more", denied.len() - LEFT_OUT_SHOWN));
+        }
         message.push_str(&format!("; left out: {left_out}"));
     }
     let denied: Map<String, Value> = denied
@@ -238,7 +245,10 @@ pub fn token_frame(expires: &str) -> Utf8Bytes {
 
 // ---- JSON Schemas (registered in the API document's components by the `/event` response) ----
 
-/// Client frame: replace this socket's channel set.
+/// Client frame: replace this socket's channel set. A list of more than 4 × `max_channels`
+/// names (default 256) is refused with an `error` frame and the set stays as it was; of the
+/// rest, the first `max_channels` (default 64) readable ones are granted. Every interest frame
+/// after a socket's first takes a token from the user's message rate limit.
 #[derive(Object)]
 pub struct InterestRequestFrame {
     /// Channel names; trimmed and lowercased, duplicates, empty names and non-strings dropped.
@@ -479,6 +489,17 @@ mod tests {
         }
         let value: Value = serde_json::from_str(&interest_frame(&[], &[], "x")).unwrap();
         assert_eq!(value["message"], "x []");
+        // The message names a few of many left-out channels; `denied` has them all.
+        let denied: Vec<(String, String)> =
+            (0..20).map(|i| (format!("c{i}"), "no".into())).collect();
+        let value: Value = serde_json::from_str(&interest_frame(&[], &denied, "x")).unwrap();
+        assert!(
+            value["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("'c7' (no) and 12 more")
+        );
+        assert_eq!(value["denied"].as_object().unwrap().len(), 20);
     }
 
     #[test]

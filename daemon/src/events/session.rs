@@ -1,6 +1,10 @@
 //! One socket's two tasks: the reader answers client frames (every frame gets exactly one reply,
 //! malformed ones an `error` frame, and the socket stays open), the writer drains the socket's
 //! queue, several frames per flush.
+//!
+//! Interest frames are bounded like messages: at most 4 × `max_channels` names each, and every
+//! one after the socket's first takes a token from the user's message bucket (the first is free,
+//! so a fleet of clients reconnecting under one account is not throttled by its own subscribe).
 
 use std::{
     collections::VecDeque,
@@ -47,6 +51,7 @@ pub async fn run(
         inner: &inner,
         conn: &conn,
         since,
+        subscribed: false,
     };
     let server_closed = reader.read_loop(&mut stream).await;
     if server_closed {
@@ -78,6 +83,8 @@ struct Reader<'a> {
     conn: &'a Arc<Conn>,
     /// `?since=` of the connect: applies to the first interest frame without its own.
     since: Option<i64>,
+    /// An interest frame was handled already (the next ones are rate-limited).
+    subscribed: bool,
 }
 
 impl Reader<'_> {
@@ -131,12 +138,42 @@ impl Reader<'_> {
         match protocol::parse(&text) {
             Err(e) => self.error(&e.0),
             Ok(Request::Interest { data, since }) => {
+                if self.interest_refused(&data) {
+                    return;
+                }
                 let since = since.or(self.since.take());
                 self.interest(&data, since).await
             }
             Ok(Request::Message { channel, text }) => self.message(&channel, text),
             Ok(Request::Token { token }) => self.token(&token).await,
         }
+    }
+
+    /// Applies the bounds of interest frames; true (and an error frame sent) when refused.
+    fn interest_refused(&mut self, requested: &[String]) -> bool {
+        let s = &self.inner.settings;
+        let free = !std::mem::replace(&mut self.subscribed, true);
+        if !free && !self.conn.user.try_send(s.messages_per_second, s.burst) {
+            self.inner
+                .metrics
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            self.error(&format!(
+                "rate limit exceeded: interest frames count against the limit of {} messages per second per user (burst {}); interest unchanged",
+                s.messages_per_second, s.burst
+            ));
+            return true;
+        }
+        let most = s.max_channels.saturating_mul(4).max(1);
+        if requested.len() > most {
+            self.error(&format!(
+                "malformed interest: {} channel names, at most {most} per frame (and {} are granted); interest unchanged",
+                requested.len(),
+                s.max_channels
+            ));
+            return true;
+        }
+        false
     }
 
     async fn interest(&mut self, requested: &[String], since: Option<i64>) {
