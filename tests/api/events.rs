@@ -1212,3 +1212,78 @@ async fn oversized_and_repeated_interest_frames_are_refused_and_rate_limited() {
     assert_eq!(ws.event().await["_id"], id.as_str());
     assert_eq!(other.event().await["_id"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_resubscription_with_an_older_since_repeats_no_id() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut publisher = Ws::connect(&app, &admin).await;
+    let old = publisher.publish("message", json!("before")).await;
+    // Published (the publisher listens now too) before `sub` subscribes.
+    assert_eq!(publisher.event().await["_id"], old.as_str());
+    let mut sub = Ws::connect(&app, &admin).await;
+    sub.interest(&["message"]).await;
+    let n = 80;
+    let pump = tokio::spawn({
+        let url = app.ws_url(&admin);
+        async move {
+            let mut p = Ws::connect_url(&url).await;
+            let mut ids = vec![];
+            for i in 0..n {
+                ids.push(p.publish("message", json!(i)).await.parse::<i64>().unwrap());
+            }
+            ids
+        }
+    });
+    // Live traffic arrives; then the same socket asks for a replay from an old id while
+    // messages keep coming.
+    let mut before_reply = vec![];
+    for _ in 0..5 {
+        before_reply.push(
+            sub.event().await["_id"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    sub.send(json!({"type": "interest", "data": ["message"], "since": old}))
+        .await;
+    let reply = loop {
+        let v = sub.recv().await;
+        match v["_id"].as_str() {
+            Some(id) => before_reply.push(id.parse().unwrap()),
+            None => break v,
+        }
+    };
+    assert_eq!(reply["type"], "interest", "{reply}");
+    let start: i64 = reply["since"].as_str().unwrap().parse().unwrap();
+    assert!(
+        start >= *before_reply.last().unwrap(),
+        "{reply} after {before_reply:?}"
+    );
+    let pumped = pump.await.unwrap();
+    let last = *pumped.last().unwrap();
+    let mut after_reply = vec![];
+    while after_reply.last() != Some(&last) {
+        after_reply.push(
+            sub.event().await["_id"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    assert!(
+        after_reply.iter().all(|id| *id > start),
+        "{after_reply:?} after {start}"
+    );
+    let mut all = before_reply;
+    all.extend(after_reply);
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "repeated or out of order: {all:?}"
+    );
+    assert_eq!(all, pumped);
+    sub.assert_silent(Duration::from_millis(200)).await;
+}

@@ -6,6 +6,9 @@
 //! the writer has written everything queued; then it gets one `gap` frame naming the last id it
 //! received, and live delivery resumes. Replies (acks, errors) never count against the limit:
 //! each client frame takes one of `max_unacked` reply permits first, so they are bounded too.
+//!
+//! A socket gets every id at most once and in increasing order, also across re-subscriptions:
+//! `last_id` never goes below the last event the writer took (`handed`).
 
 use std::{
     collections::VecDeque,
@@ -24,8 +27,8 @@ use crate::{domain::PermissionSet, metrics::Metrics};
 /// A frame waiting for the socket's writer task.
 #[derive(Debug)]
 pub enum Out {
-    /// An event (counts against the queue limit).
-    Event(Utf8Bytes),
+    /// An event and its id (counts against the queue limit).
+    Event(i64, Utf8Bytes),
     /// The reply to a client frame (returns a reply permit once written).
     Reply(Utf8Bytes),
     /// Unsolicited: gap, interest withdrawn.
@@ -52,8 +55,12 @@ struct Outbox {
     frames: VecDeque<Out>,
     /// Event frames queued or being written.
     events: usize,
-    /// Id of the last event queued for this socket; later events with smaller ids are skipped.
+    /// Id of the last event queued for this socket (or the position it subscribed at); events
+    /// with ids up to it are skipped.
     last_id: i64,
+    /// Id of the last event the writer took from the queue: it is on its way to the client and
+    /// cannot be called back, so a replay must start after it.
+    handed: i64,
     lagged: bool,
     /// While a replay runs: live events wait here.
     held: Option<VecDeque<(i64, Utf8Bytes)>>,
@@ -93,6 +100,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Conn {
+    /// A socket positioned at `head` (the hub's last published id): a gap before its first
+    /// event names that position, never 0.
     pub fn new(
         id: u64,
         user_id: String,
@@ -100,6 +109,7 @@ impl Conn {
         auth: ConnAuth,
         cap: usize,
         max_unacked: usize,
+        head: i64,
     ) -> Self {
         Self {
             id,
@@ -107,12 +117,25 @@ impl Conn {
             user,
             cap: cap.max(1),
             auth: Mutex::new(auth),
-            out: Mutex::new(Outbox::default()),
+            out: Mutex::new(Outbox {
+                last_id: head,
+                ..Outbox::default()
+            }),
             wake: Notify::new(),
             drained: Notify::new(),
             closed: AtomicBool::new(false),
             close_notify: Notify::new(),
             replies: Semaphore::new(max_unacked.max(1)),
+        }
+    }
+
+    /// A subscription without `since` starts live at `head` (the last id the hub published: every
+    /// event up to it was offered before this socket joined the index). A socket that is behind
+    /// keeps its position, so its gap frame still covers what it missed.
+    pub fn start_live(&self, head: i64) {
+        let mut o = lock(&self.out);
+        if !o.lagged && o.held.is_none() {
+            o.last_id = o.last_id.max(head);
         }
     }
 
@@ -142,7 +165,7 @@ impl Conn {
                 o.lagged = true;
                 Pushed::Dropped
             } else {
-                o.frames.push_back(Out::Event(frame.clone()));
+                o.frames.push_back(Out::Event(id, frame.clone()));
                 o.events += 1;
                 o.last_id = id;
                 Pushed::Queued
@@ -175,15 +198,18 @@ impl Conn {
 
     /// Starts a resume from `since`: events queued but not yet taken by the writer are dropped
     /// (the replay brings them again, in order), live events are held until [`Self::end_hold`].
-    pub fn begin_hold(&self, since: i64) {
+    /// Returns where the replay starts: after `since`, or after the last event the writer already
+    /// took if that is later (those are sent, and ids go out once each and in order).
+    pub fn begin_hold(&self, since: i64) -> i64 {
         let mut o = lock(&self.out);
         let before = o.frames.len();
-        o.frames.retain(|f| !matches!(f, Out::Event(_)));
+        o.frames.retain(|f| !matches!(f, Out::Event(..)));
         let removed = before - o.frames.len();
         o.events -= removed;
-        o.last_id = since;
+        o.last_id = since.max(o.handed);
         o.lagged = false;
         o.held = Some(VecDeque::new());
+        o.last_id
     }
 
     /// Is there room for another replayed event?
@@ -212,7 +238,7 @@ impl Conn {
             if o.closing || id <= o.last_id {
                 return;
             }
-            o.frames.push_back(Out::Event(frame));
+            o.frames.push_back(Out::Event(id, frame));
             o.events += 1;
             o.last_id = id;
         }
@@ -230,7 +256,7 @@ impl Conn {
             } else {
                 for (id, frame) in held {
                     if id > o.last_id {
-                        o.frames.push_back(Out::Event(frame));
+                        o.frames.push_back(Out::Event(id, frame));
                         o.events += 1;
                         o.last_id = id;
                     }
@@ -243,7 +269,15 @@ impl Conn {
 
     /// For the writer: takes every queued frame (swapped into `into`, which must be empty).
     pub fn take(&self, into: &mut VecDeque<Out>) {
-        std::mem::swap(&mut lock(&self.out).frames, into);
+        let mut o = lock(&self.out);
+        std::mem::swap(&mut o.frames, into);
+        // Events are queued in id order: the last one taken is the highest.
+        if let Some(id) = into.iter().rev().find_map(|f| match f {
+            Out::Event(id, _) => Some(*id),
+            _ => None,
+        }) {
+            o.handed = id;
+        }
     }
 
     /// For the writer, after writing `events` event frames: frees their room and, if the socket
@@ -321,7 +355,7 @@ impl Conn {
         self.take(&mut q);
         q.into_iter()
             .map(|f| match f {
-                Out::Event(b) | Out::Reply(b) | Out::Notice(b) => b.to_string(),
+                Out::Event(_, b) | Out::Reply(b) | Out::Notice(b) => b.to_string(),
                 Out::Close(code, reason) => format!("close {code} {reason}"),
             })
             .collect()
@@ -334,6 +368,11 @@ mod tests {
     use crate::events::limits::Users;
 
     fn conn(cap: usize) -> Conn {
+        conn_at(cap, 0)
+    }
+
+    /// A socket admitted when the hub had published up to `head`.
+    fn conn_at(cap: usize, head: i64) -> Conn {
         let users = Users::default();
         let share = users.admit("u", 10, 10).unwrap();
         Conn::new(
@@ -349,6 +388,7 @@ mod tests {
             },
             cap,
             8,
+            head,
         )
     }
 
@@ -401,6 +441,45 @@ mod tests {
         assert_eq!(c.frames(), ["e6", "e7"]);
         assert!(c.written(2, &m));
         assert_eq!(c.frames(), [r#"{"type":"gap","after":"7"}"#]);
+    }
+
+    #[test]
+    fn a_replay_never_repeats_what_the_writer_already_took() {
+        // A fresh socket resumes from wherever it asks, also from before its admission.
+        assert_eq!(conn_at(10, 50).begin_hold(20), 20);
+        let c = conn(10);
+        for id in 1..=3 {
+            c.push_event(id, &ev(id));
+        }
+        // The writer took 1..=3 (they are on the wire); 4 is still queued.
+        assert_eq!(c.frames(), ["e1", "e2", "e3"]);
+        c.push_event(4, &ev(4));
+        // Re-subscribing with an older `since` resumes after 3, not after 1.
+        assert_eq!(c.begin_hold(1), 3);
+        assert_eq!(c.push_event(5, &ev(5)), Pushed::Queued);
+        for id in 2..=5 {
+            c.push_replayed(id, ev(id));
+        }
+        c.end_hold(false);
+        assert_eq!(c.frames(), ["e4", "e5"]);
+        // A `since` beyond what was taken is kept.
+        assert_eq!(c.begin_hold(9), 9);
+    }
+
+    #[test]
+    fn a_subscription_without_since_starts_at_the_hub_position() {
+        let c = conn(1);
+        let m = Metrics::default();
+        c.start_live(40);
+        // Events up to the position were published before the socket joined.
+        assert_eq!(c.push_event(40, &ev(40)), Pushed::Skipped);
+        assert_eq!(c.push_event(41, &ev(41)), Pushed::Queued);
+        assert_eq!(c.push_event(42, &ev(42)), Pushed::Dropped);
+        // A socket that is behind keeps its position: its gap must cover what it missed.
+        c.start_live(50);
+        assert_eq!(c.frames(), ["e41"]);
+        assert!(c.written(1, &m));
+        assert_eq!(c.frames(), [r#"{"type":"gap","after":"41"}"#]);
     }
 
     #[test]

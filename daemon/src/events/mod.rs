@@ -198,6 +198,7 @@ impl Hub {
             },
             s.outbound_queue,
             s.max_unacked,
+            inner.last_published.load(Ordering::SeqCst),
         ));
         lock(&inner.conns).insert(id, conn.clone());
         inner
@@ -316,6 +317,8 @@ impl Drop for Admission {
 pub(crate) struct Granted {
     pub channels: Vec<String>,
     pub denied: Vec<(String, String)>,
+    /// With a `since`: where the replay starts (see [`Conn::begin_hold`]).
+    pub since: Option<i64>,
 }
 
 /// Normalises the requested names once (`Channel::parse`) and keeps those `perms` may read, up
@@ -350,7 +353,11 @@ fn grant(perms: &PermissionSet, requested: &[String], max_channels: usize) -> Gr
             channels.push(ch);
         }
     }
-    Granted { channels, denied }
+    Granted {
+        channels,
+        denied,
+        since: None,
+    }
 }
 
 impl Inner {
@@ -378,12 +385,14 @@ impl Inner {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// Replaces the socket's interests; with `since`, live events are held for the replay.
+    /// Replaces the socket's interests; with `since`, live events are held for the replay,
+    /// without it the socket starts live at the last published id.
     fn set_interest(&self, conn: &Arc<Conn>, requested: &[String], since: Option<i64>) -> Granted {
         let perms = conn.with_auth(|a| a.perms.clone());
-        let granted = grant(&perms, requested, self.settings.max_channels);
-        if let Some(since) = since {
-            conn.begin_hold(since);
+        let mut granted = grant(&perms, requested, self.settings.max_channels);
+        match since {
+            Some(since) => granted.since = Some(conn.begin_hold(since)),
+            None => conn.start_live(self.last_published.load(Ordering::SeqCst)),
         }
         let old = conn.with_auth(|a| std::mem::replace(&mut a.channels, granted.channels.clone()));
         self.set_index(conn, &old, &granted.channels);
@@ -434,6 +443,7 @@ impl Inner {
         conn.push_notice(protocol::interest_frame(
             &kept,
             &denied,
+            None,
             "permissions changed, interest now in",
         ));
     }

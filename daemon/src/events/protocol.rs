@@ -203,9 +203,14 @@ pub fn gap_frame(after: i64) -> Utf8Bytes {
 /// Left-out channels the reply's `message` names (`denied` has all of them).
 const LEFT_OUT_SHOWN: usize = 8;
 
-/// The reply to an interest frame: the granted channels, a core4-style message, and what was
-/// left out and why.
-pub fn interest_frame(granted: &[String], denied: &[(String, String)], context: &str) -> Utf8Bytes {
+/// The reply to an interest frame: the granted channels, a core4-style message, what was left
+/// out and why, and with a resume where the replay starts.
+pub fn interest_frame(
+    granted: &[String],
+    denied: &[(String, String)],
+    since: Option<i64>,
+    context: &str,
+) -> Utf8Bytes {
     let repr = granted
         .iter()
         .map(|c| format!("'{c}'"))
@@ -228,12 +233,15 @@ pub fn interest_frame(granted: &[String], denied: &[(String, String)], context: 
         .iter()
         .map(|(c, why)| (c.clone(), Value::String(why.clone())))
         .collect();
-    let frame = serde_json::json!({
+    let mut frame = serde_json::json!({
         "type": "interest",
         "data": granted,
         "message": message,
         "denied": denied,
     });
+    if let Some(since) = since {
+        frame["since"] = Value::String(since.to_string());
+    }
     Utf8Bytes::from(frame.to_string())
 }
 
@@ -255,7 +263,8 @@ pub struct InterestRequestFrame {
     /// Missing: unsubscribe from everything.
     pub data: Option<Vec<String>>,
     /// Replay the stored messages after this id on these channels first, then continue live
-    /// (no gap, no duplicate).
+    /// (no gap, no duplicate). On a socket that was already sent later events the replay starts
+    /// after the last of those instead (the reply's `since` says where).
     pub since: Option<String>,
 }
 
@@ -317,6 +326,11 @@ pub struct InterestReplyFrame {
     pub message: String,
     /// Requested channels that were left out, with the reason (e.g. `no read permission`).
     pub denied: Option<std::collections::BTreeMap<String, String>>,
+    /// Only when the interest frame had a `since`: the id the replay starts after. It is later
+    /// than the requested one when this socket was already sent events up to it (a socket gets
+    /// each id once and in increasing order); older messages of channels just added are in
+    /// `/event/history`.
+    pub since: Option<String>,
 }
 
 /// Server frame, `type` = `send`: the message is committed in PostgreSQL under `message_id`.
@@ -475,6 +489,7 @@ mod tests {
             interest_frame(
                 &["message".into()],
                 &[("queue".into(), "no read permission".into())],
+                Some(5),
                 "processed interest in",
             ),
             token_frame("2030-01-01T00:00:00.000000"),
@@ -487,12 +502,13 @@ mod tests {
                 "{value}"
             );
         }
-        let value: Value = serde_json::from_str(&interest_frame(&[], &[], "x")).unwrap();
+        let value: Value = serde_json::from_str(&interest_frame(&[], &[], None, "x")).unwrap();
         assert_eq!(value["message"], "x []");
+        assert!(value.get("since").is_none());
         // The message names a few of many left-out channels; `denied` has them all.
         let denied: Vec<(String, String)> =
             (0..20).map(|i| (format!("c{i}"), "no".into())).collect();
-        let value: Value = serde_json::from_str(&interest_frame(&[], &denied, "x")).unwrap();
+        let value: Value = serde_json::from_str(&interest_frame(&[], &denied, None, "x")).unwrap();
         assert!(
             value["message"]
                 .as_str()

@@ -191,9 +191,10 @@ impl Reader<'_> {
         self.conn.push_reply(protocol::interest_frame(
             &granted.channels,
             &granted.denied,
+            granted.since,
             "processed interest in",
         ));
-        let Some(since) = since else { return };
+        let Some(since) = granted.since else { return };
         let mut cursor = since;
         let channels = granted.channels;
         while !channels.is_empty() && !self.conn.is_closed() {
@@ -308,7 +309,7 @@ async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) {
         let mut close = None;
         for out in queue.drain(..) {
             let msg = match out {
-                Out::Event(b) => {
+                Out::Event(_, b) => {
                     events += 1;
                     Message::Text(b)
                 }
