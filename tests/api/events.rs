@@ -1287,3 +1287,77 @@ async fn a_resubscription_with_an_older_since_repeats_no_id() {
     assert_eq!(all, pumped);
     sub.assert_silent(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn the_server_pings_and_closes_sockets_that_answer_nothing() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.ping_interval_secs = 1;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut alive = Ws::connect(&app, &admin).await;
+    // Never read, so it never answers a ping.
+    let mut silent = Ws::connect(&app, &admin).await;
+
+    // The client library answers pings while it reads.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let mut pings = 0;
+    while let Ok(msg) = tokio::time::timeout_at(deadline, alive.inner.next()).await {
+        match msg {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings");
+    let (code, reason) = silent.closed().await;
+    assert_eq!((code, reason.as_str()), (1001, "no pong"));
+
+    // The one that answered is still served.
+    alive.interest(&["message"]).await;
+    let id = alive.publish("message", json!("pong")).await;
+    assert_eq!(alive.event().await["_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn an_instance_at_max_connections_refuses_upgrades_with_503() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.max_connections = 2;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let (_, other) = app.create_user(&admin, "second", "very secret").await;
+    let first = Ws::connect(&app, &admin).await;
+    let _second = Ws::connect(&app, &other).await;
+    for token in [&admin, &other] {
+        match tokio_tungstenite::connect_async(app.ws_url(token)).await {
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 503);
+                assert_eq!(resp.headers()["retry-after"], "5");
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                let text = error_text(&body, 503);
+                assert!(
+                    text.contains("most event connections it accepts (2)"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected 503, got {other:?}"),
+        }
+    }
+    // A closed socket frees its place.
+    drop(first);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match tokio_tungstenite::connect_async(app.ws_url(&admin)).await {
+            Ok(_) => break,
+            Err(tungstenite::Error::Http(resp)) if resp.status() == 503 => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the place was not freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

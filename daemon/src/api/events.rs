@@ -18,10 +18,10 @@ use super::{ApiTags, AppState};
 use crate::{
     auth::{Method, TokenAuth, qual},
     domain::Channel,
-    envelope::{Page, Paged, format_ts},
+    envelope::{ErrorEnvelope, Page, Paged, format_ts},
     error::{ApiError, ApiResult},
     events::{
-        Admission,
+        Admission, Refused,
         protocol::{ClientFrame, ServerFrame, parse_id_str},
     },
     storage::{
@@ -68,8 +68,15 @@ impl From<EventRow> for EventOut {
     }
 }
 
-/// The accepted upgrade: 101, then the socket is served by the event hub.
-pub struct EventSocket {
+/// The answer to an upgrade request that passed authentication.
+pub enum EventSocket {
+    /// 101, then the socket is served by the event hub.
+    Accepted(Accepted),
+    /// 503: this instance is at `events.max_connections` or shutting down.
+    Busy(ErrorEnvelope),
+}
+
+pub struct Accepted {
     accept: HeaderValue,
     upgrade: OnUpgrade,
     admission: Admission,
@@ -77,15 +84,28 @@ pub struct EventSocket {
     since: Option<i64>,
 }
 
+/// Seconds a client refused with 503 is asked to wait.
+const BUSY_RETRY_AFTER: u32 = 5;
+
 impl IntoResponse for EventSocket {
     fn into_response(self) -> Response {
-        let Self {
+        let accepted = match self {
+            Self::Accepted(a) => a,
+            Self::Busy(envelope) => {
+                let mut resp = Json(envelope).into_response();
+                resp.set_status(StatusCode::SERVICE_UNAVAILABLE);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, BUSY_RETRY_AFTER.into());
+                return resp;
+            }
+        };
+        let Accepted {
             accept,
             upgrade,
             admission,
             config,
             since,
-        } = self;
+        } = accepted;
         tokio::spawn(async move {
             // Dropping the admission (upgrade failed) gives the user's slot back.
             let Ok(upgraded) = upgrade.await else { return };
@@ -111,9 +131,12 @@ The client sends `ClientFrame`s (`interest`, `message`, `token`); the server sen
 `EventFrame`s (the only frames with a `channel` key) and `ServerReply`s (`interest`, `send`, \
 `error`, `gap`, `token`). The two vendor media types below carry these schemas; they are frames on \
 the socket, not HTTP bodies. Every client frame gets exactly one reply; a malformed \
-one an `error` frame, and the socket stays open. Close codes: 1001 the server shuts down; 1008 \
-the token was revoked or expired, or the user deactivated or deleted (the reason says which); \
-1009 a frame over the hard cap (16 times `events.max_frame_bytes`, at least 1 MiB).";
+one an `error` frame, and the socket stays open. The server pings every \
+`events.ping_interval_secs` (30 s); WebSocket clients answer pings by themselves. Close codes: \
+1001 the server shuts down, or (reason `no pong`) the client sent nothing, not even a pong, for \
+two ping intervals; 1008 the token was revoked or expired, or the user deactivated or deleted \
+(the reason says which); 1009 a frame over the hard cap (16 times `events.max_frame_bytes`, at \
+least 1 MiB).";
 
 impl ApiResponse for EventSocket {
     fn meta() -> MetaResponses {
@@ -251,6 +274,9 @@ impl EventsApi {
     ///
     /// Upgrade to a WebSocket speaking core4's event protocol. Credentials as `?token=`, Bearer
     /// header or `token` cookie; without valid ones the upgrade is refused with a 401 envelope.
+    /// A user may have `events.max_connections_per_user` (1,000) sockets open per instance, more
+    /// get 429; an instance accepts `events.max_connections` (50,000) in all, more (and upgrades
+    /// during shutdown) get 503 with `Retry-After`.
     /// Needs `api://core4.api.v1.request.standard.event.EventHandler` (read); channels need
     /// `event://<channel>/r` to listen and `/w` to send. A session:
     ///
@@ -284,17 +310,27 @@ impl EventsApi {
         };
         let token = auth.token().unwrap_or_default().to_string();
         let hub = &self.state.hub;
-        let admission = hub.admit(principal, &token)?;
+        let admission = match hub.admit(principal, &token) {
+            Ok(a) => a,
+            Err(Refused::Api(e)) => return Err(e),
+            Err(Refused::Busy(message)) => {
+                tracing::warn!(%message, "event upgrade refused");
+                return Ok(EventSocket::Busy(ErrorEnvelope::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                )));
+            }
+        };
         let upgrade = req
             .take_upgrade()
             .map_err(|_| ApiError::BadRequest("the connection cannot be upgraded".into()))?;
-        Ok(EventSocket {
+        Ok(EventSocket::Accepted(Accepted {
             accept,
             upgrade,
             admission,
             config: hub.websocket_config(),
             since,
-        })
+        }))
     }
 
     /// Message history

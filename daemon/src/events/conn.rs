@@ -14,7 +14,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -33,6 +33,8 @@ pub enum Out {
     Reply(Utf8Bytes),
     /// Unsolicited: gap, interest withdrawn.
     Notice(Utf8Bytes),
+    /// The server's keepalive ping.
+    Ping,
     /// Write everything before this, then close with this code and reason.
     Close(u16, String),
 }
@@ -62,6 +64,8 @@ struct Outbox {
     /// cannot be called back, so a replay must start after it.
     handed: i64,
     lagged: bool,
+    /// A ping is queued and not yet taken.
+    ping_queued: bool,
     /// While a replay runs: live events wait here.
     held: Option<VecDeque<(i64, Utf8Bytes)>>,
     closing: bool,
@@ -92,6 +96,8 @@ pub struct Conn {
     close_notify: Notify,
     /// Replies still to be written; the reader takes one per client frame.
     pub replies: Semaphore,
+    /// When the client last sent anything (a frame, a pong), in ms of the hub's clock.
+    last_seen: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,7 +107,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Conn {
     /// A socket positioned at `head` (the hub's last published id): a gap before its first
-    /// event names that position, never 0.
+    /// event names that position, never 0. `now_ms` starts its silence clock.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
         user_id: String,
@@ -110,6 +117,7 @@ impl Conn {
         cap: usize,
         max_unacked: usize,
         head: i64,
+        now_ms: u64,
     ) -> Self {
         Self {
             id,
@@ -126,7 +134,30 @@ impl Conn {
             closed: AtomicBool::new(false),
             close_notify: Notify::new(),
             replies: Semaphore::new(max_unacked.max(1)),
+            last_seen: AtomicU64::new(now_ms),
         }
+    }
+
+    /// The client sent something (`now_ms` on the hub's clock).
+    pub fn seen(&self, now_ms: u64) {
+        self.last_seen.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    /// Queues a keepalive ping unless one is still waiting for the writer.
+    pub fn push_ping(&self) {
+        {
+            let mut o = lock(&self.out);
+            if o.closing || o.ping_queued {
+                return;
+            }
+            o.ping_queued = true;
+            o.frames.push_back(Out::Ping);
+        }
+        self.wake.notify_one();
     }
 
     /// A subscription without `since` starts live at `head` (the last id the hub published: every
@@ -278,6 +309,7 @@ impl Conn {
         }) {
             o.handed = id;
         }
+        o.ping_queued = false;
     }
 
     /// For the writer, after writing `events` event frames: frees their room and, if the socket
@@ -356,6 +388,7 @@ impl Conn {
         q.into_iter()
             .map(|f| match f {
                 Out::Event(_, b) | Out::Reply(b) | Out::Notice(b) => b.to_string(),
+                Out::Ping => "ping".into(),
                 Out::Close(code, reason) => format!("close {code} {reason}"),
             })
             .collect()
@@ -389,6 +422,7 @@ mod tests {
             cap,
             8,
             head,
+            0,
         )
     }
 
@@ -480,6 +514,18 @@ mod tests {
         assert_eq!(c.frames(), ["e41"]);
         assert!(c.written(1, &m));
         assert_eq!(c.frames(), [r#"{"type":"gap","after":"41"}"#]);
+    }
+
+    #[test]
+    fn one_ping_waits_at_a_time() {
+        let c = conn(4);
+        c.push_ping();
+        c.push_ping();
+        assert_eq!(c.frames(), ["ping"]);
+        c.push_ping();
+        assert_eq!(c.frames(), ["ping"]);
+        c.seen(7);
+        assert_eq!(c.last_seen(), 7);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!                                  ▼
 //! LISTEN core4_events ──────▶ dispatcher (strictly in id order, once each) ──frame──▶ socket queues
 //! poll (epoch, head) ───────▶ re-check principals, expire tokens, catch-up hint
+//! keepalive ────────────────▶ one task pings every socket, closes the silent ones
 //! ```
 //! Ids are gapless and commit in order (see `migrations/0002_events.sql`), so the dispatcher only
 //! keeps the last id it published: anything it has not seen is read from the table by id range.
@@ -24,7 +25,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use poem::Upgraded;
@@ -56,6 +57,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The token was revoked, expired, or the user deactivated or deleted.
     pub const POLICY: u16 = 1008;
+    /// Reason of a close with [`GOING_AWAY`] for a socket that answered no ping.
+    pub const NO_PONG: &str = "no pong";
 }
 
 /// Bytes the WebSocket reader keeps per socket (idle sockets must stay small).
@@ -86,6 +89,8 @@ pub(crate) struct Inner {
     sessions: AtomicUsize,
     sessions_done: Notify,
     tasks: Mutex<Tasks>,
+    /// The clock of `Conn::last_seen`.
+    clock: Instant,
 }
 
 #[derive(Default)]
@@ -136,15 +141,17 @@ impl Hub {
             sessions: AtomicUsize::new(0),
             sessions_done: Notify::new(),
             tasks: Mutex::default(),
+            clock: Instant::now(),
         });
         let writer = tokio::spawn(writer::run(inner.clone(), writer_rx));
         let dispatcher = tokio::spawn(dispatch::run(inner.clone(), dispatch_rx, head));
         let listener = tokio::spawn(dispatch::listen(inner.clone()));
         let recheck = tokio::spawn(recheck::run(inner.clone(), epoch));
+        let keepalive = tokio::spawn(keepalive(inner.clone()));
         *lock(&inner.tasks) = Tasks {
             writer: Some(writer),
             dispatcher: Some(dispatcher),
-            background: vec![listener, recheck],
+            background: vec![listener, recheck, keepalive],
         };
         Ok(Self { inner: Some(inner) })
     }
@@ -164,25 +171,34 @@ impl Hub {
         self.inner.as_ref().map(|i| &i.settings)
     }
 
-    /// Admits a socket for `principal` before the upgrade: refused when the hub is stopping or
-    /// the user has `max_connections_per_user` sockets open here already.
-    pub fn admit(&self, principal: Principal, token: &str) -> ApiResult<Admission> {
+    /// Admits a socket for `principal` before the upgrade: refused when the hub is stopping, the
+    /// instance has `max_connections` sockets open (503), or the user `max_connections_per_user`
+    /// (429).
+    pub fn admit(&self, principal: Principal, token: &str) -> Result<Admission, Refused> {
         let inner = self.inner()?;
         if inner.stopping.load(Ordering::SeqCst) {
-            return Err(ApiError::Unavailable("the server is shutting down".into()));
+            return Err(Refused::Busy("the server is shutting down".into()));
         }
         let s = &inner.settings;
+        // Held while counting and inserting, so concurrent upgrades cannot overshoot the cap.
+        let mut conns = lock(&inner.conns);
+        if conns.len() >= s.max_connections {
+            return Err(Refused::Busy(format!(
+                "this server has the most event connections it accepts ({}) open; try again later or another instance",
+                s.max_connections
+            )));
+        }
         let Some(user) = inner
             .users
             .admit(&principal.id, s.max_connections_per_user, s.burst)
         else {
-            return Err(ApiError::TooManyRequests {
+            return Err(Refused::Api(ApiError::TooManyRequests {
                 message: format!(
                     "too many open event connections for this user (limit {})",
                     s.max_connections_per_user
                 ),
                 retry_after: 5,
-            });
+            }));
         };
         let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(
@@ -199,8 +215,10 @@ impl Hub {
             s.outbound_queue,
             s.max_unacked,
             inner.last_published.load(Ordering::SeqCst),
+            inner.now_ms(),
         ));
-        lock(&inner.conns).insert(id, conn.clone());
+        conns.insert(id, conn.clone());
+        drop(conns);
         inner
             .metrics
             .connections_open
@@ -275,6 +293,58 @@ impl Hub {
             .is_err()
         {
             tracing::warn!("event sockets did not close within 5 s");
+        }
+    }
+}
+
+/// Why a socket was not admitted.
+#[derive(Debug)]
+pub enum Refused {
+    /// The instance is full or stopping: 503 with this message (the client should come back
+    /// later or go to another instance).
+    Busy(String),
+    /// Any other refusal (429 for the per-user limit).
+    Api(ApiError),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+/// Pings every open socket each `ping_interval_secs` (one task for all of them: idle sockets
+/// get no timer of their own) and closes those that sent nothing, not even a pong, for two
+/// intervals: 1001 `no pong`. Interval 0 turns this off.
+async fn keepalive(inner: Arc<Inner>) {
+    let secs = inner.settings.ping_interval_secs;
+    if secs == 0 {
+        return;
+    }
+    let period = Duration::from_secs(secs);
+    let silence = 2 * period.as_millis() as u64;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = inner.now_ms();
+        let mut silent = 0usize;
+        for conn in inner.conns() {
+            if conn.is_closed() {
+                continue;
+            }
+            if now.saturating_sub(conn.last_seen()) >= silence {
+                conn.close(close::GOING_AWAY, close::NO_PONG);
+                silent += 1;
+            } else {
+                conn.push_ping();
+            }
+        }
+        if silent > 0 {
+            tracing::debug!(silent, "closed event sockets that answered no ping");
         }
     }
 }
@@ -383,6 +453,10 @@ impl Inner {
         self.metrics
             .subscriptions
             .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
     }
 
     /// Replaces the socket's interests; with `since`, live events are held for the replay,

@@ -96,6 +96,10 @@ impl Reader<'_> {
                 _ = self.conn.closed() => return true,
                 msg = stream.next() => msg,
             };
+            if let Some(Ok(_)) = &msg {
+                // Anything, a pong included, shows the client is there.
+                self.conn.seen(self.inner.now_ms());
+            }
             let text = match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return false,
                 Some(Ok(Message::Text(text))) => Some(text),
@@ -318,6 +322,7 @@ async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) {
                     Message::Text(b)
                 }
                 Out::Notice(b) => Message::Text(b),
+                Out::Ping => Message::Ping(Default::default()),
                 Out::Close(code, reason) => {
                     close = Some((code, reason));
                     break;

@@ -9,8 +9,10 @@
 //! ```
 //! It logs in as the admin and creates two users once: `loadgen-writer` (write-only on `bench*`,
 //! so its own messages do not come back to it) and `loadgen-reader` (read-only on `bench*`).
-//! Publish-to-receive latency is measured inside this process: each message carries its send
-//! time.
+//! Every subscriber socket is `loadgen-reader`'s, so core4d must allow that many sockets per user:
+//! start it with `CORE4_EVENTS__MAX_CONNECTIONS_PER_USER` above `--subscribers`/`--connections`
+//! (the default is 1,000). Publish-to-receive latency is measured inside this process: each
+//! message carries its send time.
 
 use std::{
     sync::{
@@ -386,7 +388,8 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<_>>()?;
+        .collect::<Result<_>>()
+        .context("opening the subscribers, all loadgen-reader's (a 429 means core4d needs a higher CORE4_EVENTS__MAX_CONNECTIONS_PER_USER)")?;
     println!(
         "{} subscribers on {} ({}) in {:.1} s",
         subs.len(),
@@ -589,8 +592,20 @@ async fn idle(cli: &Cli, args: &IdleArgs) -> Result<()> {
     let failed = results.iter().filter(|r| r.is_err()).count();
     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
         println!("first failure: {e:#}");
+        if format!("{e:#}").contains("429") {
+            println!(
+                "(all sockets are loadgen-reader's: start core4d with CORE4_EVENTS__MAX_CONNECTIONS_PER_USER={})",
+                args.connections
+            );
+        }
     }
-    let sockets: Vec<Ws> = results.into_iter().filter_map(Result::ok).collect();
+    // Idle clients still read: that answers the server's pings (a socket that answers none for
+    // two ping intervals is closed), and it is what a real client does.
+    let sockets: Vec<_> = results
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|mut ws| tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
+        .collect();
     println!(
         "idle: {} authenticated, subscribed sockets open ({} failed) in {:.1} s",
         sockets.len(),
@@ -612,7 +627,9 @@ async fn idle(cli: &Cli, args: &IdleArgs) -> Result<()> {
         metric(&metrics, "core4d_event_connections")
     );
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
-    drop(sockets);
+    for task in sockets {
+        task.abort();
+    }
     Ok(())
 }
 
