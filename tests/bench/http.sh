@@ -12,6 +12,9 @@ core4d=${1:-target/release/core4d}
 pocketbase=${2:-$(command -v pocketbase || true)}
 duration=${DURATION:-10s}
 work=$(mktemp -d /dev/shm/core4-bench.XXXXXX)
+# As root the cluster runs as `postgres`, which must reach it; a 0700 dir would make core4d put
+# the cluster under /var/lib/core4d instead, where this script's cleanup would not find it.
+chmod 755 "$work"
 port=5301
 pb_port=8391
 pids=()
