@@ -97,6 +97,9 @@ impl PrincipalCache {
                 self.invalidate();
             }
             self.set_enabled(false);
+            if pool.is_closed() {
+                return; // shutting down
+            }
             tracing::warn!("auth invalidation listener lost its connection; reconnecting");
         }
     }
