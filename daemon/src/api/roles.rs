@@ -23,8 +23,10 @@ pub struct RolesApi {
     pub state: AppState,
 }
 
-/// A user (has `email` and, to log in, a password) or a role (has neither).
+/// A user (has `email` and, to log in, a password) or a role (has neither). Fields without a
+/// value (`realname`, `email`, `updated`, `last_login`) are left out, never `null`.
 #[derive(Object, Clone, Debug)]
+#[oai(skip_serializing_if_is_none)]
 pub struct RoleOut {
     /// 24 hex digits.
     #[oai(rename = "_id")]
