@@ -1,9 +1,13 @@
 //! `/roles`: users and roles (core4's RoleHandler).
 
+use std::borrow::Cow;
+
 use poem_openapi::{
-    ApiResponse, Object, OpenApi, Union,
+    ApiResponse, Object, OpenApi,
     param::{Path, Query},
     payload::Json,
+    registry::{MetaSchema, MetaSchemaRef, Registry},
+    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde::Deserialize;
 
@@ -130,11 +134,75 @@ pub struct RoleUpdate {
     pub last_login: Option<String>,
 }
 
-/// The updated object, or the string `no changes`.
-#[derive(Union)]
+/// The updated object, or the string `no changes` (core4 clients compare `data` with it).
 pub enum UpdateResult {
     Updated(Box<RoleOut>),
-    Unchanged(String),
+    Unchanged,
+}
+
+const NO_CHANGES: &str = "no changes";
+
+// Written by hand: poem-openapi's `Union` declares every union `type: object`, which no string
+// (`no changes`) can satisfy.
+impl Type for UpdateResult {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "UpdateResult".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Reference(Self::name().into_owned())
+    }
+
+    fn register(registry: &mut Registry) {
+        registry.create_schema::<Self, _>(Self::name().into_owned(), |registry| {
+            RoleOut::register(registry);
+            MetaSchema {
+                description: Some("The updated object, or the string `no changes`."),
+                any_of: vec![
+                    RoleOut::schema_ref(),
+                    MetaSchemaRef::Inline(Box::new(MetaSchema {
+                        enum_items: vec![serde_json::Value::from(NO_CHANGES)],
+                        ..MetaSchema::new("string")
+                    })),
+                ],
+                ..MetaSchema::ANY
+            }
+        })
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ToJSON for UpdateResult {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::Updated(role) => role.to_json(),
+            Self::Unchanged => Some(NO_CHANGES.into()),
+        }
+    }
+}
+
+impl ParseFromJSON for UpdateResult {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value {
+            Some(serde_json::Value::String(s)) if s == NO_CHANGES => Ok(Self::Unchanged),
+            other => RoleOut::parse_from_json(other)
+                .map(|r| Self::Updated(Box::new(r)))
+                .map_err(ParseError::propagate),
+        }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -607,7 +675,7 @@ pub async fn apply_change(
         if etag != old.etag {
             return Err(storage::roles::stale(id, &etag));
         }
-        return Ok(UpdateResult::Unchanged("no changes".into()));
+        return Ok(UpdateResult::Unchanged);
     }
     let rights_changed = changed.perm != sorted_old_perm
         || !same_parents
