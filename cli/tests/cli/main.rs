@@ -7,3 +7,4 @@ mod errors;
 mod events;
 mod helpers;
 mod roles;
+mod tty;
