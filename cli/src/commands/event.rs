@@ -142,8 +142,26 @@ fn channel_name(raw: &str) -> Result<String> {
 fn stdin_lines() -> mpsc::Receiver<std::io::Result<String>> {
     let (tx, rx) = mpsc::channel(256);
     std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            if tx.blocking_send(line).is_err() {
+        use std::io::BufRead;
+        let stdin = std::io::stdin();
+        let mut stdin = stdin.lock();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let line = match stdin.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                    }
+                    // Invalid UTF-8 must not end the stream: it becomes U+FFFD.
+                    Ok(String::from_utf8_lossy(&buf).into_owned())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = line.is_err();
+            if tx.blocking_send(line).is_err() || failed {
                 break;
             }
         }
@@ -177,37 +195,106 @@ async fn send(args: &SendArgs, ctx: &Context) -> Result<()> {
         .then(|| message_text(&args.text, args.json))
         .transpose()?;
     let client = ctx.client()?;
-    let mut socket = client.connect_events().await?;
+    let mut socket = Some(client.connect_events().await?);
     if let Some(text) = single {
-        let id = send_one(&mut socket, &channel, &text).await?;
-        socket.close().await;
+        let id = send_reconnecting(&client, &mut socket, &channel, &text).await?;
+        if let Some(socket) = socket {
+            socket.close().await;
+        }
         return print_ack(ctx, &channel, &id);
     }
     // One at a time: the server's replies carry no correlation id, and this way a line refused
     // by the rate limit can be sent again. The rate limit, not the round trip, bounds the pace.
+    // While waiting for the next line the socket is read too, so that pings are answered and
+    // a close is noticed (and the next line goes over a new connection).
     let mut lines = stdin_lines();
-    while let Some(line) = lines.recv().await {
+    loop {
+        let line = match socket.as_mut() {
+            Some(open) => tokio::select! {
+                line = lines.recv() => line,
+                frame = open.next_frame() => {
+                    match frame {
+                        Ok(Some(_)) => {}
+                        Ok(None) => socket = None,
+                        Err(e) if retryable(&e) => socket = None,
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+            },
+            None => lines.recv().await,
+        };
+        let Some(line) = line else { break };
         let line = line?;
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             continue;
         }
-        let id = send_one(&mut socket, &channel, &message_text(line, args.json)?).await?;
+        let text = message_text(line, args.json)?;
+        let id = send_reconnecting(&client, &mut socket, &channel, &text).await?;
         print_ack(ctx, &channel, &id)?;
     }
-    socket.close().await;
+    if let Some(socket) = socket {
+        socket.close().await;
+    }
     Ok(())
 }
 
+/// Sends one message over `socket`, (re)connecting with backoff when there is none or the
+/// message could not be handed over; returns its id once stored.
+async fn send_reconnecting<'c>(
+    client: &'c ApiClient,
+    socket: &mut Option<EventSocket<'c>>,
+    channel: &str,
+    text: &Value,
+) -> Result<String> {
+    let mut backoff = Backoff::new();
+    loop {
+        let open = match socket {
+            Some(open) => open,
+            None => match client.connect_events().await {
+                Ok(open) => socket.insert(open),
+                Err(e) if retryable(&e) => {
+                    backoff.wait(client.server(), &e).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        match send_one(open, channel, text).await? {
+            Sent::Stored(id) => return Ok(id),
+            Sent::NotSent(why) => {
+                *socket = None;
+                backoff.wait(client.server(), &why).await;
+            }
+        }
+    }
+}
+
+enum Sent {
+    Stored(String),
+    /// Certainly not stored (the socket was gone, or the server said so): send it again.
+    NotSent(CliError),
+}
+
 /// Sends one message and waits until it is stored; waits and retries when rate-limited.
-async fn send_one(socket: &mut EventSocket<'_>, channel: &str, text: &Value) -> Result<String> {
+async fn send_one(socket: &mut EventSocket<'_>, channel: &str, text: &Value) -> Result<Sent> {
     let mut pause = Duration::from_millis(50);
     loop {
-        socket.send_message(channel, text).await?;
+        if let Err(e) = socket.send_message(channel, text).await {
+            return if retryable(&e) {
+                Ok(Sent::NotSent(e))
+            } else {
+                Err(e)
+            };
+        }
         loop {
             match socket.next_frame().await? {
-                Some(Frame::Ack(id)) => return Ok(id),
+                Some(Frame::Ack(id)) => return Ok(Sent::Stored(id)),
                 Some(Frame::Error(message)) if message.starts_with("rate limit exceeded") => break,
+                Some(Frame::Error(message)) if message.contains("message not stored") => {
+                    return Ok(Sent::NotSent(CliError::Other(message)));
+                }
                 Some(Frame::Error(message)) => return Err(send_error(channel, &message)),
                 Some(_) => {}
                 None => {

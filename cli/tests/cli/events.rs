@@ -460,3 +460,31 @@ fn a_tail_that_falls_behind_fills_the_gap_from_history_in_order() {
         "a gap happened and was filled: {stderr}"
     );
 }
+
+#[test]
+fn send_dash_survives_stdin_quieter_than_the_ping_timeout() {
+    let server = TestServer::spawn_with(|s| s.events.ping_interval_secs = 1);
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut send = cli.spawn(&["event", "send", "message", "-"], true);
+    send.write_line("before the pause");
+    let first = send.line(WAIT);
+    std::thread::sleep(Duration::from_millis(3500));
+    send.write_line("after the pause");
+    let second = send.line(WAIT);
+    let (code, stderr) = send.wait();
+    assert_eq!(code, 0, "{stderr}");
+    let sent = ids(&format!("{first}\n{second}\n"));
+    assert_eq!(sent.len(), 2, "{first:?} {second:?}");
+    let history = cli
+        .run(&["event", "history", "message", "-o", "json"])
+        .success()
+        .json();
+    let texts: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["after the pause", "before the pause"]);
+}
