@@ -370,17 +370,19 @@ impl Printer {
     }
 }
 
-/// Stored messages of one channel after `after` (all, or the newest `limit`), oldest first.
+/// Stored messages of one channel after `after` and before `below` (all, or the newest
+/// `limit`), oldest first.
 /// Pages backwards with `before` so that messages arriving meanwhile cannot shift the pages.
 async fn history_after(
     client: &ApiClient,
     channel: &str,
     after: Option<u64>,
     limit: Option<usize>,
+    below: Option<u64>,
 ) -> Result<Vec<Event>> {
     let per_page = limit.unwrap_or(500).clamp(1, 500);
     let mut found: BTreeMap<u64, Event> = BTreeMap::new();
-    let mut before: Option<u64> = None;
+    let mut before: Option<u64> = below;
     loop {
         let mut query = vec![
             ("channel", channel.to_owned()),
@@ -422,10 +424,56 @@ async fn history_after(
 async fn current_position(client: &ApiClient, channels: &[String]) -> Result<u64> {
     let mut newest = 0;
     for channel in channels {
-        let latest = history_after(client, channel, None, Some(1)).await?;
+        let latest = history_after(client, channel, None, Some(1), None).await?;
         newest = latest.iter().filter_map(Event::seq).fold(newest, u64::max);
     }
     Ok(newest)
+}
+
+/// Stored messages of several channels after `after` (all, or as many as `fetch` returns
+/// of each), by id. Channels are fetched one after another, so a message committed on one after its
+/// fetch may have a smaller id than one fetched later from another; callers then treat the
+/// highest id as "printed up to here" and would never print it. So each channel is fetched
+/// again, after its own newest and up to that highest id: ids commit in increasing order
+/// deployment-wide, so afterwards everything up to the highest id is here.
+/// `fetch(channel, after, below)` reads one channel's history.
+async fn history_merged<'a, F, Fut>(
+    channels: &'a [String],
+    after: Option<u64>,
+    mut fetch: F,
+) -> Result<BTreeMap<u64, Event>>
+where
+    F: FnMut(&'a str, Option<u64>, Option<u64>) -> Fut,
+    Fut: Future<Output = Result<Vec<Event>>>,
+{
+    let mut merged = BTreeMap::new();
+    let mut newest = Vec::with_capacity(channels.len());
+    for channel in channels {
+        let events = fetch(channel, after, None).await?;
+        newest.push(events.iter().filter_map(Event::seq).max());
+        merge_events(&mut merged, events);
+    }
+    let Some(cap) = merged.keys().next_back().copied() else {
+        return Ok(merged);
+    };
+    if channels.len() > 1 {
+        for (channel, own) in channels.iter().zip(newest) {
+            let from = own.or(after);
+            if from.is_some_and(|f| f >= cap) {
+                continue;
+            }
+            merge_events(&mut merged, fetch(channel, from, Some(cap + 1)).await?);
+        }
+    }
+    Ok(merged)
+}
+
+fn merge_events(merged: &mut BTreeMap<u64, Event>, events: Vec<Event>) {
+    for event in events {
+        if let Some(seq) = event.seq() {
+            merged.insert(seq, event);
+        }
+    }
 }
 
 /// Fills a gap the server reported, from history, in id order.
@@ -436,14 +484,10 @@ async fn fill_gap(
     after: &str,
 ) -> Result<()> {
     let from = printer.last.or_else(|| parse_seq(after));
-    let mut missed = BTreeMap::new();
-    for channel in channels {
-        for event in history_after(client, channel, from, None).await? {
-            if let Some(seq) = event.seq() {
-                missed.insert(seq, event);
-            }
-        }
-    }
+    let missed = history_merged(channels, from, |channel, after, below| {
+        history_after(client, channel, after, None, below)
+    })
+    .await?;
     let mut filled = 0;
     for event in missed.values() {
         let before = printer.last;
@@ -520,14 +564,11 @@ async fn tail(args: &TailArgs, ctx: &Context) -> Result<()> {
         })?;
         printer.last = Some(seq);
     } else if let Some(n) = args.last {
-        let mut recent = BTreeMap::new();
-        for channel in &channels {
-            for event in history_after(&client, channel, None, Some(n.max(1))).await? {
-                if let Some(seq) = event.seq() {
-                    recent.insert(seq, event);
-                }
-            }
-        }
+        let limit = Some(n.max(1));
+        let recent = history_merged(&channels, None, |channel, after, below| {
+            history_after(&client, channel, after, limit, below)
+        })
+        .await?;
         let skip = recent.len().saturating_sub(n);
         for event in recent.values().skip(skip) {
             printer.emit(event)?;
@@ -891,6 +932,38 @@ mod tests {
         printer.emit(&event("6", "a", "late")).unwrap();
         assert_eq!(printer.last, Some(9));
         assert_eq!(printer.since(), "9");
+    }
+
+    /// A history where, between the fetches of `message` and `system`, id 3 is committed on
+    /// `message` and id 4 on `system`: 3 is missed by the first round of fetches.
+    #[tokio::test]
+    async fn merged_history_is_complete_up_to_its_newest_id() {
+        use std::cell::RefCell;
+        let store = RefCell::new(vec![event("1", "a", "one")]);
+        let calls = RefCell::new(0);
+        let channels = ["message".to_owned(), "system".to_owned()];
+        let merged = history_merged(&channels, None, |channel, after, below| {
+            let mut n = calls.borrow_mut();
+            *n += 1;
+            if *n == 2 {
+                store.borrow_mut().push(event("3", "a", "late"));
+                let mut sys = event("4", "a", "notice");
+                sys.channel = "system".into();
+                store.borrow_mut().push(sys);
+            }
+            let found: Vec<Event> = store
+                .borrow()
+                .iter()
+                .filter(|e| e.channel == channel)
+                .filter(|e| after.is_none_or(|a| e.seq().unwrap() > a))
+                .filter(|e| below.is_none_or(|b| e.seq().unwrap() < b))
+                .cloned()
+                .collect();
+            async move { Ok(found) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(merged.keys().copied().collect::<Vec<_>>(), [1, 3, 4]);
     }
 
     #[test]
