@@ -84,16 +84,18 @@ impl ApiClient {
     }
 
     /// Adopts a token the server refreshed (the `token` header or a `token` frame) and saves it.
+    /// The file is only changed while it still holds the token this process used: a later
+    /// `login` or `logout` in another shell is not undone by a long-running tail.
     pub fn remember_token(&self, token: &str) {
-        {
+        let previous = {
             let mut current = self.token.lock().expect("token lock");
             if current.as_deref() == Some(token) {
                 return;
             }
-            *current = Some(token.to_owned());
-        }
+            current.replace(token.to_owned())
+        };
         if let Some(store) = &self.store
-            && let Err(e) = store.save_token(&self.server, token)
+            && let Err(e) = store.save_token(&self.server, previous.as_deref(), token)
         {
             eprintln!("warning: could not save the refreshed token: {e}");
         }
@@ -773,6 +775,11 @@ mod tests {
     fn refreshed_tokens_are_saved() {
         let dir = tempfile::tempdir().unwrap();
         let store = ConfigStore::at(dir.path());
+        store
+            .update(|c| {
+                c.hosts.entry(SERVER.into()).or_default().token = Some("old".into());
+            })
+            .unwrap();
         let client = ApiClient::new(SERVER, Some("old".into()), Some(store.clone())).unwrap();
         client.remember_token("new");
         assert_eq!(client.token().as_deref(), Some("new"));

@@ -107,12 +107,21 @@ impl ConfigStore {
         Ok(config)
     }
 
-    /// Replaces the token saved for `server` (a refreshed one), keeping the rest.
-    pub fn save_token(&self, server: &str, token: &str) -> Result<()> {
-        self.update(|c| {
-            c.hosts.entry(server.to_owned()).or_default().token = Some(token.to_owned());
-        })
-        .map(drop)
+    /// Replaces the token saved for `server` with a refreshed one, keeping the rest — but only
+    /// while the saved token is still `previous` (the one this process used): a `login` or
+    /// `logout` meanwhile wins, and the file is left alone. Returns whether it was saved.
+    pub fn save_token(&self, server: &str, previous: Option<&str>, token: &str) -> Result<bool> {
+        let mut config = self.load()?;
+        let saved = config.hosts.get(server).and_then(|h| h.token.as_deref());
+        if saved == Some(token) {
+            return Ok(true);
+        }
+        if saved != previous {
+            return Ok(false);
+        }
+        config.hosts.entry(server.to_owned()).or_default().token = Some(token.to_owned());
+        self.save(&config)?;
+        Ok(true)
     }
 }
 
@@ -297,7 +306,7 @@ mod tests {
                 );
             })
             .unwrap();
-        store.save_token("http://h:1", "t2").unwrap();
+        assert!(store.save_token("http://h:1", Some("t1"), "t2").unwrap());
         let config = store.load().unwrap();
         assert_eq!(config.hosts["http://h:1"].token.as_deref(), Some("t2"));
         assert_eq!(
@@ -319,6 +328,41 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(leftovers.len(), 1, "no temporary files remain");
+    }
+
+    #[test]
+    fn a_refreshed_token_does_not_overwrite_a_later_login_or_logout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::at(dir.path());
+        let set = |token: Option<&str>| {
+            store
+                .update(|c| {
+                    c.hosts.entry("http://h:1".into()).or_default().token = token.map(Into::into);
+                })
+                .unwrap();
+        };
+        let saved = || store.load().unwrap().hosts["http://h:1"].token.clone();
+        set(Some("from-login"));
+        assert!(
+            !store
+                .save_token("http://h:1", Some("old"), "refreshed")
+                .unwrap()
+        );
+        assert_eq!(saved().as_deref(), Some("from-login"));
+        set(None);
+        assert!(
+            !store
+                .save_token("http://h:1", Some("old"), "refreshed")
+                .unwrap()
+        );
+        assert_eq!(saved(), None);
+        set(Some("old"));
+        assert!(
+            store
+                .save_token("http://h:1", Some("old"), "refreshed")
+                .unwrap()
+        );
+        assert_eq!(saved().as_deref(), Some("refreshed"));
     }
 
     #[test]
