@@ -152,24 +152,28 @@ async fn logout(ctx: &Context) -> Result<()> {
     };
     let client = ctx.client()?;
     let revoked: Result<serde_json::Value> = client.post("/logout", &serde_json::json!({})).await;
+    match revoked {
+        // A token the server no longer accepts (401, 403) is as good as revoked; a rate limit
+        // (429, also an auth error) is not.
+        Ok(_) => {}
+        Err(CliError::Auth(message)) if !message.contains("before trying again") => {}
+        Err(e) => {
+            return Err(CliError::Other(format!(
+                "could not revoke the token on the server ({e}); it is still saved here — run \
+                 `core4ctl logout` again"
+            )));
+        }
+    }
     let server = ctx.server.clone();
     ctx.store.update(|c| {
         if let Some(host) = c.hosts.get_mut(&server) {
             host.token = None;
         }
     })?;
-    match revoked {
-        // A token the server no longer accepts is as good as revoked.
-        Ok(_) | Err(CliError::Auth(_)) => {
-            if ctx.json() {
-                print_json(&serde_json::json!({"server": ctx.server, "logged_out": true}))
-            } else {
-                print_line(&format!("Logged out of {}.", ctx.server))
-            }
-        }
-        Err(e) => Err(CliError::Other(format!(
-            "the token was forgotten here, but could not be revoked on the server: {e}"
-        ))),
+    if ctx.json() {
+        print_json(&serde_json::json!({"server": ctx.server, "logged_out": true}))
+    } else {
+        print_line(&format!("Logged out of {}.", ctx.server))
     }
 }
 

@@ -114,6 +114,22 @@ fn logout_revokes_the_token_on_the_server() {
 }
 
 #[test]
+fn logout_keeps_the_token_when_the_server_cannot_revoke_it() {
+    let mut server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let token = cli.config()["hosts"][&server.url]["token"].clone();
+    assert!(token.is_string());
+    server.stop();
+    cli.run(&["logout"])
+        .failure(1, "run `core4ctl logout` again");
+    assert_eq!(cli.config()["hosts"][&server.url]["token"], token);
+    server.start();
+    cli.run(&["logout"]).success();
+    assert!(cli.config()["hosts"][&server.url]["token"].is_null());
+}
+
+#[test]
 fn an_expired_token_says_to_log_in_again() {
     let server = TestServer::spawn_with(|s| {
         s.token_expiration = 2;
