@@ -64,6 +64,8 @@ impl ApiClient {
             .user_agent(concat!("core4ctl/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
+            // A 307/308 would re-send the body (the login password) wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CliError::other("cannot set up the HTTP client", e))?;
         Ok(Self {
@@ -769,6 +771,31 @@ mod tests {
             client.event_url(None).unwrap().as_str(),
             "ws://h:1/core4/api/v1/event"
         );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = server.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let reply = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{target}/login\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        });
+        let client = ApiClient::new(&format!("http://{addr}"), None, None).unwrap();
+        let body = serde_json::json!({"password": "secret"});
+        tokio::select! {
+            result = client.post::<_, Value>("/login", &body) => assert!(result.is_err()),
+            _ = elsewhere.accept() => panic!("the redirect was followed"),
+        }
     }
 
     #[test]
