@@ -84,9 +84,13 @@ impl ConfigStore {
             CliError::Other(format!("cannot write {}: {e}", self.path().display()))
         };
         create_private_dir(&self.dir).map_err(fail)?;
+        // Unique per process and call; a stale file of that name is removed, never followed.
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .dir
-            .join(format!(".{CONFIG_FILE}.{}.tmp", std::process::id()));
+            .join(format!(".{CONFIG_FILE}.{}.{n}.tmp", std::process::id()));
+        let _ = fs::remove_file(&tmp);
         let mut bytes = serde_json::to_vec_pretty(config).expect("config serialises");
         bytes.push(b'\n');
         let written = create_private_file(&tmp)
@@ -127,11 +131,13 @@ impl ConfigStore {
 
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    // It may have existed already, with looser permissions.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 #[cfg(not(unix))]
@@ -144,8 +150,7 @@ fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
 }
@@ -154,8 +159,7 @@ fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
 fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
     fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(path)
 }
 
@@ -363,6 +367,19 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(saved().as_deref(), Some("refreshed"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_config_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("core4ctl");
+        fs::create_dir(&conf).unwrap();
+        fs::set_permissions(&conf, fs::Permissions::from_mode(0o755)).unwrap();
+        ConfigStore::at(&conf).save(&Config::default()).unwrap();
+        let mode = fs::metadata(&conf).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
