@@ -203,12 +203,17 @@ pub fn parse_timestamp(ts: &str) -> Option<OffsetDateTime> {
         .map(PrimitiveDateTime::assume_utc)
 }
 
+/// `t` in UTC; `None` when that falls outside the representable years (e.g. 9999-12-31
+/// 23:59:59-01:00).
+fn in_utc(t: OffsetDateTime) -> Option<OffsetDateTime> {
+    t.checked_to_offset(time::UtcOffset::UTC)
+}
+
 /// `2026-11-27 12:00:00` (UTC), or the raw string (sanitised) if it does not parse.
 pub fn datetime_cell(ts: Option<&str>) -> String {
     let Some(ts) = ts else { return "-".to_owned() };
-    match parse_timestamp(ts) {
+    match parse_timestamp(ts).and_then(in_utc) {
         Some(t) => {
-            let t = t.to_offset(time::UtcOffset::UTC);
             format!(
                 "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
                 t.year(),
@@ -225,9 +230,8 @@ pub fn datetime_cell(ts: Option<&str>) -> String {
 
 /// `12:00:00` (UTC) for event lines.
 pub fn clock_cell(ts: Option<&str>) -> String {
-    match ts.and_then(parse_timestamp) {
+    match ts.and_then(parse_timestamp).and_then(in_utc) {
         Some(t) => {
-            let t = t.to_offset(time::UtcOffset::UTC);
             format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
         }
         None => ts
@@ -322,6 +326,13 @@ mod tests {
         assert_eq!(clock_cell(Some("2026-11-27T12:34:56.5")), "12:34:56");
         assert_eq!(datetime_cell(None), "-");
         assert_eq!(datetime_cell(Some("yesterday\x1b")), "yesterday\\u{1b}");
+    }
+
+    #[test]
+    fn timestamps_beyond_the_representable_years_show_raw() {
+        let ts = "9999-12-31T23:59:59-01:00";
+        assert_eq!(datetime_cell(Some(ts)), ts);
+        assert_eq!(clock_cell(Some(ts)), ts);
     }
 
     #[test]
