@@ -324,7 +324,16 @@ impl ApiClient {
                     .and_then(Value::as_str);
                 let status = StatusCode::from_u16(response.status().as_u16())
                     .unwrap_or(StatusCode::BAD_GATEWAY);
-                map_error(&self.server, status, message, request_id, None)
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok());
+                match map_error(&self.server, status, message, request_id, retry_after) {
+                    CliError::Auth(text) if status == StatusCode::TOO_MANY_REQUESTS => {
+                        CliError::Busy(text)
+                    }
+                    other => other,
+                }
             }
             tungstenite::Error::Io(e) => CliError::Unreachable {
                 server: self.server.clone(),

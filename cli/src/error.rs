@@ -20,6 +20,10 @@ pub enum CliError {
     Unreachable { server: String, detail: String },
     #[error("{0}")]
     Other(String),
+    /// Too many event sockets open for this user (429 on the upgrade): a wait cures it, so
+    /// long-running commands retry; others end like other refusals (exit 3).
+    #[error("{0}")]
+    Busy(String),
     /// stdout was closed by the reader (`core4ctl ... | head`): not an error worth a message.
     #[error("output closed")]
     BrokenPipe,
@@ -31,7 +35,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Usage(_) => ExitCode::Usage,
-            CliError::Auth(_) => ExitCode::Authentication,
+            CliError::Auth(_) | CliError::Busy(_) => ExitCode::Authentication,
             CliError::NotFound(_) => ExitCode::NotFound,
             CliError::Conflict(_) => ExitCode::Conflict,
             CliError::Unreachable { .. } | CliError::Other(_) => ExitCode::GeneralError,

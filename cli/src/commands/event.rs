@@ -531,7 +531,10 @@ impl Backoff {
 
 /// Errors a reconnect can cure (the server restarting, the network); the rest end the command.
 fn retryable(err: &CliError) -> bool {
-    matches!(err, CliError::Unreachable { .. } | CliError::Other(_))
+    matches!(
+        err,
+        CliError::Unreachable { .. } | CliError::Other(_) | CliError::Busy(_)
+    )
 }
 
 enum SessionEnd {
@@ -983,6 +986,9 @@ mod tests {
             server: "s".into(),
             detail: "d".into()
         }));
+        assert!(retryable(&CliError::Busy(
+            "too many open event connections".into()
+        )));
         assert!(!retryable(&CliError::Auth("token expired".into())));
         assert!(!retryable(&CliError::Usage("bad".into())));
     }

@@ -488,3 +488,22 @@ fn send_dash_survives_stdin_quieter_than_the_ping_timeout() {
         .collect();
     assert_eq!(texts, ["after the pause", "before the pause"]);
 }
+
+#[test]
+fn tail_waits_out_the_per_user_socket_limit_instead_of_exiting() {
+    let server = TestServer::spawn_with(|s| s.events.max_connections_per_user = 1);
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    cli.run(&["event", "send", "message", "stored"]).success();
+    let first = cli.spawn(&["event", "tail", "message"], false);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut second = cli.spawn(&["event", "tail", "message", "--since", "0"], false);
+    assert!(second.lines_within(Duration::from_millis(1500)).is_empty());
+    assert!(
+        second.child.try_wait().unwrap().is_none(),
+        "the second tail gave up on the socket limit"
+    );
+    drop(first);
+    let line = second.line(WAIT);
+    assert!(line.ends_with("> stored"), "{line}");
+}
