@@ -677,6 +677,8 @@ async fn follow(
 ) -> Result<SessionEnd> {
     let mut socket = client.connect_events().await?;
     let mut socket_token = client.token();
+    // The channels the server let this socket follow: only those are filled from history.
+    let mut readable: Vec<String> = channels.to_vec();
     socket.interest(channels, Some(&printer.since())).await?;
     if let Some(out) = outbox.as_deref_mut()
         && out.unacked > 0
@@ -725,6 +727,11 @@ async fn follow(
                 Some(Frame::Event(event)) => printer.emit(&event)?,
                 Some(Frame::Interest { granted, denied }) => {
                     backoff.reset();
+                    readable = channels
+                        .iter()
+                        .filter(|c| granted.iter().any(|g| g.eq_ignore_ascii_case(c)))
+                        .cloned()
+                        .collect();
                     let refused: Vec<&(String, String)> = denied
                         .iter()
                         .filter(|(ch, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(ch)))
@@ -740,7 +747,7 @@ async fn follow(
                         eprintln!("core4ctl: not following channel {ch}: {why}");
                     }
                 }
-                Some(Frame::Gap(after)) => fill_gap(client, channels, printer, &after).await?,
+                Some(Frame::Gap(after)) => fill_gap(client, &readable, printer, &after).await?,
                 Some(Frame::Ack(_)) => {
                     if let Some(out) = outbox.as_deref_mut() {
                         out.unacked = out.unacked.saturating_sub(1);
@@ -753,7 +760,7 @@ async fn follow(
                 Some(Frame::Error(message)) if message.starts_with("replay stopped") => {
                     // The server could not finish replaying: the rest comes from history.
                     let after = printer.since();
-                    fill_gap(client, channels, printer, &after).await?;
+                    fill_gap(client, &readable, printer, &after).await?;
                 }
                 Some(Frame::Error(message)) => {
                     // A refused chat line or token is worth a word, not the end of the session.

@@ -507,3 +507,56 @@ fn tail_waits_out_the_per_user_socket_limit_instead_of_exiting() {
     let line = second.line(WAIT);
     assert!(line.ends_with("> stored"), "{line}");
 }
+
+#[test]
+fn a_gap_is_filled_only_from_channels_the_server_granted() {
+    let server = TestServer::spawn_with(|s| {
+        s.events.outbound_queue = 4;
+        s.events.messages_per_second = 100_000;
+        s.events.burst = 100_000;
+    });
+    let admin = Cli::new();
+    admin.login_admin(&server).success();
+    admin
+        .run_with_stdin(
+            &[
+                "roles",
+                "create",
+                "yuri",
+                "--email",
+                "yuri@example.com",
+                "--password-stdin",
+                "--role",
+                "standard_user",
+            ],
+            Some("yuri-pw-123\n"),
+        )
+        .success();
+    let yuri = Cli::new();
+    yuri.login(&server, "yuri", "yuri-pw-123").success();
+    let start = ids(&admin
+        .run(&["event", "send", "message", "start"])
+        .success()
+        .stdout)[0];
+
+    let since = start.to_string();
+    let (mut tail, go) =
+        yuri.spawn_paused(&["event", "tail", "message", "secret", "--since", &since]);
+    let filler = "x".repeat(8000);
+    let count = 600;
+    let lines: String = (1..=count).map(|i| format!("{i:04} {filler}\n")).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    admin
+        .run_with_stdin(&["event", "send", "message", "-"], Some(&lines))
+        .success();
+
+    go.send(()).unwrap();
+    for i in 1..=count {
+        let line = tail.line(WAIT);
+        let number: usize = text(&line)[..4].parse().unwrap();
+        assert_eq!(number, i, "in order, none lost or repeated");
+    }
+    let (code, stderr) = tail.interrupt();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("came from history"), "{stderr}");
+}
