@@ -24,6 +24,9 @@ pub enum CliError {
     /// long-running commands retry; others end like other refusals (exit 3).
     #[error("{0}")]
     Busy(String),
+    /// Writing the output (or reading stdin) failed here, e.g. a full disk: no reconnect helps.
+    #[error("I/O error: {0}")]
+    LocalIo(String),
     /// stdout was closed by the reader (`core4ctl ... | head`): not an error worth a message.
     #[error("output closed")]
     BrokenPipe,
@@ -38,7 +41,9 @@ impl CliError {
             CliError::Auth(_) | CliError::Busy(_) => ExitCode::Authentication,
             CliError::NotFound(_) => ExitCode::NotFound,
             CliError::Conflict(_) => ExitCode::Conflict,
-            CliError::Unreachable { .. } | CliError::Other(_) => ExitCode::GeneralError,
+            CliError::Unreachable { .. } | CliError::Other(_) | CliError::LocalIo(_) => {
+                ExitCode::GeneralError
+            }
             CliError::BrokenPipe => ExitCode::Success,
         }
     }
@@ -53,7 +58,7 @@ impl From<std::io::Error> for CliError {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
             CliError::BrokenPipe
         } else {
-            CliError::Other(format!("I/O error: {err}"))
+            CliError::LocalIo(err.to_string())
         }
     }
 }

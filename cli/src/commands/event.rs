@@ -334,18 +334,22 @@ struct Printer {
 
 impl Printer {
     fn emit(&mut self, event: &Event) -> Result<()> {
-        if let Some(seq) = event.seq() {
-            if self.last.is_some_and(|last| seq <= last) {
-                return Ok(());
-            }
-            self.last = Some(seq);
-        }
-        if let (Some(skip), Some(author)) = (&self.skip_author, &event.author)
-            && skip.eq_ignore_ascii_case(author)
+        let seq = event.seq();
+        if let Some(seq) = seq
+            && self.last.is_some_and(|last| seq <= last)
         {
             return Ok(());
         }
-        print_line(&self.format(event))
+        let skip = matches!((&self.skip_author, &event.author),
+            (Some(skip), Some(author)) if skip.eq_ignore_ascii_case(author));
+        if !skip {
+            print_line(&self.format(event))?;
+        }
+        // Only once printed: a failed print is not counted as shown.
+        if seq.is_some() {
+            self.last = seq;
+        }
+        Ok(())
     }
 
     fn format(&self, event: &Event) -> String {
@@ -998,5 +1002,8 @@ mod tests {
         )));
         assert!(!retryable(&CliError::Auth("token expired".into())));
         assert!(!retryable(&CliError::Usage("bad".into())));
+        let disk_full: CliError = std::io::Error::from(std::io::ErrorKind::StorageFull).into();
+        assert!(!retryable(&disk_full));
+        assert_eq!(disk_full.exit_code().code(), 1);
     }
 }

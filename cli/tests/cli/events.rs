@@ -560,3 +560,37 @@ fn a_gap_is_filled_only_from_channels_the_server_granted() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("came from history"), "{stderr}");
 }
+
+#[test]
+fn tail_exits_1_when_its_output_cannot_be_written() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut tail = cli
+        .command(&["event", "tail", "message"])
+        .stdout(full)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = tail.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = tail.kill();
+            let _ = tail.wait();
+            panic!("the tail kept running with nowhere to write");
+        }
+        cli.run(&["event", "send", "message", "hello"]).success();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(tail.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("I/O error"), "{stderr}");
+    assert!(!stderr.contains("reconnecting"), "{stderr}");
+}
