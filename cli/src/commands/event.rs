@@ -1,7 +1,10 @@
 //! `event send|tail|history` and `chat`: channel messages over the event WebSocket, with
 //! history (`/event/history`) to start from, resume after and fill gaps.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -622,12 +625,20 @@ async fn reconnecting(
     }
 }
 
-/// Outgoing chat lines and the count of those not yet acknowledged.
+/// Outgoing chat lines: those sent and not yet acknowledged, in order, and those to send
+/// again after the reconnect (certainly not stored).
 struct Outbox<'a> {
     channel: &'a str,
     lines: mpsc::Receiver<std::io::Result<String>>,
     eof: bool,
-    unacked: usize,
+    unacked: VecDeque<String>,
+    resend: VecDeque<String>,
+}
+
+impl Outbox<'_> {
+    fn done(&self) -> bool {
+        self.eof && self.unacked.is_empty() && self.resend.is_empty()
+    }
 }
 
 /// Keeps a long-lived socket's token fresh. core4d closes a socket when its token expires, so
@@ -684,14 +695,28 @@ async fn follow(
     // The channels the server let this socket follow: only those are filled from history.
     let mut readable: Vec<String> = channels.to_vec();
     socket.interest(channels, Some(&printer.since())).await?;
-    if let Some(out) = outbox.as_deref_mut()
-        && out.unacked > 0
-    {
-        eprintln!(
-            "core4ctl: {} message(s) sent before the reconnect may not have been stored",
-            out.unacked
-        );
-        out.unacked = 0;
+    if let Some(out) = outbox.as_deref_mut() {
+        if !out.unacked.is_empty() {
+            eprintln!(
+                "core4ctl: {} message(s) sent before the reconnect may not have been stored",
+                out.unacked.len()
+            );
+            out.unacked.clear();
+        }
+        while let Some(line) = out.resend.pop_front() {
+            if let Err(e) = socket
+                .send_message(out.channel, &Value::String(line.clone()))
+                .await
+            {
+                out.resend.push_front(line);
+                return Err(e);
+            }
+            out.unacked.push_back(line);
+        }
+        if out.done() {
+            socket.close().await;
+            return Ok(SessionEnd::Done);
+        }
     }
     loop {
         let reading = outbox.as_deref().is_some_and(|o| !o.eof);
@@ -701,7 +726,7 @@ async fn follow(
                 match line {
                     None => {
                         out.eof = true;
-                        if out.unacked == 0 {
+                        if out.done() {
                             socket.close().await;
                             return Ok(SessionEnd::Done);
                         }
@@ -710,8 +735,13 @@ async fn follow(
                         let line = line?;
                         let line = line.trim_end_matches('\r');
                         if !line.trim().is_empty() {
-                            socket.send_message(out.channel, &Value::String(line.to_owned())).await?;
-                            out.unacked += 1;
+                            let line = line.to_owned();
+                            if let Err(e) = socket.send_message(out.channel, &Value::String(line.clone())).await {
+                                // Not handed over: it goes out after the reconnect.
+                                out.resend.push_back(line);
+                                return Err(e);
+                            }
+                            out.unacked.push_back(line);
                         }
                     }
                 }
@@ -754,8 +784,8 @@ async fn follow(
                 Some(Frame::Gap(after)) => fill_gap(client, &readable, printer, &after).await?,
                 Some(Frame::Ack(_)) => {
                     if let Some(out) = outbox.as_deref_mut() {
-                        out.unacked = out.unacked.saturating_sub(1);
-                        if out.eof && out.unacked == 0 {
+                        out.unacked.pop_front();
+                        if out.done() {
                             socket.close().await;
                             return Ok(SessionEnd::Done);
                         }
@@ -766,13 +796,21 @@ async fn follow(
                     let after = printer.since();
                     fill_gap(client, &readable, printer, &after).await?;
                 }
+                Some(Frame::Error(message)) if message.contains("message not stored") => {
+                    // The server is shutting down: the line goes out again after the reconnect.
+                    if let Some(out) = outbox.as_deref_mut()
+                        && let Some(line) = out.unacked.pop_front()
+                    {
+                        out.resend.push_back(line);
+                    }
+                }
                 Some(Frame::Error(message)) => {
                     // A refused chat line or token is worth a word, not the end of the session.
                     eprintln!("core4ctl: core4d: {message}");
                     if let Some(out) = outbox.as_deref_mut()
                         && !message.starts_with("token rejected")
                     {
-                        out.unacked = out.unacked.saturating_sub(1);
+                        out.unacked.pop_front();
                     }
                 }
                 Some(Frame::Other(_)) => {}
@@ -816,7 +854,8 @@ async fn chat_inner(args: &ChatArgs, ctx: &Context) -> Result<()> {
         channel: &channel,
         lines: stdin_lines(),
         eof: false,
-        unacked: 0,
+        unacked: VecDeque::new(),
+        resend: VecDeque::new(),
     };
     let wanted = [channel.clone()];
     reconnecting(&client, &channels, &wanted, &mut printer, Some(&mut outbox)).await
