@@ -594,3 +594,33 @@ fn tail_exits_1_when_its_output_cannot_be_written() {
     assert!(stderr.contains("I/O error"), "{stderr}");
     assert!(!stderr.contains("reconnecting"), "{stderr}");
 }
+
+#[test]
+fn send_dash_carries_on_past_invalid_utf8() {
+    use std::io::Write;
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut send = cli
+        .command(&["event", "send", "message", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    stdin.write_all(b"bad \xff byte\nnext line\n").unwrap();
+    drop(stdin);
+    let out = send.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids(&stdout).len(), 2, "{stdout}");
+    let history = cli
+        .run(&["event", "history", "message", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(history[0]["data"], "next line");
+    assert_eq!(history[1]["data"], "bad \u{fffd} byte");
+}
