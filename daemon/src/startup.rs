@@ -219,21 +219,28 @@ async fn seed(
     let exists = storage::roles::exists_by_name(pool, &key)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (password, generated) = match (&settings.admin_password, exists) {
-        (_, true) => (random_string(32), false),
-        (Some(p), false) => (p.clone(), false),
-        (None, false) => (random_string(20), true),
+    // An existing admin keeps its password: no hash to compute, only the role to make sure of.
+    let mut generated = None;
+    let hash = if exists {
+        None
+    } else {
+        let password = match &settings.admin_password {
+            Some(p) => p.clone(),
+            None => generated.insert(random_string(20)).clone(),
+        };
+        let password = crate::domain::Password::parse(&password)
+            .map_err(|e| anyhow::anyhow!("admin_password: {e}"))?;
+        Some(
+            hasher
+                .hash(&password)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
     };
-    let password = crate::domain::Password::parse(&password)
-        .map_err(|e| anyhow::anyhow!("admin_password: {e}"))?;
-    let hash = hasher
-        .hash(&password)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let created = storage::roles::seed(
         pool,
         settings.admin_username.trim(),
-        &hash,
+        hash.as_deref(),
         STANDARD_USER_PERMS,
     )
     .await
@@ -241,7 +248,7 @@ async fn seed(
     if created {
         tracing::info!(admin = %settings.admin_username, "created the admin user");
     }
-    Ok((created && generated).then(|| password.expose().to_string()))
+    Ok(generated.filter(|_| created))
 }
 
 fn spawn_housekeeping(pool: PgPool) {
@@ -351,6 +358,8 @@ fn limit_body(req: &mut Request) -> Result<(), crate::error::ApiError> {
             "the request body is {n} bytes; the limit is {MAX_BODY_BYTES}"
         ))),
         Some(_) => Ok(()),
+        // The hot path (GET, the WebSocket upgrade included) reads no body: leave it alone.
+        None if matches!(*req.method(), Method::GET | Method::HEAD) => Ok(()),
         None => {
             use tokio::io::AsyncReadExt;
             let body = req.take_body();

@@ -1,10 +1,7 @@
 //! Test support: one private PostgreSQL cluster per test run, one database and one core4d per
 //! test, and small HTTP/WebSocket helpers. Also hosts the load generator (`src/bin/loadgen.rs`).
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use core4d::{
     embedded_pg::{EmbeddedOptions, EmbeddedPostgres},
@@ -276,5 +273,3 @@ pub fn error_text(body: &Value, status: u16) -> String {
         .unwrap_or_else(|| panic!("no error text: {body}"))
         .to_string()
 }
-
-pub type Shared<T> = Arc<T>;

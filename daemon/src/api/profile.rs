@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::{
     ApiTags, AppState, Strict,
-    roles::{RoleChange, RoleOut, UpdateResult, apply_change},
+    roles::{RoleChange, RoleOut, UpdateResult, apply_change, password_of},
 };
 use crate::{
     auth::{Method, TokenAuth, qual},
@@ -89,18 +89,7 @@ impl ProfileApi {
             .require(&auth, qual::PROFILE, Method::Update)
             .await?;
         let b = body.0.0;
-        let password = match (b.password, b.passwd) {
-            (Some(a), Some(c)) if a != c => {
-                return Err(ApiError::BadRequest(
-                    "fields [password] and [passwd] differ".into(),
-                ));
-            }
-            (a, c) => a.or(c),
-        };
-        let password = password
-            .filter(|p| !p.is_empty())
-            .map(|p| crate::domain::Password::parse(&p).map_err(ApiError::BadRequest))
-            .transpose()?;
+        let password = password_of(b.password, b.passwd)?;
         let change = RoleChange {
             etag: b.etag,
             name: None,

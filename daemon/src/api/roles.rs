@@ -212,7 +212,11 @@ pub enum DeleteResponse {
     Ok(Json<Envelope<bool>>),
 }
 
-fn password_of(password: Option<String>, passwd: Option<String>) -> ApiResult<Option<Password>> {
+/// The new password from `password` or its alias `passwd` (both given must agree).
+pub(super) fn password_of(
+    password: Option<String>,
+    passwd: Option<String>,
+) -> ApiResult<Option<Password>> {
     let pw = match (password, passwd) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::BadRequest(

@@ -441,27 +441,31 @@ pub async fn active_cops(tx: &mut Transaction<'_, Postgres>) -> ApiResult<i64> {
     .await?)
 }
 
-/// Creates the bootstrap admin and the `standard_user` role when missing. Returns true when the
-/// admin was created by this call.
+/// Creates the `standard_user` role when missing, and the bootstrap admin when `admin_hash` is
+/// given and no role of that name exists. Returns true when the admin was created by this call.
 pub async fn seed(
     pool: &PgPool,
     admin_name: &str,
-    admin_hash: &str,
+    admin_hash: Option<&str>,
     standard_perms: &[&str],
 ) -> ApiResult<bool> {
     let mut tx = begin_change(pool).await?;
-    let admin = sqlx::query(
-        "INSERT INTO roles (id, name, name_key, realname, email, password_hash, perm, etag)
+    let mut created = false;
+    if let Some(admin_hash) = admin_hash {
+        let admin = sqlx::query(
+            "INSERT INTO roles (id, name, name_key, realname, email, password_hash, perm, etag)
          VALUES ($1, $2, $3, 'admin user', 'admin@core4d.invalid', $4, ARRAY['cop'], $5)
          ON CONFLICT (name_key) DO NOTHING",
-    )
-    .bind(ObjectId::new().to_string())
-    .bind(admin_name)
-    .bind(admin_name.to_lowercase())
-    .bind(admin_hash)
-    .bind(ObjectId::new().to_string())
-    .execute(&mut *tx)
-    .await?;
+        )
+        .bind(ObjectId::new().to_string())
+        .bind(admin_name)
+        .bind(admin_name.to_lowercase())
+        .bind(admin_hash)
+        .bind(ObjectId::new().to_string())
+        .execute(&mut *tx)
+        .await?;
+        created = admin.rows_affected() == 1;
+    }
     let perms: Vec<String> = standard_perms.iter().map(|s| s.to_string()).collect();
     sqlx::query(
         "INSERT INTO roles (id, name, name_key, realname, perm, etag)
@@ -474,7 +478,7 @@ pub async fn seed(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(admin.rows_affected() == 1)
+    Ok(created)
 }
 
 pub async fn exists_by_name(pool: &PgPool, name_key: &str) -> ApiResult<bool> {

@@ -57,13 +57,6 @@ pub async fn bump_epoch(tx: &mut Transaction<'_, Postgres>) -> ApiResult<()> {
     Ok(())
 }
 
-/// The current auth epoch: when it moves, open sockets re-check their principals.
-pub async fn epoch(pool: &PgPool) -> ApiResult<i64> {
-    Ok(sqlx::query_scalar("SELECT n FROM auth_epoch")
-        .fetch_one(pool)
-        .await?)
-}
-
 /// Drops revocations whose tokens have all expired, with an hour's margin for instances whose
 /// clocks run behind the database's.
 pub async fn purge_expired(pool: &PgPool) -> ApiResult<u64> {
