@@ -60,8 +60,13 @@ pub struct Argon2Settings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoginLimitSettings {
-    /// Failed logins allowed per user name and per client address within the window.
+    /// Failed logins allowed per (user name, client address) within the window.
     pub max_failures: u32,
+    /// Failed logins allowed per client address, over all names, within the window.
+    pub max_failures_per_address: u32,
+    /// Failed logins allowed per user name from addresses it never logged in from, within the
+    /// window. Addresses the user logged in from before are not subject to it.
+    pub max_failures_per_user: u32,
     /// Window length in seconds.
     pub window: u64,
 }
@@ -137,6 +142,8 @@ impl Default for LoginLimitSettings {
     fn default() -> Self {
         Self {
             max_failures: 10,
+            max_failures_per_address: 100,
+            max_failures_per_user: 50,
             window: 60,
         }
     }

@@ -95,6 +95,9 @@ impl Application {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         };
+        storage::roles::backfill_skeletons(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let hasher = Hasher::new(&settings.argon2).await?;
         let generated_admin_password = seed(&pool, &settings, &hasher).await?;
         let metrics = Metrics::default();
@@ -258,6 +261,9 @@ fn spawn_housekeeping(pool: PgPool) {
             tick.tick().await;
             if let Err(e) = storage::tokens::purge_expired(&pool).await {
                 tracing::warn!(error = %e, "purging expired revocations failed");
+            }
+            if let Err(e) = storage::roles::purge_login_sources(&pool).await {
+                tracing::warn!(error = %e, "purging old login addresses failed");
             }
         }
     });

@@ -668,17 +668,18 @@ async fn ten_failed_logins_get_429_with_retry_after() {
         .expect("Retry-After seconds");
     assert!((1..=60).contains(&retry), "{retry}");
 
-    // The right password does not get through while limited, nor another name from this address.
-    for (user, pw) in [("admin", ADMIN_PASSWORD), ("someone", "whatever pw")] {
-        let (status, headers, body) = send(
-            app.client
-                .get(app.url("/login"))
-                .query(&[("username", user), ("password", pw)]),
-        )
-        .await;
-        assert_eq!(status, 429, "{user}: {body}");
-        assert!(headers.get("retry-after").is_some());
-    }
+    // The right password does not get through from this address while limited; another name
+    // from here has a budget of its own (the address's budget is larger).
+    let login = |user: &str, pw: &str| {
+        app.client
+            .get(app.url("/login"))
+            .query(&[("username", user), ("password", pw)])
+    };
+    let (status, headers, body) = send(login("admin", ADMIN_PASSWORD)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(headers.get("retry-after").is_some());
+    let (status, _, body) = send(login("someone", "whatever pw")).await;
+    assert_eq!(status, 401, "{body}");
 }
 
 #[tokio::test]

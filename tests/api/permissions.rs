@@ -597,6 +597,18 @@ async fn a_non_cop_cannot_take_over_a_user_with_more_rights() {
         )
         .await;
     assert_eq!(status, 403);
+    assert!(
+        core4_tests::error_text(&body, 403).contains("another account's password"),
+        "{body}"
+    );
+    let (status, body) = app
+        .put(
+            &format!("/roles/{boss_id}"),
+            &editor,
+            serde_json::json!({"etag": boss_etag, "realname": "Boss"}),
+        )
+        .await;
+    assert_eq!(status, 403);
     assert!(core4_tests::error_text(&body, 403).contains("rights the caller lacks"));
     let (status, body) = app
         .put(

@@ -35,12 +35,17 @@ pub struct Profile {
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
     /// Required: the current etag.
+    #[oai(validator(max_length = 64))]
     pub etag: Option<String>,
+    #[oai(validator(max_length = 256))]
     pub realname: Option<String>,
+    #[oai(validator(max_length = 254))]
     pub email: Option<String>,
     /// A new password (ends all the user's tokens, this one included).
+    #[oai(validator(max_length = 1024))]
     pub password: Option<String>,
     /// Alias of `password`.
+    #[oai(validator(max_length = 1024))]
     pub passwd: Option<String>,
 }
 

@@ -86,18 +86,29 @@ pub struct RoleDetail {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct RoleCreate {
-    /// Required; no whitespace; unique case-insensitively.
+    /// Required; at most 64 characters after NFKC normalisation; no whitespace, invisible or
+    /// default-ignorable characters; letters of one script; not 24 hex digits (that is an id).
+    /// Unique case-insensitively and by look-alike (Unicode TR39 skeleton): `аdmin` with a
+    /// Cyrillic a, `ａdmin` or `adrnin` beside `admin` is a 409.
+    #[oai(validator(max_length = 64))]
     pub name: Option<String>,
+    #[oai(validator(max_length = 256))]
     pub realname: Option<String>,
     /// A user's email (unique). A password requires an email.
+    #[oai(validator(max_length = 254))]
     pub email: Option<String>,
     /// The password (at least 8 characters). `passwd` is accepted too (today's core4 name).
+    #[oai(validator(max_length = 1024))]
     pub password: Option<String>,
     /// Alias of `password`.
+    #[oai(validator(max_length = 1024))]
     pub passwd: Option<String>,
-    /// Names of roles to hold (`standard_user` lets a user log in, see its profile and chat).
+    /// Roles to hold (`standard_user` lets a user log in, see its profile and chat). A reference
+    /// of 24 hex digits is a role id, anything else a role name.
+    #[oai(validator(max_items = 256))]
     pub role: Option<Vec<String>>,
     /// Permissions: `cop`, `api://…`, `job://…`, `app://…`, `mongodb://…`, `event://<channel>/<r|w|rw>`.
+    #[oai(validator(max_items = 256))]
     pub perm: Option<Vec<String>>,
     /// Default true.
     pub is_active: Option<bool>,
@@ -109,13 +120,21 @@ pub struct RoleCreate {
 #[serde(deny_unknown_fields)]
 pub struct RoleUpdate {
     /// Required: the etag the change is based on.
+    #[oai(validator(max_length = 64))]
     pub etag: Option<String>,
+    #[oai(validator(max_length = 64))]
     pub name: Option<String>,
+    #[oai(validator(max_length = 256))]
     pub realname: Option<String>,
+    #[oai(validator(max_length = 254))]
     pub email: Option<String>,
+    #[oai(validator(max_length = 1024))]
     pub password: Option<String>,
+    #[oai(validator(max_length = 1024))]
     pub passwd: Option<String>,
+    #[oai(validator(max_items = 256))]
     pub role: Option<Vec<String>>,
+    #[oai(validator(max_items = 256))]
     pub perm: Option<Vec<String>>,
     pub is_active: Option<bool>,
     /// Accepted and ignored (core4 clients send detail replies back).
@@ -255,8 +274,45 @@ fn parse_email(email: Option<String>) -> ApiResult<Option<String>> {
         .transpose()
 }
 
-fn realname_of(r: Option<String>) -> Option<String> {
-    r.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+/// Longest `realname`, in characters.
+pub const MAX_REALNAME_CHARS: usize = 256;
+/// Most entries in a `role` or `perm` list.
+pub const MAX_LIST_ITEMS: usize = 256;
+/// Longest `etag`, in characters (every etag core4d hands out has 24).
+pub const MAX_ETAG_CHARS: usize = 64;
+
+fn realname_of(r: Option<String>) -> ApiResult<Option<String>> {
+    let r = r.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    if r.as_ref()
+        .is_some_and(|s| s.chars().count() > MAX_REALNAME_CHARS)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "field [realname] must be at most {MAX_REALNAME_CHARS} characters"
+        )));
+    }
+    Ok(r)
+}
+
+fn check_list(field: &str, list: Option<&Vec<String>>) -> ApiResult<()> {
+    if list.is_some_and(|l| l.len() > MAX_LIST_ITEMS) {
+        return Err(ApiError::BadRequest(format!(
+            "field [{field}] must have at most {MAX_LIST_ITEMS} entries"
+        )));
+    }
+    Ok(())
+}
+
+/// A non-empty etag of sane length, or 400.
+fn etag_of(etag: Option<String>) -> ApiResult<String> {
+    let etag = etag
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("Missing argument etag".into()))?;
+    if etag.chars().count() > MAX_ETAG_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "field [etag] must be at most {MAX_ETAG_CHARS} characters"
+        )));
+    }
+    Ok(etag)
 }
 
 fn parse_id(id: &str) -> ApiResult<String> {
@@ -298,11 +354,10 @@ impl RolesApi {
             .require(&auth, qual::ROLES, Method::Delete)
             .await?;
         let id = parse_id(&id)?;
-        let etag = etag
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| ApiError::BadRequest("Missing argument etag".into()))?;
+        let etag = etag_of(etag)?;
         let mut tx = storage::roles::begin_change(&self.state.pool).await?;
-        storage::roles::load_for_change(&mut tx, &id).await?;
+        let old = storage::roles::load_for_change(&mut tx, &id).await?;
+        check_delegated(&me, &old, "delete")?;
         check_not_above(&mut tx, &me, &id, "delete").await?;
         storage::roles::delete(&mut tx, &id, &etag).await?;
         if storage::roles::active_cops(&mut tx).await? == 0 {
@@ -430,6 +485,9 @@ impl RolesApi {
                 "user role requires email on creation".into(),
             ));
         }
+        check_list("perm", b.perm.as_ref())?;
+        check_list("role", b.role.as_ref())?;
+        let realname = realname_of(b.realname)?;
         let perm = parse_perms(b.perm.unwrap_or_default())?;
         let roles = b.role.unwrap_or_default();
         if !perm.is_empty() || !roles.is_empty() || b.is_active == Some(false) {
@@ -443,7 +501,7 @@ impl RolesApi {
         let parents = storage::roles::resolve(&mut tx, &roles).await?;
         let new = NewRole {
             name: name.as_str().to_string(),
-            realname: realname_of(b.realname),
+            realname,
             email,
             password_hash,
             is_active: b.is_active.unwrap_or(true),
@@ -576,6 +634,27 @@ pub struct RoleChange {
     pub is_active: Option<bool>,
 }
 
+/// What a non-cop holding role rights may never touch: the seeded admin and `standard_user`
+/// (shared by everyone), and roles (they carry rights; giving one a password would make it an
+/// account anyone could take over). Users are its business.
+fn check_delegated(me: &Principal, target: &RoleRow, verb: &str) -> ApiResult<()> {
+    if me.perms.is_admin() {
+        return Ok(());
+    }
+    if target.seeded {
+        return Err(ApiError::Forbidden(format!(
+            "only a cop may {verb} the seeded role [{}]",
+            target.name
+        )));
+    }
+    if target.email.is_none() {
+        return Err(ApiError::Forbidden(format!(
+            "only a cop may {verb} a role; without cop, only users"
+        )));
+    }
+    Ok(())
+}
+
 /// A non-cop may only change or delete what holds no right it lacks itself: otherwise setting
 /// another user's password would take over that user's rights (a `cop`'s included). Checked
 /// inside the change's transaction, over every parent role, inactive ones too (they can be
@@ -608,10 +687,10 @@ pub async fn apply_change(
     id: &str,
     c: RoleChange,
 ) -> ApiResult<UpdateResult> {
-    let etag = c
-        .etag
-        .filter(|e| !e.is_empty())
-        .ok_or_else(|| ApiError::BadRequest("Missing argument etag".into()))?;
+    let etag = etag_of(c.etag)?;
+    check_list("perm", c.perm.as_ref())?;
+    check_list("role", c.role.as_ref())?;
+    let realname = c.realname.map(|r| realname_of(Some(r))).transpose()?;
     let name = c
         .name
         .as_deref()
@@ -630,6 +709,19 @@ pub async fn apply_change(
     let mut tx = storage::roles::begin_change(&state.pool).await?;
     let old = storage::roles::load_for_change(&mut tx, id).await?;
     if let Some(me) = actor {
+        check_delegated(me, &old, "change")?;
+        if !me.perms.is_admin() && old.id != me.id {
+            if c.password.is_some() {
+                return Err(ApiError::Forbidden(
+                    "only a cop may set another account's password".into(),
+                ));
+            }
+            if email.as_ref().is_some_and(|e| *e != old.email) {
+                return Err(ApiError::Forbidden(
+                    "only a cop may change another account's email".into(),
+                ));
+            }
+        }
         check_not_above(&mut tx, me, id, "change").await?;
     }
     let parents = match &c.role {
@@ -649,8 +741,8 @@ pub async fn apply_change(
             .as_ref()
             .map(|n| n.as_str().to_string())
             .unwrap_or(old.name.clone()),
-        realname: match c.realname {
-            Some(r) => realname_of(Some(r)),
+        realname: match realname {
+            Some(r) => r,
             None => old.realname.clone(),
         },
         email: new_email,

@@ -28,6 +28,8 @@ pub struct PrincipalCache {
     map: Mutex<HashMap<String, (PrincipalRow, Instant)>>,
     generation: AtomicU64,
     enabled: AtomicBool,
+    /// Woken at every invalidation, so open sockets are re-checked at once, not at the next poll.
+    changed: tokio::sync::Notify,
 }
 
 impl PrincipalCache {
@@ -65,6 +67,12 @@ impl PrincipalCache {
             self.generation.fetch_add(1, Ordering::AcqRel);
             map.clear();
         }
+        self.changed.notify_one();
+    }
+
+    /// Resolves after the next invalidation (or at once if one happened since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     fn set_enabled(&self, on: bool) {

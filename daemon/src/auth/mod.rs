@@ -69,10 +69,7 @@ impl Auth {
                 pool,
                 keys: TokenKeys::new(secret, settings.token_expiration),
                 hasher,
-                limiter: LoginLimiter::new(
-                    settings.login_limit.max_failures,
-                    settings.login_limit.window,
-                ),
+                limiter: LoginLimiter::new(&settings.login_limit),
                 regex: RegexCache::default(),
                 refresh_secs: settings.token_refresh as i64,
                 cache: cache::PrincipalCache::default(),
@@ -88,8 +85,8 @@ impl Auth {
         &self.inner.keys
     }
 
-    /// Password login: rate-limited per name and per client address, constant-time whether or
-    /// not the user exists. Returns a fresh token.
+    /// Password login: rate-limited (see [`LoginLimiter`]), constant-time whether or not the
+    /// user exists. Returns a fresh token.
     pub async fn login(
         &self,
         username: &str,
@@ -97,26 +94,27 @@ impl Auth {
         client: &str,
     ) -> ApiResult<(String, Claims)> {
         // No name can be that long; refusing early keeps attacker-sized keys out of the limiter.
-        if username.chars().count() > 64 || password.len() > 1024 {
+        if username.chars().count() > crate::domain::MAX_NAME_CHARS || password.len() > 1024 {
             return Err(ApiError::Unauthorized(
                 "invalid username or password".into(),
             ));
         }
-        let limit_keys = [
-            format!("user:{}", RoleName::key_of(username)),
-            format!("addr:{client}"),
-        ];
-        self.inner.limiter.check(&limit_keys)?;
-        let user = storage::roles::login_row(&self.inner.pool, &RoleName::key_of(username)).await?;
+        let key = RoleName::key_of(username);
+        let limiter = &self.inner.limiter;
+        // Only when strangers used up the name's budget does it matter where this client is.
+        let known_source = limiter.user_exhausted(&key)
+            && storage::roles::is_known_source(&self.inner.pool, &key, client).await?;
+        let attempt = limiter.begin(&key, client, known_source)?;
+        let user = storage::roles::login_row(&self.inner.pool, &key).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
         let verified = self.inner.hasher.verify(password, hash).await?;
         match user {
             Some(u) if verified && u.is_active && u.email.is_some() => {
-                storage::roles::touch_last_login(&self.inner.pool, &u.id).await?;
+                limiter.succeeded(attempt);
+                storage::roles::record_login(&self.inner.pool, &u.id, client).await?;
                 self.inner.keys.issue(&u.id, &u.name, u.token_version, None)
             }
             _ => {
-                self.inner.limiter.record_failure(&limit_keys);
                 tracing::info!(client, "failed login");
                 Err(ApiError::Unauthorized(
                     "invalid username or password".into(),
@@ -228,6 +226,12 @@ impl Auth {
     /// instances learn of it through the NOTIFY that the change committed).
     pub fn invalidate(&self) {
         self.inner.cache.invalidate();
+    }
+
+    /// Resolves after the next change of rights or tokens made here or (through its NOTIFY) on
+    /// another instance; one waiter at a time (the socket re-check loop).
+    pub async fn changed(&self) {
+        self.inner.cache.changed().await
     }
 
     /// Keeps the principal cache coherent with changes made anywhere; runs until the pool closes.

@@ -12,4 +12,4 @@ pub use email::Email;
 pub use object_id::ObjectId;
 pub use password::Password;
 pub use permission::{Access, Permission, PermissionSet, RegexCache};
-pub use role_name::RoleName;
+pub use role_name::{MAX_NAME_CHARS, RoleName, looks_like_id};

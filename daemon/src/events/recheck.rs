@@ -1,4 +1,4 @@
-//! One task per instance keeps open sockets honest: it closes sockets whose token expired, and
+//! One task per instance keeps open sockets honest, woken by every auth change it hears of: it closes sockets whose token expired, and
 //! when the auth epoch moved (logout, role or permission change, deactivation, deletion, password
 //! change) it re-verifies each distinct token of the open sockets once: revoked tokens close
 //! their sockets with 1008, the others get their interests re-filtered. A logout does not move
@@ -37,7 +37,12 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
     let mut revoked_cursor = OffsetDateTime::now_utc() - REVOCATION_OVERLAP;
     let mut rounds: u64 = 0;
     loop {
-        tick.tick().await;
+        // A change of rights or a logout anywhere wakes the round at once: the poll interval is
+        // only the safety net for a notification that never came.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.auth.changed() => {}
+        }
         rounds += 1;
         if inner.stopping.load(Ordering::SeqCst) {
             return;

@@ -4,7 +4,7 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Transaction};
 use time::OffsetDateTime;
 
 use crate::{
-    domain::ObjectId,
+    domain::{ObjectId, RoleName, looks_like_id},
     error::{ApiError, ApiResult},
 };
 
@@ -25,9 +25,36 @@ pub async fn login_row(pool: &PgPool, name_key: &str) -> ApiResult<Option<LoginR
         .await?)
 }
 
-pub async fn touch_last_login(pool: &PgPool, id: &str) -> ApiResult<()> {
-    sqlx::query("UPDATE roles SET last_login = now() WHERE id = $1")
-        .bind(id)
+/// Stamps a successful login and remembers the address it came from (see [`is_known_source`]).
+pub async fn record_login(pool: &PgPool, id: &str, addr: &str) -> ApiResult<()> {
+    sqlx::query(
+        "WITH stamp AS (UPDATE roles SET last_login = now() WHERE id = $1)
+         INSERT INTO login_sources (role_id, addr) VALUES ($1, $2)
+         ON CONFLICT (role_id, addr) DO UPDATE SET last_seen = now()",
+    )
+    .bind(id)
+    .bind(addr)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether the user named `name_key` logged in successfully from `addr` within the last 90 days.
+pub async fn is_known_source(pool: &PgPool, name_key: &str, addr: &str) -> ApiResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM login_sources s JOIN roles r ON r.id = s.role_id
+                        WHERE r.name_key = $1 AND s.addr = $2
+                          AND s.last_seen > now() - interval '90 days')",
+    )
+    .bind(name_key)
+    .bind(addr)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Forgets login addresses not used for 90 days.
+pub async fn purge_login_sources(pool: &PgPool) -> ApiResult<()> {
+    sqlx::query("DELETE FROM login_sources WHERE last_seen < now() - interval '90 days'")
         .execute(pool)
         .await?;
     Ok(())
@@ -87,6 +114,8 @@ pub struct RoleRow {
     pub email: Option<String>,
     pub has_password: bool,
     pub is_active: bool,
+    /// Seeded by core4d (the bootstrap admin, `standard_user`): only a cop may change it.
+    pub seeded: bool,
     pub perm: Vec<String>,
     pub created: OffsetDateTime,
     pub updated: Option<OffsetDateTime>,
@@ -98,7 +127,7 @@ pub struct RoleRow {
 
 const SELECT_ROLE: &str =
     "SELECT r.id, r.name, r.realname, r.email, r.password_hash IS NOT NULL AS has_password,
-        r.is_active, r.perm, r.created, r.updated, r.last_login, r.etag,
+        r.is_active, r.seeded, r.perm, r.created, r.updated, r.last_login, r.etag,
         ARRAY(SELECT p.name FROM role_parents rp JOIN roles p ON p.id = rp.parent_id
               WHERE rp.role_id = r.id AND rp.parent_id <> r.id ORDER BY p.name) AS role
     FROM roles r";
@@ -200,7 +229,7 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &ListFilter) {
     qb.push(" WHERE true");
     if let Some(name) = &f.name {
         qb.push(" AND r.name_key = ")
-            .push_bind(name.trim().to_lowercase());
+            .push_bind(RoleName::key_of(name));
     }
     if let Some(email) = &f.email {
         qb.push(" AND r.email = ")
@@ -272,18 +301,27 @@ pub async fn begin_change(pool: &PgPool) -> ApiResult<Transaction<'static, Postg
     Ok(tx)
 }
 
-/// Resolves role names (or ids) to ids; an unknown one is a 404 naming it.
+/// Resolves role references to ids by one rule: 24 hex digits are an id, anything else is a name
+/// (names of that shape are refused, so the two cannot be confused). An unknown one is a 404
+/// naming it.
 pub async fn resolve(
     tx: &mut Transaction<'_, Postgres>,
     names: &[String],
 ) -> ApiResult<Vec<String>> {
     let mut ids = Vec::with_capacity(names.len());
     for name in names {
-        let id: Option<String> = sqlx::query_scalar("SELECT id FROM roles WHERE name_key = $1 OR id = $2 ORDER BY name_key = $1 DESC LIMIT 1")
-            .bind(name.trim().to_lowercase())
-            .bind(name.trim())
-            .fetch_optional(&mut **tx)
-            .await?;
+        let reference = name.trim();
+        let id: Option<String> = if looks_like_id(reference) {
+            sqlx::query_scalar("SELECT id FROM roles WHERE id = $1")
+                .bind(reference.to_lowercase())
+                .fetch_optional(&mut **tx)
+                .await?
+        } else {
+            sqlx::query_scalar("SELECT id FROM roles WHERE name_key = $1")
+                .bind(RoleName::key_of(reference))
+                .fetch_optional(&mut **tx)
+                .await?
+        };
         let id = id.ok_or_else(|| ApiError::NotFound(format!("role [{name}] not found")))?;
         if !ids.contains(&id) {
             ids.push(id);
@@ -313,18 +351,19 @@ fn map_unique(e: sqlx::Error) -> ApiError {
 pub async fn insert(tx: &mut Transaction<'_, Postgres>, new: NewRole) -> ApiResult<String> {
     let id = ObjectId::new().to_string();
     sqlx::query(
-        "INSERT INTO roles (id, name, name_key, realname, email, password_hash, is_active, perm, etag)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO roles (id, name, name_key, name_skeleton, realname, email, password_hash, is_active, perm, etag)
+         VALUES ($1, $2, $3, $10, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&id)
     .bind(&new.name)
-    .bind(new.name.to_lowercase())
+    .bind(RoleName::key_of(&new.name))
     .bind(&new.realname)
     .bind(&new.email)
     .bind(&new.password_hash)
     .bind(new.is_active)
     .bind(&new.perm)
     .bind(ObjectId::new().to_string())
+    .bind(RoleName::skeleton_of(&new.name))
     .execute(&mut **tx)
     .await
     .map_err(map_unique)?;
@@ -378,7 +417,7 @@ pub async fn update(
 ) -> ApiResult<String> {
     let new_etag = ObjectId::new().to_string();
     let done = sqlx::query(
-        "UPDATE roles SET name = $3, name_key = $4, realname = $5, email = $6,
+        "UPDATE roles SET name = $3, name_key = $4, name_skeleton = $13, realname = $5, email = $6,
              password_hash = CASE WHEN $7 THEN $8 ELSE password_hash END,
              is_active = $9, perm = $10, etag = $11, updated = now(),
              token_version = token_version + CASE WHEN $12 THEN 1 ELSE 0 END
@@ -387,7 +426,7 @@ pub async fn update(
     .bind(id)
     .bind(etag)
     .bind(&c.name)
-    .bind(c.name.to_lowercase())
+    .bind(RoleName::key_of(&c.name))
     .bind(&c.realname)
     .bind(&c.email)
     .bind(c.password_hash.is_some())
@@ -396,6 +435,7 @@ pub async fn update(
     .bind(&c.perm)
     .bind(&new_etag)
     .bind(c.end_tokens)
+    .bind(RoleName::skeleton_of(&c.name))
     .execute(&mut **tx)
     .await
     .map_err(map_unique)?;
@@ -453,28 +493,30 @@ pub async fn seed(
     let mut created = false;
     if let Some(admin_hash) = admin_hash {
         let admin = sqlx::query(
-            "INSERT INTO roles (id, name, name_key, realname, email, password_hash, perm, etag)
-         VALUES ($1, $2, $3, 'admin user', 'admin@core4d.invalid', $4, ARRAY['cop'], $5)
-         ON CONFLICT (name_key) DO NOTHING",
+            "INSERT INTO roles (id, name, name_key, name_skeleton, realname, email, password_hash, perm, etag, seeded)
+         VALUES ($1, $2, $3, $6, 'admin user', 'admin@core4d.invalid', $4, ARRAY['cop'], $5, true)
+         ON CONFLICT DO NOTHING",
         )
         .bind(ObjectId::new().to_string())
         .bind(admin_name)
-        .bind(admin_name.to_lowercase())
+        .bind(RoleName::key_of(admin_name))
         .bind(admin_hash)
         .bind(ObjectId::new().to_string())
+        .bind(RoleName::skeleton_of(admin_name))
         .execute(&mut *tx)
         .await?;
         created = admin.rows_affected() == 1;
     }
     let perms: Vec<String> = standard_perms.iter().map(|s| s.to_string()).collect();
     sqlx::query(
-        "INSERT INTO roles (id, name, name_key, realname, perm, etag)
-         VALUES ($1, 'standard_user', 'standard_user', 'standard user group', $2, $3)
+        "INSERT INTO roles (id, name, name_key, name_skeleton, realname, perm, etag, seeded)
+         VALUES ($1, 'standard_user', 'standard_user', $4, 'standard user group', $2, $3, true)
          ON CONFLICT (name_key) DO NOTHING",
     )
     .bind(ObjectId::new().to_string())
     .bind(&perms)
     .bind(ObjectId::new().to_string())
+    .bind(RoleName::skeleton_of("standard_user"))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -515,4 +557,28 @@ pub async fn parent_ids(tx: &mut Transaction<'_, Postgres>, id: &str) -> ApiResu
             .fetch_all(&mut **tx)
             .await?,
     )
+}
+
+/// Fills in the confusable skeleton of rows stored before it existed. A row whose skeleton
+/// another row already has keeps none (and is logged): renaming it sets one.
+pub async fn backfill_skeletons(pool: &PgPool) -> ApiResult<()> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, name FROM roles WHERE name_skeleton IS NULL")
+            .fetch_all(pool)
+            .await?;
+    for (id, name) in rows {
+        let done = sqlx::query("UPDATE roles SET name_skeleton = $2 WHERE id = $1")
+            .bind(&id)
+            .bind(RoleName::skeleton_of(&name))
+            .execute(pool)
+            .await;
+        if let Err(e) = done {
+            if super::is_unique_violation(&e) {
+                tracing::warn!(id, name, "this name looks like another one; rename it");
+            } else {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
 }
