@@ -131,7 +131,11 @@ impl IntoResponse for ApiError {
 const DOCUMENTED: &[(u16, &str)] = &[
     (400, "Invalid input; `error` names the field or argument."),
     (401, "Missing, invalid, expired or revoked credentials."),
-    (403, "Authenticated, but the caller lacks the permission."),
+    (
+        403,
+        "Authenticated, but the caller lacks the permission; or a state-changing request \
+         authenticated by the `token` cookie alone came from a page of an untrusted origin.",
+    ),
     (404, "No such item."),
     (
         409,

@@ -1,11 +1,12 @@
 //! Counters for `/metrics` in the Prometheus text format. Cheap atomics on the hot paths; the
-//! per-route HTTP table is a small mutex-guarded map with normalised paths.
+//! per-route HTTP table is a small mutex-guarded map whose labels come from fixed lists only
+//! (route templates, methods, statuses), so nothing a client sends becomes a label value.
 
 use std::{
     collections::BTreeMap,
     fmt::Write,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
     },
 };
@@ -81,6 +82,9 @@ impl Default for Histogram<13> {
     }
 }
 
+/// The labels of one HTTP request counter: method, route template, status.
+type HttpSeries = (&'static str, Arc<str>, &'static str);
+
 #[derive(Default)]
 pub struct Inner {
     pub connections_open: AtomicI64,
@@ -104,7 +108,9 @@ pub struct Inner {
     pub listener_reconnects: AtomicU64,
     pub batch_sizes: Histogram<11>,
     pub commit_latency: Histogram<13>,
-    http: Mutex<BTreeMap<(String, String, u16), u64>>,
+    http: Mutex<BTreeMap<HttpSeries, u64>>,
+    /// The route templates requests are counted under, by shape (see [`shape_of`]).
+    routes: OnceLock<BTreeMap<String, Arc<str>>>,
 }
 
 impl std::ops::Deref for Metrics {
@@ -122,14 +128,26 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Replaces ids in a path so the route table stays small: `/roles/<24 hex>` -> `/roles/{id}`.
-pub fn route_of(path: &str) -> String {
+/// The route label of requests that matched no registered route template.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Statuses core4d answers with; any other is counted as `other`.
+const STATUSES: &[&str] = &[
+    "101", "200", "201", "204", "301", "302", "304", "400", "401", "403", "404", "405", "406",
+    "408", "409", "411", "413", "414", "415", "429", "431", "500", "503",
+];
+
+/// A route with its parameters unnamed and no trailing `/`, so that a router pattern
+/// (`/roles/:param0`, as poem-openapi registers it) meets its OpenAPI template (`/roles/{id}`).
+fn shape_of(route: &str) -> String {
+    let path = route
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(route);
     path.split('/')
         .map(|seg| {
-            if seg.len() == 24 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
-                "{id}"
-            } else if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-                "{n}"
+            if seg.starts_with(':') || (seg.starts_with('{') && seg.ends_with('}')) {
+                "{}"
             } else {
                 seg
             }
@@ -139,20 +157,43 @@ pub fn route_of(path: &str) -> String {
 }
 
 impl Metrics {
-    pub fn record_http(&self, method: &str, path: &str, status: u16) {
-        // Clients choose methods and paths: only known methods and routed paths get a series.
+    /// Sets the route templates (`/core4/api/v1/roles/{id}`) requests may be counted under;
+    /// called once when the HTTP surface is built.
+    pub fn register_routes(&self, templates: impl IntoIterator<Item = String>) {
+        let _ = self.0.routes.set(
+            templates
+                .into_iter()
+                .map(|t| (shape_of(&t), Arc::from(t)))
+                .collect(),
+        );
+    }
+
+    /// Counts a request under the route template the router matched (`pattern`, in poem's
+    /// syntax), which must be a registered one; anything else counts as [`UNMATCHED_ROUTE`].
+    pub fn record_http(&self, method: &str, pattern: Option<&str>, status: u16) {
         let method = match method {
-            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "PATCH" => "PATCH",
+            "DELETE" => "DELETE",
+            "OPTIONS" => "OPTIONS",
             _ => "OTHER",
         };
-        let route = route_of(path);
+        let status = status.to_string();
+        let status = STATUSES
+            .iter()
+            .find(|s| **s == status)
+            .copied()
+            .unwrap_or("other");
+        let routes = self.0.routes.get();
+        let route = pattern
+            .map(shape_of)
+            .and_then(|shape| routes.and_then(|r| r.get(&shape)).cloned())
+            .unwrap_or_else(|| Arc::from(UNMATCHED_ROUTE));
         if let Ok(mut map) = self.0.http.lock() {
-            let route = if status == 404 || status == 405 || map.len() > 500 {
-                "other".to_string()
-            } else {
-                route
-            };
-            *map.entry((method.to_string(), route, status)).or_default() += 1;
+            *map.entry((method, route, status)).or_default() += 1;
         }
     }
 
@@ -293,22 +334,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_hide_ids_and_render_as_prometheus_text() {
-        assert_eq!(
-            route_of("/core4/api/v1/roles/5be414ccde8b69542b70f4d7"),
-            "/core4/api/v1/roles/{id}"
-        );
+    fn labels_come_from_registered_templates_and_render_as_prometheus_text() {
         let m = Metrics::default();
-        m.record_http("GET", "/core4/api/v1/roles/5be414ccde8b69542b70f4d7", 200);
-        m.record_http("GET", "/core4/api/v1/roles/5be414ccde8b69542b70f4d8", 200);
+        m.register_routes([
+            "/core4/api/v1/roles/{id}".to_string(),
+            "/core4/api/v1/docs".to_string(),
+        ]);
+        m.record_http("GET", Some("/core4/api/v1/roles/:param0"), 200);
+        m.record_http("GET", Some("/core4/api/v1/roles/:param0"), 200);
+        m.record_http("GET", Some("/core4/api/v1/docs/"), 200);
         let text = m.render();
         assert!(text.contains("core4d_http_requests_total{method=\"GET\",route=\"/core4/api/v1/roles/{id}\",status=\"200\"} 2"), "{text}");
-        m.record_http("FOO1", "/core4/api/v1/roles", 401);
-        m.record_http("GET", "/core4/api/v1/roles/a\"b\\c", 401);
+        assert!(text.contains("route=\"/core4/api/v1/docs\""), "{text}");
+        m.record_http("FOO1", Some("/core4/api/v1/roles/:id"), 401);
+        m.record_http("GET", Some("/core4/api/v1/a\"b"), 401);
+        m.record_http("GET", None, 404);
+        m.record_http("GET", Some("/core4/api/v1/roles/:id"), 418);
         let text = m.render();
         assert!(text.contains("method=\"OTHER\""), "{text}");
+        assert!(!text.contains("a\\\"b") && !text.contains("FOO1"), "{text}");
         assert!(
-            text.contains(r#"route="/core4/api/v1/roles/a\"b\\c""#),
+            text.contains(
+                "core4d_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"401\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("route=\"unmatched\",status=\"404\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("route=\"/core4/api/v1/roles/{id}\",status=\"other\"} 1"),
             "{text}"
         );
         assert!(text.contains("# TYPE core4d_event_connections gauge"));

@@ -36,8 +36,15 @@ pub struct Settings {
     pub login_limit: LoginLimitSettings,
     /// Largest `per_page` a listing accepts.
     pub max_per_page: u32,
-    /// `Access-Control-Allow-Origin` value.
+    /// `Access-Control-Allow-Origin` value: which web pages may read replies (CORS). It never
+    /// lets a page use the login cookie; see `trusted_origins`.
     pub allow_origin: String,
+    /// Origins (`https://app.example.com`) besides core4d's own whose pages may send
+    /// state-changing requests (and WebSocket upgrades) authenticated by the login cookie.
+    /// core4d's own origin, taken from the `Host` header, is always trusted.
+    pub trusted_origins: Vec<String>,
+    /// Connection timeouts against slow or silent clients.
+    pub http: HttpSettings,
     /// Event channel limits and tuning.
     pub events: EventSettings,
     /// Log format: `text` or `json`.
@@ -69,6 +76,21 @@ pub struct LoginLimitSettings {
     pub max_failures_per_user: u32,
     /// Window length in seconds.
     pub window: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Seconds a request's line and headers may take to arrive in full, counted from when the
+    /// server starts waiting for them (after accepting the connection or sending the previous
+    /// reply), however slowly they trickle in.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay without any traffic in either direction before it is closed:
+    /// a silent client, an idle keep-alive connection, a stalled request body or reply.
+    /// Upgraded WebSockets are exempt (they have `events.ping_interval_secs`).
+    pub idle_timeout_secs: u64,
+    /// Seconds an accepted WebSocket upgrade may take to switch protocols after its 101 reply.
+    pub websocket_handshake_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -120,6 +142,8 @@ impl Default for Settings {
             login_limit: LoginLimitSettings::default(),
             max_per_page: 1000,
             allow_origin: "*".into(),
+            trusted_origins: Vec::new(),
+            http: HttpSettings::default(),
             events: EventSettings::default(),
             log_format: "text".into(),
             embedded_fsync: true,
@@ -145,6 +169,16 @@ impl Default for LoginLimitSettings {
             max_failures_per_address: 100,
             max_failures_per_user: 50,
             window: 60,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 10,
+            websocket_handshake_timeout_secs: 10,
         }
     }
 }
@@ -243,6 +277,17 @@ impl Settings {
             return Err(
                 "max_per_page, events.outbound_queue and events.batch_max must be positive".into(),
             );
+        }
+        let http = &self.http;
+        if http.header_read_timeout_secs == 0
+            || http.idle_timeout_secs == 0
+            || http.websocket_handshake_timeout_secs == 0
+        {
+            return Err("the http.* timeouts must be at least 1 second".into());
+        }
+        for origin in &self.trusted_origins {
+            crate::web::origin::Origin::parse(origin)
+                .map_err(|e| format!("trusted_origins: [{origin}] {e}"))?;
         }
         Ok(())
     }

@@ -5,10 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server,
+    Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route,
     endpoint::make_sync,
     http::{HeaderValue, Method, StatusCode, Uri},
-    listener::{Acceptor, TcpAcceptor},
     middleware::{CatchPanic, Cors},
     web::Html,
 };
@@ -25,6 +24,7 @@ use crate::{
     metrics::Metrics,
     settings::Settings,
     storage,
+    web::{self, OriginPolicy, ReplyKind},
 };
 
 /// Permissions of the seeded `standard_user` role: log in, profile, info, event socket and
@@ -39,7 +39,7 @@ pub const STANDARD_USER_PERMS: &[&str] = &[
 
 pub struct Application {
     state: AppState,
-    acceptor: TcpAcceptor,
+    listener: tokio::net::TcpListener,
     port: u16,
     embedded: Option<EmbeddedPostgres>,
     /// Set when this start created the admin with a generated password.
@@ -118,19 +118,13 @@ impl Application {
             metrics,
         };
 
-        let acceptor = TcpAcceptor::from_tokio(
-            bind(state.settings.listen)
-                .with_context(|| format!("cannot listen on {}", state.settings.listen))?,
-        )?;
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-            .unwrap_or_default();
+        let listener = bind(state.settings.listen)
+            .with_context(|| format!("cannot listen on {}", state.settings.listen))?;
+        let port = listener.local_addr()?.port();
         spawn_housekeeping(state.pool.clone());
         Ok(Self {
             state,
-            acceptor,
+            listener,
             port,
             embedded,
             generated_admin_password,
@@ -153,21 +147,28 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             state,
-            acceptor,
+            listener,
             embedded,
             ..
         } = self;
         let app = app(&state);
+        let http = &state.settings.http;
+        let timeouts = web::server::Timeouts {
+            header_read: Duration::from_secs(http.header_read_timeout_secs),
+            idle: Duration::from_secs(http.idle_timeout_secs),
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+        let server = web::server::serve(
+            listener,
             app,
+            timeouts,
             async move {
                 tokio::select! {
                     _ = shutdown => {}
                     _ = stop_rx => {}
                 }
             },
-            Some(Duration::from_secs(10)),
+            Duration::from_secs(10),
         );
         let result = match &embedded {
             Some(pg) => {
@@ -270,10 +271,24 @@ fn spawn_housekeeping(pool: PgPool) {
 }
 
 /// The whole HTTP surface: the API, its spec and Swagger UI, `/metrics`, the legacy login
-/// alias, CORS, and the envelope/request-id/logging middleware around all of it.
+/// alias, CORS, and the envelope/request-id/logging/security middleware around all of it.
 pub fn app(state: &AppState) -> impl Endpoint + use<> {
     let service = api::service(state);
     let spec = service.spec();
+    // `/metrics` labels requests only with these route templates.
+    let api_paths: Vec<String> = serde_json::from_str::<serde_json::Value>(&spec)
+        .ok()
+        .and_then(|v| v["paths"].as_object().map(|p| p.keys().cloned().collect()))
+        .unwrap_or_default();
+    state
+        .metrics
+        .register_routes(api_paths.iter().map(|p| format!("{BASE}{p}")).chain([
+            "/".to_string(),
+            "/metrics".to_string(),
+            format!("{BASE}/openapi.json"),
+            format!("{BASE}/docs"),
+            format!("{BASE}/docs/oauth-receiver.html"),
+        ]));
     let swagger = service.swagger_ui();
     let metrics = state.metrics.clone();
     let metrics_ep = make_sync(move |_| {
@@ -305,7 +320,8 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
                 ))
             }),
         );
-    // Without `allow_origin`, poem's Cors allows every origin (core4's default `*`).
+    // Without `allow_origin`, poem's Cors allows every origin (core4's default `*`) to read
+    // replies, never with credentials: the cookie is guarded by `trusted_origins` instead.
     let mut cors = Cors::new();
     if state.settings.allow_origin != "*" {
         cors = cors.allow_origin(state.settings.allow_origin.as_str());
@@ -324,14 +340,17 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
             "access-control-allow-origin",
         ])
         .expose_headers(["token"]);
-    let metrics = state.metrics.clone();
-    let cookie_max_age = state.settings.token_expiration;
+    let layer = Arc::new(Layer {
+        metrics: state.metrics.clone(),
+        origins: OriginPolicy::new(&state.settings.trusted_origins),
+        cookie_max_age: state.settings.token_expiration,
+    });
     route
         .with(cors)
         .with(CatchPanic::new().with_handler(EnvelopeOnPanic))
         .around(move |ep, req| {
-            let metrics = metrics.clone();
-            async move { Ok(envelope_layer(ep, req, metrics, cookie_max_age).await) }
+            let layer = layer.clone();
+            async move { Ok(layer.call(ep, req).await) }
         })
 }
 
@@ -377,75 +396,101 @@ fn limit_body(req: &mut Request) -> Result<(), crate::error::ApiError> {
     }
 }
 
-async fn envelope_layer<E: Endpoint>(
-    ep: Arc<E>,
-    mut req: Request,
+/// The outermost middleware: legacy alias, request id and envelope, origin check, body limit,
+/// refreshed tokens, security headers, metrics and the request log.
+struct Layer {
     metrics: Metrics,
+    origins: OriginPolicy,
     cookie_max_age: u64,
-) -> Response {
-    if req.uri().path() == "/core4/api/login" {
-        let rewritten = format!(
-            "{BASE}/login{}",
-            req.uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default()
-        );
-        if let Ok(uri) = rewritten.parse::<Uri>() {
-            *req.uri_mut() = uri;
-        }
-    }
-    // core4 read a JSON object body whatever the Content-Type said; a body sent with none
-    // (`requests.post(url, data=json.dumps(...))`) is taken as JSON.
-    if matches!(*req.method(), Method::POST | Method::PUT)
-        && !req.headers().contains_key(poem::http::header::CONTENT_TYPE)
-    {
-        req.headers_mut().insert(
-            poem::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let started = std::time::Instant::now();
-    let ctx = RequestCtx::new();
-    let request_id = ctx.id.clone();
-    let (mut resp, refreshed) = ctx
-        .scope(async {
-            if let Err(too_large) = limit_body(&mut req) {
-                return too_large.into_response();
+}
+
+impl Layer {
+    async fn call<E: Endpoint>(&self, ep: Arc<E>, mut req: Request) -> Response {
+        if req.uri().path() == "/core4/api/login" {
+            let rewritten = format!(
+                "{BASE}/login{}",
+                req.uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default()
+            );
+            if let Ok(uri) = rewritten.parse::<Uri>() {
+                *req.uri_mut() = uri;
             }
-            match ep.call(req).await {
-                Ok(resp) => resp.into_response(),
-                Err(err) => to_envelope_response(err),
-            }
-        })
-        .await;
-    if let Some(token) = refreshed
-        && let Ok(value) = HeaderValue::from_str(&token)
-    {
-        resp.headers_mut().insert("token", value);
-        // Browsers authenticate with the cookie: renew it together with the token.
-        if let Ok(cookie) = HeaderValue::from_str(&format!(
-            "token={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={cookie_max_age}"
-        )) {
-            resp.headers_mut().append("set-cookie", cookie);
         }
+        // core4 read a JSON object body whatever the Content-Type said; a body sent with none
+        // (`requests.post(url, data=json.dumps(...))`) is taken as JSON. Such a request needs no
+        // CORS preflight, which is why the origin check below guards cookie-authenticated ones.
+        if matches!(*req.method(), Method::POST | Method::PUT)
+            && !req.headers().contains_key(poem::http::header::CONTENT_TYPE)
+        {
+            req.headers_mut().insert(
+                poem::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let ctx = RequestCtx::new();
+        let request_id = ctx.id.clone();
+        let (mut resp, refreshed) = ctx
+            .scope(async {
+                if let Err(refused) = self.origins.check(&req) {
+                    return refused.into_response();
+                }
+                if let Err(too_large) = limit_body(&mut req) {
+                    return too_large.into_response();
+                }
+                match ep.call(req).await {
+                    Ok(resp) => resp.into_response(),
+                    Err(err) => {
+                        let pattern = err.data::<PathPattern>().cloned();
+                        let mut resp = to_envelope_response(err);
+                        if let Some(pattern) = pattern {
+                            resp.set_data(pattern);
+                        }
+                        resp
+                    }
+                }
+            })
+            .await;
+        if let Some(token) = refreshed
+            && let Ok(value) = HeaderValue::from_str(&token)
+        {
+            resp.headers_mut().insert("token", value);
+            // Browsers authenticate with the cookie: renew it together with the token.
+            if let Ok(cookie) =
+                HeaderValue::from_str(&web::token_cookie(&token, self.cookie_max_age))
+            {
+                resp.headers_mut().append("set-cookie", cookie);
+            }
+        }
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", value);
+        }
+        let kind = if path == format!("{BASE}/openapi.json") {
+            ReplyKind::Spec
+        } else if path.starts_with(&format!("{BASE}/docs")) {
+            ReplyKind::DocsPage
+        } else {
+            ReplyKind::Api
+        };
+        web::set_security_headers(&mut resp, kind);
+        let status = resp.status();
+        let route = resp.data::<PathPattern>().map(|p| p.0.clone());
+        self.metrics
+            .record_http(&method, route.as_deref(), status.as_u16());
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            tracing::info!(
+                request_id,
+                method,
+                path,
+                status = status.as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
+        resp
     }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", value);
-    }
-    let status = resp.status();
-    metrics.record_http(&method, &path, status.as_u16());
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        tracing::info!(
-            request_id,
-            method,
-            path,
-            status = status.as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-            "request"
-        );
-    }
-    resp
 }

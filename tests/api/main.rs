@@ -7,3 +7,4 @@ mod login;
 mod permissions;
 mod roles;
 mod security;
+mod security_http;

@@ -82,6 +82,8 @@ pub struct Accepted {
     admission: Admission,
     config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     since: Option<i64>,
+    /// `http.websocket_handshake_timeout_secs`.
+    handshake_timeout: std::time::Duration,
 }
 
 /// Seconds a client refused with 503 is asked to wait.
@@ -105,10 +107,18 @@ impl IntoResponse for EventSocket {
             admission,
             config,
             since,
+            handshake_timeout,
         } = accepted;
         tokio::spawn(async move {
-            // Dropping the admission (upgrade failed) gives the user's slot back.
-            let Ok(upgraded) = upgrade.await else { return };
+            // Dropping the admission (upgrade failed or timed out) gives the user's slot back.
+            let upgraded = match tokio::time::timeout(handshake_timeout, upgrade).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::info!("event upgrade did not complete in time");
+                    return;
+                }
+            };
             let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
                 upgraded,
                 Role::Server,
@@ -274,6 +284,8 @@ impl EventsApi {
     ///
     /// Upgrade to a WebSocket speaking core4's event protocol. Credentials as `?token=`, Bearer
     /// header or `token` cookie; without valid ones the upgrade is refused with a 401 envelope.
+    /// An upgrade authenticated by the cookie alone from a page of another origin (`Origin`
+    /// neither core4d's own nor in `trusted_origins`) is refused with 403.
     /// A user may have `events.max_connections_per_user` (1,000) sockets open per instance, more
     /// get 429; an instance accepts `events.max_connections` (50,000) in all, more (and upgrades
     /// during shutdown) get 503 with `Retry-After`.
@@ -330,6 +342,9 @@ impl EventsApi {
             admission,
             config: hub.websocket_config(),
             since,
+            handshake_timeout: std::time::Duration::from_secs(
+                self.state.settings.http.websocket_handshake_timeout_secs,
+            ),
         }))
     }
 

@@ -1,0 +1,56 @@
+//! HTTP-level protections around the API: the connection loop with its timeouts, the origin
+//! check against cross-site requests, the security headers and the login cookie.
+
+pub mod origin;
+pub mod server;
+
+use poem::{
+    Response,
+    http::{HeaderValue, header},
+};
+
+pub use origin::OriginPolicy;
+
+/// The `token` cookie that login sets and a refreshed token renews. Built only here, so that
+/// attributes depending on the connection (`Secure` once TLS exists) are added in one place.
+pub fn token_cookie(token: &str, max_age_secs: u64) -> String {
+    format!("token={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}")
+}
+
+/// The `Set-Cookie` value that removes the `token` cookie (logout).
+pub fn cleared_token_cookie() -> String {
+    token_cookie("", 0)
+}
+
+/// How a reply may be framed and stored, by what it is.
+pub enum ReplyKind {
+    /// Swagger UI: an HTML page with inline scripts and styles.
+    DocsPage,
+    /// The OpenAPI document: the same for everyone.
+    Spec,
+    /// Everything else: API replies (per caller, some carrying tokens), `/metrics`, `/`.
+    Api,
+}
+
+/// Sets the security headers of every reply: no MIME sniffing, no framing, and no storing of
+/// anything but the static documentation (API replies are per caller and may carry tokens).
+pub fn set_security_headers(resp: &mut Response, kind: ReplyKind) {
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let csp = match kind {
+        // Only framing is restricted: Swagger UI runs inline scripts and styles.
+        ReplyKind::DocsPage => "frame-ancestors 'none'",
+        ReplyKind::Spec | ReplyKind::Api => "default-src 'none'; frame-ancestors 'none'",
+    };
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if matches!(kind, ReplyKind::Api) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
