@@ -135,10 +135,7 @@ fn client_addr(remote: &RemoteAddr) -> String {
 
 impl LoginApi {
     fn cookie(&self, token: &str) -> String {
-        format!(
-            "token={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}",
-            self.state.settings.token_expiration
-        )
+        crate::web::token_cookie(token, self.state.settings.token_expiration)
     }
 
     async fn login(
@@ -276,7 +273,7 @@ impl LoginApi {
         crate::envelope::clear_refreshed_token();
         Ok(LogoutResponse::Ok(
             ok("OK".to_string()),
-            "token=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0".into(),
+            crate::web::cleared_token_cookie(),
         ))
     }
 }

@@ -6,6 +6,7 @@
 //! loadgen idle    --connections 15000 --pid $(pgrep -x core4d)
 //! loadgen fanout  --sub-url http://127.0.0.1:5002 --subscribers 1 --rate 1000   # cross-instance
 //! loadgen fanout  --nats ws://127.0.0.1:9222 --subscribers 1000 --rate 100      # the same load on nats-server
+//! loadgen revoke  --rounds 50                                                   # revocation reaching a busy socket
 //! ```
 //! It logs in as the admin and creates two users once: `loadgen-writer` (write-only on `bench*`,
 //! so its own messages do not come back to it) and `loadgen-reader` (read-only on `bench*`).
@@ -59,6 +60,18 @@ enum Cmd {
     Publish(PublishArgs),
     /// Many idle authenticated sockets: memory per socket.
     Idle(IdleArgs),
+    /// Deactivation and logout against a socket that publishes all the time: how long until it
+    /// is closed, and how many messages were still accepted after the change was acknowledged.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    /// Rounds; odd rounds deactivate the user, even rounds log its session out.
+    #[arg(long, default_value_t = 50)]
+    rounds: usize,
+    #[arg(long, default_value = "bench")]
+    channel: String,
 }
 
 #[derive(Args)]
@@ -132,6 +145,7 @@ async fn main() -> Result<()> {
         Cmd::Fanout(args) => fanout(&cli, args).await,
         Cmd::Publish(args) => publish(&cli, args).await,
         Cmd::Idle(args) => idle(&cli, args).await,
+        Cmd::Revoke(args) => revoke(&cli, args).await,
     }
 }
 
@@ -770,6 +784,119 @@ async fn nats_fanout(cli: &Cli, url: &str, args: &FanoutArgs) -> Result<()> {
             "nats-server: {:.0}% CPU, RSS {} MiB",
             (c1 - c0) / secs * 100.0,
             rss / 1024
+        );
+    }
+    Ok(())
+}
+
+// ---- revocation ----
+
+async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<()> {
+    let http = reqwest::Client::new();
+    let admin = login(&http, &cli.url, &cli.admin, &cli.admin_password)
+        .await
+        .context("set --admin-password or CORE4_ADMIN_PASSWORD")?;
+    let api = format!("{}/core4/api/v1", cli.url);
+    let mut delays: [Vec<u32>; 2] = Default::default();
+    let mut accepted_after: [Vec<u32>; 2] = Default::default();
+    for round in 0..args.rounds {
+        let deactivate = round % 2 == 1;
+        let name = format!("loadgen-revoke-{}-{round}", std::process::id());
+        let created: Value = http
+            .post(format!("{api}/roles"))
+            .bearer_auth(&admin)
+            .json(&json!({
+                "name": name, "email": format!("{name}@example.com"), "password": "loadgen-password",
+                "perm": ["api://core4.api.v1.request.standard.*", format!("event://{}/rw", args.channel)],
+            }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = created["data"]["_id"].as_str().context("create user")?.to_string();
+        let token = login(&http, &cli.url, &name, "loadgen-password").await?;
+        let mut ws = connect(&ws_url(&cli.url, &token)).await?;
+        // Publish with one message in flight; every ack is stamped with its arrival.
+        let acks = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let closed_at = Arc::new(AtomicU64::new(0));
+        let frame = json!({"type": "message", "channel": args.channel, "text": "x"}).to_string();
+        let publisher = {
+            let (acks, closed_at) = (acks.clone(), closed_at.clone());
+            tokio::spawn(async move {
+                loop {
+                    if ws.send(Message::text(frame.clone())).await.is_err() {
+                        break;
+                    }
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.contains("\"send\"") => {
+                            if let Ok(mut a) = acks.lock() {
+                                a.push(micros_now());
+                            }
+                        }
+                        Some(Ok(Message::Text(_))) | Some(Ok(Message::Ping(_))) => {}
+                        _ => {
+                            closed_at.store(micros_now(), Relaxed);
+                            break;
+                        }
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let changed_at = if deactivate {
+            let etag = http
+                .get(format!("{api}/roles/{id}"))
+                .bearer_auth(&admin)
+                .send()
+                .await?
+                .json::<Value>()
+                .await?["data"]["etag"]
+                .clone();
+            let resp = http
+                .put(format!("{api}/roles/{id}"))
+                .bearer_auth(&admin)
+                .json(&json!({"is_active": false, "etag": etag}))
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("deactivation failed: {}", resp.text().await?);
+            }
+            micros_now()
+        } else {
+            let resp = http
+                .get(format!("{api}/logout"))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("logout failed: {}", resp.text().await?);
+            }
+            micros_now()
+        };
+        tokio::time::timeout(Duration::from_secs(30), publisher)
+            .await
+            .context("the socket was not closed within 30 s")??;
+        let closed = closed_at.load(Relaxed);
+        let after = acks
+            .lock()
+            .map(|a| a.iter().filter(|t| **t > changed_at).count())
+            .unwrap_or(0);
+        let kind = usize::from(deactivate);
+        delays[kind].push(closed.saturating_sub(changed_at) as u32);
+        accepted_after[kind].push(after as u32);
+    }
+    for (kind, label) in [(0, "logout"), (1, "deactivation")] {
+        println!(
+            "{}",
+            latency_line(&format!("{label}: acknowledged -> socket closed"), delays[kind].clone())
+        );
+        let mut counts = accepted_after[kind].clone();
+        counts.sort_unstable();
+        println!(
+            "{label}: messages acked after the change was acknowledged: median {} max {} (per round: {:?})",
+            counts.get(counts.len() / 2).copied().unwrap_or(0),
+            counts.last().copied().unwrap_or(0),
+            accepted_after[kind]
         );
     }
     Ok(())
