@@ -733,27 +733,33 @@ async fn two_core4d_instances_on_one_database_deliver_each_others_messages() {
 
 /// Kills every connection of core4d to its database during traffic (the listener, the writer's,
 /// the pool's): acknowledged messages must all arrive, once each.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_database_connections_during_traffic_lose_and_duplicate_nothing() {
     let a = spawn_app().await;
     let b = spawn_app_with(test_settings(&a.database_url)).await;
     let admin = a.admin_token().await;
-    let db = a.database_url.rsplit('/').next().unwrap();
-    let db = db.split('?').next().unwrap().to_string();
+    let db = database_name(&a.database_url);
     let mut sub = Ws::connect(&b, &admin).await;
     sub.interest(&["message"]).await;
     let killer = tokio::spawn({
         let url = core4_tests::db_url("postgres");
         async move {
             let pool = core4d::startup::connect(&url, 1).await.unwrap();
+            let mut terminated = vec![];
             for _ in 0..3 {
                 tokio::time::sleep(Duration::from_millis(150)).await;
-                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-                    .bind(&db)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
+                // In the aggregate, not the WHERE clause: only rows that match are terminated.
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&db)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                terminated.push(n);
             }
+            terminated
         }
     });
     let mut publisher = Ws::connect(&a, &admin).await;
@@ -772,7 +778,12 @@ async fn lost_database_connections_during_traffic_lose_and_duplicate_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    killer.await.unwrap();
+    let terminated = killer.await.unwrap();
+    // Both instances hold connections (listener, writer, pool) whenever the killer strikes.
+    assert!(
+        terminated.iter().all(|n| *n > 0),
+        "sessions terminated per round: {terminated:?}"
+    );
     assert_eq!(
         errors, 0,
         "the writer should retry through lost connections"
@@ -865,6 +876,21 @@ async fn postgres_restarted_during_traffic_loses_no_acknowledged_message() {
     b.stop().await.unwrap();
     pg.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The database name of a URL such as `postgres://u@h:1/t_1?host=/run/pg&sslmode=disable`.
+fn database_name(url: &str) -> String {
+    let path = url.split('?').next().unwrap();
+    path.rsplit('/').next().unwrap().to_string()
+}
+
+#[test]
+fn database_name_ignores_the_query() {
+    assert_eq!(
+        database_name("postgres://postgres@localhost:5432/t_0af?host=/dev/shm/x/pg/run&sslmode=disable"),
+        "t_0af"
+    );
+    assert_eq!(database_name("postgres://u@h/core4"), "core4");
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
