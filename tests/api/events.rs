@@ -786,6 +786,24 @@ async fn two_core4d_instances_on_one_database_deliver_each_others_messages() {
     assert_eq!(streams[0], streams[1]);
     let (_, history) = a.get("/event/history?per_page=1", &admin_a).await;
     assert_eq!(history["total_count"], 2 * n + 2);
+    // Two writers, one sequence: no id skipped.
+    assert_gapless(&stored_ids(&a.database_url).await, 2 * n as i64 + 2);
+}
+
+/// The ids stored in the events table, in order.
+async fn stored_ids(database_url: &str) -> Vec<i64> {
+    let pool = core4d::startup::connect(database_url, 1).await.unwrap();
+    let ids = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    ids
+}
+
+#[track_caller]
+fn assert_gapless(ids: &[i64], n: i64) {
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "ids are not 1..={n}");
 }
 
 /// Kills every connection of core4d to its database during traffic (the listener, the writer's,
@@ -858,6 +876,8 @@ async fn lost_database_connections_during_traffic_lose_and_duplicate_nothing() {
     sub.assert_silent(Duration::from_millis(500)).await;
     assert_eq!(got.iter().copied().collect::<BTreeSet<_>>(), acked);
     assert!(got.windows(2).all(|w| w[0] < w[1]));
+    // Batches cut off by the terminations left no hole in the ids.
+    assert_gapless(&stored_ids(&a.database_url).await, 150);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1072,6 +1092,16 @@ async fn per_user_limits_refuse_with_error_frames_and_429() {
     match tokio_tungstenite::connect_async(app.ws_url(&admin)).await {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
         other => panic!("expected 429, got {other:?}"),
+    }
+
+    // The limits are per user: another user, meanwhile, has a full bucket and sockets to spare.
+    let (_, other) = app.create_user(&admin, "other", "very secret").await;
+    let mut first = Ws::connect(&app, &other).await;
+    let mut second = Ws::connect(&app, &other).await;
+    second.interest(&["message"]).await;
+    for i in 0..3 {
+        let id = first.publish("message", json!(i)).await;
+        assert_eq!(second.event().await["_id"], id.as_str());
     }
 }
 
@@ -1500,4 +1530,182 @@ async fn an_instance_at_max_connections_refuses_upgrades_with_503() {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+/// Holds the row lock every batch transaction takes first (`event_head`), so that the writer's
+/// next batch waits; released by `release`.
+struct HeadLock {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl HeadLock {
+    async fn take(database_url: &str) -> HeadLock {
+        let pool = core4d::startup::connect(database_url, 1).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT last_id FROM event_head FOR UPDATE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        HeadLock { tx }
+    }
+
+    async fn release(self) {
+        self.tx.rollback().await.unwrap();
+    }
+}
+
+/// Sends a message and then a malformed frame, and waits until the server counted the error:
+/// frames of a socket are handled in order, so by then the message is with the writer. (The
+/// error frame itself comes only after the message's ack: replies keep the order of frames.)
+async fn queue_message(app: &TestApp, ws: &mut Ws, text: &str) {
+    let errors_before = frame_errors(app).await;
+    ws.send(json!({"type": "message", "channel": "message", "text": text}))
+        .await;
+    ws.send_text("not json").await;
+    let guard = std::time::Instant::now() + WAIT;
+    while frame_errors(app).await == errors_before {
+        assert!(
+            std::time::Instant::now() < guard,
+            "the frame was never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn frame_errors(app: &TestApp) -> u64 {
+    let metrics = metrics_text(app).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("core4d_event_frame_errors_total "))
+        .unwrap_or_else(|| panic!("no frame error count: {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// Messages that arrive while a commit is running go into the next transaction together: here
+/// three sockets' messages wait behind a batch that cannot commit, and end up in one
+/// `event_batches` row (one row per committed transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_messages_from_several_sockets_share_one_transaction() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut sockets = vec![];
+    for _ in 0..4 {
+        sockets.push(Ws::connect(&app, &admin).await);
+    }
+    let lock = HeadLock::take(&app.database_url).await;
+    // The first message starts a batch, which waits for the lock; the others queue behind it.
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        queue_message(&app, ws, &format!("m{i}")).await;
+    }
+    lock.release().await;
+    let mut acked = vec![];
+    for ws in &mut sockets {
+        let ack = ws.recv_until(|v| v.get("message_id").is_some()).await;
+        acked.push(ack["message_id"].as_str().unwrap().parse::<i64>().unwrap());
+    }
+    acked.sort();
+    assert_eq!(acked, [1, 2, 3, 4]);
+
+    let pool = core4d::startup::connect(&app.database_url, 1)
+        .await
+        .unwrap();
+    let batches: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT first_id, last_id FROM event_batches ORDER BY first_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    // Either the writer had taken only the first message when it hit the lock, or all four.
+    assert!(
+        batches == [(1, 1), (2, 4)] || batches == [(1, 4)],
+        "batches: {batches:?}"
+    );
+    let metrics = metrics_text(&app).await;
+    assert!(
+        metrics.contains(&format!("\ncore4d_event_batches_total {}\n", batches.len())),
+        "{metrics}"
+    );
+}
+
+/// Ids come from a counter row updated inside the batch transaction, not from a sequence: a
+/// batch whose transaction dies takes no id with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stay_gapless_when_a_batch_transaction_is_lost() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let db = database_name(&app.database_url);
+    let lock = HeadLock::take(&app.database_url).await;
+    ws.send(json!({"type": "message", "channel": "message", "text": "first"}))
+        .await;
+
+    // The writer's session, once it waits for the lock, is terminated mid-transaction.
+    let killer = core4d::startup::connect(&core4_tests::db_url("postgres"), 1)
+        .await
+        .unwrap();
+    let guard = std::time::Instant::now() + WAIT;
+    loop {
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%append_events%'",
+        )
+        .bind(&db)
+        .fetch_one(&killer)
+        .await
+        .unwrap();
+        if killed == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < guard,
+            "the writer never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killer.close().await;
+    lock.release().await;
+
+    let ack = ws.recv_until(|v| v.get("message_id").is_some()).await;
+    assert_eq!(ack["message_id"], "1", "{ack}");
+    for i in 2..=5 {
+        assert_eq!(ws.publish("message", json!(i)).await, i.to_string());
+    }
+    assert_gapless(&stored_ids(&app.database_url).await, 5);
+}
+
+/// Frames over `events.max_frame_bytes` get an error frame; over 16 times that (the default
+/// 64 KiB makes it 1 MiB) the socket closes with 1009 (message too big).
+#[tokio::test]
+async fn a_frame_over_sixteen_times_the_limit_closes_the_socket_with_1009() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let limit = core4d::settings::Settings::default().events.max_frame_bytes;
+    let frame_of = |len: usize| {
+        let head = r#"{"type":"message","channel":"message","text":""#;
+        let frame = format!("{head}{}\"}}", "x".repeat(len - head.len() - 2));
+        assert_eq!(frame.len(), len);
+        frame
+    };
+    // At the hard cap: still an error frame, the socket open.
+    ws.send_text(&frame_of(16 * limit)).await;
+    let reply = ws.recv().await;
+    assert!(is_error(&reply), "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("frame too large: {} bytes", 16 * limit)),
+        "{reply}"
+    );
+    ws.interest(&["message"]).await;
+    // One byte over: closed.
+    ws.send_text(&frame_of(16 * limit + 1)).await;
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 1009, "{reason}");
+    assert!(
+        reason.starts_with(&format!("frame too large: {} bytes", 16 * limit + 1)),
+        "{reason}"
+    );
 }
