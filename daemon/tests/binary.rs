@@ -68,6 +68,109 @@ fn config_prints_effective_values_with_secrets_redacted() {
     }
 }
 
+/// Each layer overrides the one below it, key by key: defaults < TOML file < `CORE4_*` and
+/// `DATABASE_URL` < flags; a key a higher layer leaves alone keeps the lower layer's value.
+#[test]
+fn configuration_layers_override_in_order_defaults_toml_env_flags() {
+    let dir = temp_dir();
+    let file = dir.path().join("core4d.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.1:7001"
+database_url = "postgres://toml@db.example/core4"
+token_expiration = 100
+max_per_page = 50
+
+[events]
+max_frame_bytes = 1111
+ping_interval_secs = 7
+"#,
+    )
+    .unwrap();
+    let config = |env: &[(&str, &str)], flags: &[&str]| {
+        let mut cmd = core4d();
+        cmd.arg("--config").arg(&file).args(flags).arg("config");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut events = false;
+        let mut values = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with('[') {
+                events = line == "[events]";
+            } else if let Some((k, v)) = line.split_once(" = ") {
+                let key = if events {
+                    format!("events.{k}")
+                } else {
+                    k.to_string()
+                };
+                values.insert(key, v.trim_matches('"').to_string());
+            }
+        }
+        values
+    };
+    let env = [
+        ("CORE4_LISTEN", "127.0.0.1:7002"),
+        ("DATABASE_URL", "postgres://env@db.example/core4"),
+        ("CORE4_TOKEN_EXPIRATION", "200"),
+        ("CORE4_EVENTS__MAX_FRAME_BYTES", "2222"),
+    ];
+    let flags = [
+        "--listen",
+        "127.0.0.1:7003",
+        "--database-url",
+        "postgres://flag@db.example/core4",
+    ];
+
+    let file_only = config(&[], &[]);
+    let with_env = config(&env, &[]);
+    let with_flags = config(&env, &flags);
+    let get = |values: &std::collections::BTreeMap<String, String>, key: &str| {
+        values
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in {values:?}"))
+            .clone()
+    };
+    for (key, file, env, flag) in [
+        (
+            "listen",
+            "127.0.0.1:7001",
+            "127.0.0.1:7002",
+            "127.0.0.1:7003",
+        ),
+        (
+            "database_url",
+            "postgres://toml@db.example/core4",
+            "postgres://env@db.example/core4",
+            "postgres://flag@db.example/core4",
+        ),
+        ("token_expiration", "100", "200", "200"),
+        ("events.max_frame_bytes", "1111", "2222", "2222"),
+        ("max_per_page", "50", "50", "50"),
+        ("events.ping_interval_secs", "7", "7", "7"),
+        // Untouched by every layer: the default.
+        ("token_refresh", "3600", "3600", "3600"),
+    ] {
+        assert_eq!(
+            [
+                get(&file_only, key),
+                get(&with_env, key),
+                get(&with_flags, key)
+            ],
+            [file, env, flag],
+            "{key}: file, file+env, file+env+flags"
+        );
+    }
+}
+
 #[test]
 fn invalid_configuration_is_a_clear_error_with_exit_code_2() {
     let out = core4d()

@@ -161,6 +161,48 @@ async fn every_documented_operation_answers() {
     assert!(checked >= 10, "only {checked} operations documented");
 }
 
+/// What the README promises: `/metrics`, `/health`, the OpenAPI document and Swagger UI are
+/// served without a login; every other documented operation answers 401 without credentials.
+#[tokio::test]
+async fn only_metrics_health_and_the_api_documents_need_no_login() {
+    let app = spawn_app().await;
+    for url in [
+        format!("{}/metrics", app.address),
+        app.url("/health"),
+        app.url("/openapi.json"),
+        app.url("/docs"),
+    ] {
+        let resp = app.client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+    }
+    let spec: Value = serde_json::from_str(include_str!("../../openapi/core4.json")).unwrap();
+    let mut refused = 0;
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        if path == "/health" {
+            continue;
+        }
+        let concrete = path
+            .replace("{id}", "5be414ccde8b69542b70f4d7")
+            .replace("{etag}", "5be414ccde8b69542b70f4d8");
+        for method in ops.as_object().unwrap().keys() {
+            let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let resp = app
+                .client
+                .request(method.clone(), app.url(&concrete))
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(status, 401, "{method} {path} without a login: {body}");
+            error_text(&body, 401);
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "only {refused} operations documented");
+}
+
 #[tokio::test]
 async fn metrics_count_http_requests_by_route_and_status() {
     let app = spawn_app().await;

@@ -249,6 +249,8 @@ async fn a_non_cop_cannot_escalate_or_touch_a_cop() {
         .await;
     assert_eq!(status, 200);
     let (indirect_id, _) = user_with(&app, &admin, "indirect", &[], &["admins"]).await;
+    let (_, indirect) = app.get(&format!("/roles/{indirect_id}"), &admin).await;
+    let indirect = indirect["data"].clone();
     let (me_id, token) =
         user_with(&app, &admin, "climber", &[ROLE_HANDLER], &["standard_user"]).await;
     let me = profile(&app, &token).await;
@@ -275,7 +277,8 @@ async fn a_non_cop_cannot_escalate_or_touch_a_cop() {
             admins["data"]["_id"].clone(),
             admins["data"]["etag"].clone(),
         ),
-        (json!(indirect_id), json!("unused")),
+        // A cop only through a role, with its real etag: only the permission check can refuse.
+        (indirect["_id"].clone(), indirect["etag"].clone()),
     ];
     for (id, etag) in &cops {
         let id = id.as_str().expect("id");
@@ -323,6 +326,19 @@ async fn a_non_cop_cannot_escalate_or_touch_a_cop() {
     assert_eq!(admin_after["etag"], admin_profile["etag"]);
     assert_eq!(admin_after["realname"], "admin user");
     app.login("admin", core4_tests::ADMIN_PASSWORD).await;
+    // The role and the user that are cops through it: unchanged, the password still the old one.
+    let (_, admins_after) = app
+        .get(
+            &format!("/roles/{}", admins["data"]["_id"].as_str().unwrap()),
+            &admin,
+        )
+        .await;
+    assert_eq!(admins_after["data"]["etag"], admins["data"]["etag"]);
+    let (status, indirect_after) = app.get(&format!("/roles/{indirect_id}"), &admin).await;
+    assert_eq!(status, 200, "{indirect_after}");
+    assert_eq!(indirect_after["data"]["etag"], indirect["etag"]);
+    assert_eq!(indirect_after["data"]["realname"], indirect["realname"]);
+    app.login("indirect", "very secret").await;
 }
 
 /// test_access: a prefix permission without `.*`, and the profile's own changes. Differs on

@@ -319,6 +319,16 @@ async fn duplicate_names_and_emails_get_409_also_case_insensitively() {
     }
     let (_, list) = app.get("/roles", &admin).await;
     assert_eq!(list["total_count"], 3);
+    let mut listed = names(&list);
+    listed.sort();
+    assert_eq!(listed, ["admin", "mra", "standard_user"]);
+    let mra = &list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "mra")
+        .unwrap();
+    assert_eq!(mra["email"], "m.rau@plan-net.com");
 }
 
 /// test_unknown_role.
@@ -731,6 +741,12 @@ async fn update_needs_the_etag_and_reports_no_changes() {
             .await;
         assert_eq!(status, 409, "{taken}: {body}");
         assert_eq!(error_text(&body, 409), "name or email exists");
+        let d = detail(&app, &admin, &id(&user)).await;
+        assert_eq!(
+            (&d["name"], &d["etag"]),
+            (&user["name"], &new_etag),
+            "{taken}"
+        );
     }
     let (status, body) = app
         .put(&path, &admin, json!({"name": "admin2", "etag": new_etag}))
@@ -878,6 +894,11 @@ async fn emails_are_validated_and_normalised_on_every_write() {
         .await;
     assert_eq!(status, 409, "the admin's email: {reply}");
     assert_eq!(error_text(&reply, 409), "name or email exists");
+    let d = detail(&app, &admin, &id(&user)).await;
+    assert_eq!(
+        (&d["email"], &d["etag"]),
+        (&json!("new@example.com"), &body["data"]["etag"])
+    );
 }
 
 /// test_update_conflict and test_delete2. Differs on purpose: 409 instead of 400.
@@ -1265,6 +1286,7 @@ async fn the_last_active_cop_cannot_be_deleted_deactivated_or_demoted() {
         status, 409,
         "deleting the role that makes the last cop: {body}"
     );
+    assert!(error_text(&body, 409).contains("last active cop"), "{body}");
     let (status, body) = app
         .put(
             &format!("/roles/{}", id(&admins)),
@@ -1273,6 +1295,7 @@ async fn the_last_active_cop_cannot_be_deleted_deactivated_or_demoted() {
         )
         .await;
     assert_eq!(status, 409, "deactivating it: {body}");
+    assert!(error_text(&body, 409).contains("last active cop"), "{body}");
     let (status, body) = app
         .put(
             &format!("/roles/{}", id(&boss)),
@@ -1281,6 +1304,23 @@ async fn the_last_active_cop_cannot_be_deleted_deactivated_or_demoted() {
         )
         .await;
     assert_eq!(status, 409, "dropping it: {body}");
+    assert!(error_text(&body, 409).contains("last active cop"), "{body}");
+    // Nothing of the three was written.
+    let admins_now = detail(&app, &boss_token, &id(&admins)).await;
+    assert_eq!(
+        (
+            &admins_now["etag"],
+            &admins_now["is_active"],
+            &admins_now["perm"]
+        ),
+        (&admins["etag"], &json!(true), &json!(["cop"]))
+    );
+    let boss_now = detail(&app, &boss_token, &id(&boss)).await;
+    assert_eq!(
+        (&boss_now["etag"], &boss_now["role"]),
+        (&boss["etag"], &json!(["admins"]))
+    );
+
     let (status, body) = app
         .put(
             &format!("/roles/{}", id(&boss)),
@@ -1289,4 +1329,21 @@ async fn the_last_active_cop_cannot_be_deleted_deactivated_or_demoted() {
         )
         .await;
     assert_eq!(status, 200, "a password change keeps the cop: {body}");
+    // The new password is the one that works, and boss is still a cop through `admins`.
+    let (status, _) = app
+        .call(
+            reqwest::Method::GET,
+            "/login?username=boss&password=boss-password",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "the old password still works");
+    let fresh = app.login("boss", "new boss password").await;
+    let (_, profile) = app.get("/profile", &fresh).await;
+    assert!(
+        strings(&profile["data"]["perm_total"]).contains(&"cop".to_string()),
+        "{profile}"
+    );
+    assert_eq!(profile["data"]["role"], json!(["admins"]), "{profile}");
 }

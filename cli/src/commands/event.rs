@@ -526,13 +526,20 @@ impl Backoff {
         self.next = Self::FIRST;
     }
 
+    /// The delay before the next attempt; the one after it is twice as long, up to `MAX`.
+    fn advance(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
     async fn wait(&mut self, server: &str, why: &CliError) {
+        let delay = self.advance();
         eprintln!(
             "core4ctl: lost the connection to {server} ({why}); reconnecting in {:.1}s",
-            self.next.as_secs_f32()
+            delay.as_secs_f32()
         );
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Self::MAX);
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -1022,12 +1029,11 @@ mod tests {
     #[test]
     fn backoff_doubles_to_a_ceiling() {
         let mut b = Backoff::new();
-        for _ in 0..10 {
-            b.next = (b.next * 2).min(Backoff::MAX);
-        }
-        assert_eq!(b.next, Backoff::MAX);
+        let delays: Vec<u64> = (0..8).map(|_| b.advance().as_millis() as u64).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
         b.reset();
-        assert_eq!(b.next, Backoff::FIRST);
+        assert_eq!(b.advance(), Duration::from_millis(250));
+        assert_eq!(b.advance(), Duration::from_millis(500));
     }
 
     #[test]

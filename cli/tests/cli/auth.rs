@@ -159,3 +159,35 @@ fn refreshed_tokens_are_saved_as_they_arrive() {
     assert_ne!(first, second, "the refreshed token replaced the old one");
     cli.run(&["whoami"]).success();
 }
+
+/// The server is chosen by `--server`, else `CORE4_SERVER`, else the one saved at login.
+#[test]
+fn core4_server_overrides_the_saved_server_and_server_overrides_both() {
+    let first = TestServer::spawn();
+    let second = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&first).success();
+    cli.login_admin(&second).success();
+    let server_of = |out: crate::helpers::Out| out.success().json()["server"].clone();
+
+    // Saved at the last login.
+    assert_eq!(
+        server_of(cli.run(&["whoami", "-o", "json"])),
+        second.url.as_str()
+    );
+    let env = [("CORE4_SERVER", first.url.as_str())];
+    assert_eq!(
+        server_of(cli.run_with_env(&["whoami", "-o", "json"], &env)),
+        first.url.as_str()
+    );
+    assert_eq!(
+        server_of(cli.run_with_env(&["--server", &second.url, "whoami", "-o", "json"], &env)),
+        second.url.as_str()
+    );
+    // The variable is used, not just echoed: a server core4ctl has no token for is refused.
+    let unknown = "http://127.0.0.1:9";
+    cli.run_with_env(&["whoami"], &[("CORE4_SERVER", unknown)])
+        .failure(3, &format!("not logged in to {unknown}"));
+    // And it did not change the saved default.
+    assert_eq!(cli.config()["current"], second.url.as_str());
+}

@@ -181,11 +181,17 @@ fn tail_last_and_since_replay_stored_messages() {
     );
 }
 
+/// The "after" messages are sent through a second core4d on the same database while the one
+/// the tail follows is down, so the tail can only get them by catching up from the stored
+/// messages when it reconnects, never live.
 #[test]
 fn tail_resumes_across_a_core4d_restart_without_loss_or_duplicates() {
     let mut server = TestServer::spawn();
+    let other = server.another_instance();
     let cli = Cli::new();
     cli.login_admin(&server).success();
+    let via_other = Cli::new();
+    via_other.login_admin(&other).success();
     let mut tail = cli.spawn(&["event", "tail", "message"], false);
     synced(&mut tail, &cli, "message");
 
@@ -194,12 +200,13 @@ fn tail_resumes_across_a_core4d_restart_without_loss_or_duplicates() {
     assert_eq!(text(&tail.line(WAIT)), "before-1");
     assert_eq!(text(&tail.line(WAIT)), "before-2");
 
-    server.restart();
-    // Sent while the tail is still reconnecting: it must catch up on these.
+    server.stop();
     for i in 1..=3 {
-        cli.run(&["event", "send", "message", &format!("after-{i}")])
+        via_other
+            .run(&["event", "send", "message", &format!("after-{i}")])
             .success();
     }
+    server.start();
     let caught_up: Vec<String> = (0..3).map(|_| text(&tail.line(WAIT)).to_owned()).collect();
     assert_eq!(caught_up, ["after-1", "after-2", "after-3"]);
 
@@ -406,7 +413,15 @@ fn tail_renews_its_token_before_the_socket_would_expire() {
     cli.login_admin(&server).success();
     let mut tail = cli.spawn(&["event", "tail", "message"], false);
     synced(&mut tail, &cli, "message");
-    std::thread::sleep(Duration::from_secs(7));
+    // The token the tail started with expires after 4 s; the tail saves each refreshed one.
+    let first = cli.saved_token(&server).expect("a saved token");
+    cli.wait_for_saved_token_other_than(&server, &first);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        profile_status(&server, &first),
+        401,
+        "the first token has expired by now"
+    );
 
     let sender = Cli::new();
     sender.login_admin(&server).success();
@@ -623,4 +638,59 @@ fn send_dash_carries_on_past_invalid_utf8() {
         .json();
     assert_eq!(history[0]["data"], "next line");
     assert_eq!(history[1]["data"], "bad \u{fffd} byte");
+}
+
+/// The status of `GET /profile` with this token.
+fn profile_status(server: &TestServer, token: &str) -> u16 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/core4/api/v1/profile", server.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("core4d answers")
+            .status()
+            .as_u16()
+    })
+}
+
+#[test]
+fn chat_saves_refreshed_tokens_and_outlives_the_first_one() {
+    let server = TestServer::spawn_with(|s| {
+        s.token_expiration = 4;
+        s.token_refresh = 1;
+    });
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let first = cli.saved_token(&server).expect("a saved token");
+    let mut chat = cli.spawn(&["chat"], true);
+    cli.wait_for_saved_token_other_than(&server, &first);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        profile_status(&server, &first),
+        401,
+        "the first token has expired"
+    );
+
+    // Still connected and allowed to write: what it sends arrives.
+    let reader = Cli::new();
+    reader.login_admin(&server).success();
+    let mut tail = reader.spawn(&["event", "tail", "message"], false);
+    synced(&mut tail, &reader, "message");
+    chat.write_line("typed after the first token expired");
+    assert_eq!(
+        text(&tail.line(WAIT)),
+        "typed after the first token expired"
+    );
+    let (code, stderr) = chat.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains("reconnecting"),
+        "the socket stayed open: {stderr}"
+    );
 }

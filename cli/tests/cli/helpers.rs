@@ -97,16 +97,39 @@ impl TestServer {
         self.running = Some((stop_tx, thread));
     }
 
+    /// Another core4d on this one's database (a second instance of the same deployment).
+    pub fn another_instance(&self) -> Self {
+        let mut settings = self.settings.clone();
+        settings.listen = ([127, 0, 0, 1], 0).into();
+        let mut server = Self {
+            url: String::new(),
+            port: 0,
+            settings,
+            running: None,
+        };
+        server.start();
+        server
+    }
+
+    /// Runs SQL on this core4d's database, e.g. to plant data the API would not take.
+    pub fn execute_sql(&self, sql: &'static str) {
+        let url = self.settings.database_url.clone().expect("a database URL");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool = core4d::startup::connect(&url, 1).await.expect("connect");
+            sqlx::raw_sql(sql).execute(&pool).await.expect("SQL runs");
+            pool.close().await;
+        });
+    }
+
     pub fn stop(&mut self) {
         if let Some((stop, thread)) = self.running.take() {
             let _ = stop.send(());
             let _ = thread.join();
         }
-    }
-
-    pub fn restart(&mut self) {
-        self.stop();
-        self.start();
     }
 }
 
@@ -191,6 +214,38 @@ impl Cli {
 
     pub fn run(&self, args: &[&str]) -> Out {
         self.run_with_stdin(args, None)
+    }
+
+    /// Runs with extra environment variables (e.g. `CORE4_SERVER`).
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let output = cmd.output().expect("core4ctl runs");
+        Out {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The token saved for `server`, if any.
+    pub fn saved_token(&self, server: &TestServer) -> Option<String> {
+        self.config()["hosts"][&server.url]["token"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Waits (with the `WAIT` hang guard) until the token saved for `server` is not `old`.
+    #[track_caller]
+    pub fn wait_for_saved_token_other_than(&self, server: &TestServer, old: &str) -> String {
+        let guard = Instant::now() + WAIT;
+        loop {
+            if let Some(token) = self.saved_token(server).filter(|t| t != old) {
+                return token;
+            }
+            assert!(Instant::now() < guard, "no refreshed token was saved");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Out {

@@ -355,6 +355,36 @@ fn delete_asks_for_yes_without_a_terminal() {
     cli.run(&["roles", "get", "temp"]).failure(4, "not found");
 }
 
+/// The names in the rows of a `roles list` table (header skipped), in order.
+fn table_names(stdout: &str) -> Vec<String> {
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    let at = header
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case("name"))
+        .expect("a name column");
+    lines
+        .map(|row| {
+            row.split_whitespace()
+                .nth(at)
+                .expect("a name cell")
+                .to_string()
+        })
+        .collect()
+}
+
+fn json_names(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn teams(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
+    range.map(|i| format!("team{i:02}")).collect()
+}
+
 #[test]
 fn list_pages_filters_sorts_and_fetches_all() {
     let server = TestServer::spawn();
@@ -364,15 +394,14 @@ fn list_pages_filters_sorts_and_fetches_all() {
         cli.run(&["roles", "create", &format!("team{i:02}")])
             .success();
     }
-    // admin, standard_user and the 12 teams
+    // admin, standard_user and the 12 teams, by name: admin, standard_user, team00 .. team11.
+    let mut by_name = vec!["admin".to_string(), "standard_user".to_string()];
+    by_name.extend(teams(0..=11));
+
     let out = cli
         .run(&["roles", "list", "--per-page", "5", "--sort", "name"])
         .success();
-    assert_eq!(
-        out.stdout.lines().count(),
-        6,
-        "header and five rows: {out:?}"
-    );
+    assert_eq!(table_names(&out.stdout), by_name[..5], "{out:?}");
     assert!(out.stderr.contains("page 1 of 3"), "{out:?}");
     let out = cli
         .run(&[
@@ -387,16 +416,26 @@ fn list_pages_filters_sorts_and_fetches_all() {
         ])
         .success();
     assert_eq!(
-        out.stdout.lines().count(),
-        5,
-        "header and the last four: {out:?}"
+        table_names(&out.stdout),
+        by_name[10..],
+        "the last four: {out:?}"
     );
 
     let all = cli
-        .run(&["roles", "list", "--all", "--per-page", "4", "-o", "json"])
+        .run(&[
+            "roles",
+            "list",
+            "--all",
+            "--per-page",
+            "4",
+            "--sort",
+            "name",
+            "-o",
+            "json",
+        ])
         .success()
         .json();
-    assert_eq!(all.as_array().unwrap().len(), 14);
+    assert_eq!(json_names(&all), by_name, "every page, once each, in order");
 
     let desc = cli
         .run(&[
@@ -404,18 +443,26 @@ fn list_pages_filters_sorts_and_fetches_all() {
         ])
         .success()
         .json();
-    let names: Vec<&str> = desc
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names.first(), Some(&"team11"));
-    assert!(names.iter().all(|n| n.starts_with("team")));
+    // The default page is 10: team11 down to team02.
+    let mut expected = teams(2..=11);
+    expected.reverse();
+    assert_eq!(json_names(&desc), expected);
 
     let one = cli
         .run(&["roles", "list", "--filter", "name=TEAM03", "-o", "json"])
         .success()
         .json();
-    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(json_names(&one), ["team03"]);
+    let none = cli
+        .run(&[
+            "roles",
+            "list",
+            "--filter",
+            "email=nobody@example.com",
+            "-o",
+            "json",
+        ])
+        .success()
+        .json();
+    assert_eq!(json_names(&none), Vec::<String>::new());
 }

@@ -57,6 +57,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The token was revoked, expired, or the user deactivated or deleted.
     pub const POLICY: u16 = 1008;
+    /// A frame over the hard cap (16 × `events.max_frame_bytes`).
+    pub const TOO_BIG: u16 = 1009;
     /// Reason of a close with [`GOING_AWAY`] for a socket that answered no ping.
     pub const NO_PONG: &str = "no pong";
 }

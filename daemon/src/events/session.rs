@@ -20,7 +20,8 @@ use poem::Upgraded;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
-        Message, Utf8Bytes,
+        self, Message, Utf8Bytes,
+        error::CapacityError,
         protocol::{CloseFrame, frame::coding::CloseCode},
     },
 };
@@ -52,21 +53,36 @@ pub async fn run(
         conn: &conn,
         since,
         subscribed: false,
+        oversized: false,
     };
     let server_closed = reader.read_loop(&mut stream).await;
     if server_closed {
         // The writer sends what is queued and the close frame; then wait briefly for the
         // client's close reply so the close handshake completes.
-        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
+        let sink = match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
+            Ok(Ok(sink)) => sink,
+            _ => {
+                writer.abort();
+                None
+            }
+        };
+        if reader.oversized {
+            // The reader stopped at the header of the oversized frame; its payload is still on
+            // the way. Closing the connection on unread bytes would reset it, and the client
+            // could lose the close frame, so read and drop them for a moment first.
+            if let Some(Ok(mut ws)) = sink.map(|sink| stream.reunite(sink)) {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::io::copy(ws.get_mut(), &mut tokio::io::sink()),
+                )
+                .await;
+            }
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(_)) = stream.next().await {}
+            })
+            .await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
     } else {
         conn.mark_closed();
         if tokio::time::timeout(Duration::from_secs(2), &mut writer)
@@ -85,6 +101,8 @@ struct Reader<'a> {
     since: Option<i64>,
     /// An interest frame was handled already (the next ones are rate-limited).
     subscribed: bool,
+    /// The socket was closed for a frame over the WebSocket layer's hard cap.
+    oversized: bool,
 }
 
 impl Reader<'_> {
@@ -101,6 +119,19 @@ impl Reader<'_> {
                 self.conn.seen(self.inner.now_ms());
             }
             let text = match msg {
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    // Over the hard cap (16 × max_frame_bytes): tungstenite refuses to read the
+                    // frame and sends nothing itself, so the close with 1009 is ours to send.
+                    let reason = match e {
+                        CapacityError::MessageTooLong { size, max_size } => {
+                            format!("frame too large: {size} bytes (at most {max_size})")
+                        }
+                        other => format!("frame too large: {other}"),
+                    };
+                    self.oversized = true;
+                    self.conn.close(super::close::TOO_BIG, reason);
+                    return true;
+                }
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return false,
                 Some(Ok(Message::Text(text))) => Some(text),
                 Some(Ok(Message::Binary(_))) => None,
@@ -298,13 +329,14 @@ impl Reader<'_> {
 
 /// Writes queued frames until the socket closes; every frame taken in one round goes out with a
 /// single flush.
-async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) {
+/// Returns the sink after it sent a close frame.
+async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) -> Option<Sink> {
     let mut queue = VecDeque::new();
     loop {
         conn.take(&mut queue);
         if queue.is_empty() {
             if conn.is_closed() {
-                return;
+                return None;
             }
             conn.wait_for_frames().await;
             continue;
@@ -330,12 +362,12 @@ async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) {
             };
             if sink.feed(msg).await.is_err() {
                 conn.mark_closed();
-                return;
+                return None;
             }
         }
         if sink.flush().await.is_err() {
             conn.mark_closed();
-            return;
+            return None;
         }
         conn.replies.add_permits(replies);
         metrics
@@ -351,7 +383,7 @@ async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) {
                 reason: reason.into(),
             };
             let _ = sink.send(Message::Close(Some(frame))).await;
-            return;
+            return Some(sink);
         }
     }
 }
