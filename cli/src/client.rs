@@ -30,6 +30,8 @@ pub struct Page<T> {
     pub per_page: u64,
     pub page_count: u64,
     pub total_count: u64,
+    /// History only: retention deleted this channel's messages before this id.
+    pub truncated_before: Option<String>,
 }
 
 pub struct ApiClient {
@@ -227,12 +229,18 @@ impl ApiClient {
             number("page_count"),
             number("total_count"),
         );
+        let truncated_before = envelope
+            .get("truncated")
+            .and_then(|t| t.get("first"))
+            .and_then(Value::as_str)
+            .map(|s| sanitize(s).into_owned());
         Ok(Page {
             data: self.data(envelope)?,
             page,
             per_page,
             page_count,
             total_count,
+            truncated_before,
         })
     }
 
@@ -473,6 +481,11 @@ pub enum Frame {
     Ack(String),
     /// The server skipped messages after this id (slow consumer): fill from history.
     Gap(String),
+    /// Retention deleted the messages of `channel` before `first`: they are gone, not missed.
+    Truncated {
+        channel: String,
+        first: String,
+    },
     Error(String),
     Other(Value),
 }
@@ -483,13 +496,19 @@ impl Frame {
             Ok(v) => v,
             Err(_) => return Frame::Error(sanitize(text).into_owned()),
         };
+        let str_field = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+        if value.get("type").and_then(Value::as_str) == Some("truncated") {
+            return Frame::Truncated {
+                channel: sanitize(&str_field("channel").unwrap_or_default()).into_owned(),
+                first: sanitize(&str_field("first").unwrap_or_default()).into_owned(),
+            };
+        }
         if value.get("channel").is_some() {
             return match serde_json::from_value(value.clone()) {
                 Ok(event) => Frame::Event(event),
                 Err(_) => Frame::Other(value),
             };
         }
-        let str_field = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
         match value.get("type").and_then(Value::as_str) {
             Some("send" | "interest") if value.get("message_id").is_some() => {
                 Frame::Ack(match value.get("message_id") {
@@ -757,6 +776,13 @@ mod tests {
         assert_eq!(
             Frame::parse(r#"{"type":"gap","after":"41"}"#),
             Frame::Gap("41".into())
+        );
+        assert_eq!(
+            Frame::parse(r#"{"type":"truncated","channel":"logs","first":"42"}"#),
+            Frame::Truncated {
+                channel: "logs".into(),
+                first: "42".into()
+            }
         );
         assert_eq!(
             Frame::parse(r#"{"type":"error","message":"malformed message"}"#),

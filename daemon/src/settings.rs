@@ -124,6 +124,23 @@ pub struct EventSettings {
     pub max_unacked: usize,
     /// How long a message waits for an unreachable database before its sender gets an error frame.
     pub commit_timeout_ms: u64,
+    /// Seconds between retention rounds.
+    pub retention_interval_secs: u64,
+    /// Which stored messages to keep, per channel: the first rule whose `channel` glob matches
+    /// applies; a channel no rule matches keeps everything. TOML only (`[[events.retention]]`).
+    pub retention: Vec<RetentionRule>,
+}
+
+/// Keep at most `max_count` messages and/or none older than `max_age_secs` on the channels
+/// matching `channel` (a glob: `*` is any run of characters).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub channel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
 }
 
 impl Default for Settings {
@@ -199,6 +216,8 @@ impl Default for EventSettings {
             recheck_interval_ms: 500,
             max_unacked: 256,
             commit_timeout_ms: 10_000,
+            retention_interval_secs: 60,
+            retention: Vec::new(),
         }
     }
 }
@@ -285,6 +304,25 @@ impl Settings {
         {
             return Err("the http.* timeouts must be at least 1 second".into());
         }
+        if self.events.retention_interval_secs == 0 {
+            return Err("events.retention_interval_secs must be at least 1".into());
+        }
+        for (i, rule) in self.events.retention.iter().enumerate() {
+            let key = format!("events.retention[{i}]");
+            crate::domain::Channel::parse_glob(&rule.channel)
+                .map_err(|e| format!("{key}.channel [{}]: {e}", rule.channel))?;
+            if rule.max_count.is_none() && rule.max_age_secs.is_none() {
+                return Err(format!(
+                    "{key} (channel [{}]) keeps everything: set max_count and/or max_age_secs",
+                    rule.channel
+                ));
+            }
+            if rule.max_count == Some(0) || rule.max_age_secs == Some(0) {
+                return Err(format!(
+                    "{key}: max_count and max_age_secs must be at least 1"
+                ));
+            }
+        }
         for origin in &self.trusted_origins {
             crate::web::origin::Origin::parse(origin)
                 .map_err(|e| format!("trusted_origins: [{origin}] {e}"))?;
@@ -370,9 +408,15 @@ fn toml_string(settings: &Settings) -> String {
 fn write_toml_table(out: &mut String, prefix: &str, value: &serde_json::Value) {
     let Some(map) = value.as_object() else { return };
     let mut tables = Vec::new();
+    let mut arrays = Vec::new();
     for (k, v) in map {
         match v {
             serde_json::Value::Object(_) => tables.push((k, v)),
+            serde_json::Value::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i.is_object()) =>
+            {
+                arrays.push((k, items))
+            }
             serde_json::Value::Null => out.push_str(&format!("# {k} is not set\n")),
             other => out.push_str(&format!("{k} = {other}\n")),
         }
@@ -386,6 +430,17 @@ fn write_toml_table(out: &mut String, prefix: &str, value: &serde_json::Value) {
         out.push_str(&format!("\n[{name}]\n"));
         write_toml_table(out, &name, v);
     }
+    for (k, items) in arrays {
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        for item in items {
+            out.push_str(&format!("\n[[{name}]]\n"));
+            write_toml_table(out, &name, item);
+        }
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -397,6 +452,58 @@ impl fmt::Debug for Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_rules_are_checked_and_printed_as_toml_tables() {
+        let rule = |channel: &str, max_count, max_age_secs| RetentionRule {
+            channel: channel.into(),
+            max_count,
+            max_age_secs,
+        };
+        let mut s = Settings::default();
+        s.events.retention = vec![
+            rule("chat*", Some(1000), None),
+            rule("*", None, Some(86400)),
+        ];
+        assert!(s.validate().is_ok());
+        let text = s.redacted_toml();
+        assert!(
+            text.contains("[[events.retention]]\nchannel = \"chat*\"\nmax_count = 1000\n"),
+            "{text}"
+        );
+        let parsed: Settings = Figment::from(Toml::string(&text)).extract().unwrap();
+        assert_eq!(parsed.events.retention, s.events.retention);
+        s.events.retention = vec![rule("logs", None, None)];
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.starts_with("events.retention[0]") && err.contains("set max_count"),
+            "{err}"
+        );
+        s.events.retention = vec![rule("a b", Some(1), None)];
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .contains("events.retention[0].channel")
+        );
+        s.events.retention = vec![rule(&"*".repeat(9), Some(1), None)];
+        assert!(s.validate().unwrap_err().contains("at most 8"));
+    }
+
+    #[test]
+    fn an_unknown_retention_key_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core4d.toml");
+        std::fs::write(
+            &path,
+            "[[events.retention]]\nchanel = \"logs\"\nmax_count = 5\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.contains("chanel") && err.contains("retention"), "{err}");
+        std::fs::write(&path, "[[events.retention]]\nchannel = \"logs\"\n").unwrap();
+        let err = Settings::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.contains("set max_count and/or max_age_secs"), "{err}");
+    }
 
     #[test]
     fn known_env_keys_are_settings_and_others_are_ignored() {

@@ -25,18 +25,18 @@ use tokio_tungstenite::{
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A test client on the event socket.
-struct Ws {
+pub(crate) struct Ws {
     inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Event frames that arrived while `publish` waited for its ack.
     backlog: VecDeque<Value>,
 }
 
 impl Ws {
-    async fn connect(app: &TestApp, token: &str) -> Ws {
+    pub(crate) async fn connect(app: &TestApp, token: &str) -> Ws {
         Self::connect_url(&app.ws_url(token)).await
     }
 
-    async fn connect_url(url: &str) -> Ws {
+    pub(crate) async fn connect_url(url: &str) -> Ws {
         let (inner, resp) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connect");
@@ -44,18 +44,18 @@ impl Ws {
         Ws::from(inner)
     }
 
-    fn from(inner: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Ws {
+    pub(crate) fn from(inner: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Ws {
         Ws {
             inner,
             backlog: VecDeque::new(),
         }
     }
 
-    async fn send(&mut self, frame: Value) {
+    pub(crate) async fn send(&mut self, frame: Value) {
         self.send_text(&frame.to_string()).await
     }
 
-    async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.inner
             .send(Message::text(text.to_string()))
             .await
@@ -63,14 +63,14 @@ impl Ws {
     }
 
     /// The next JSON frame; panics on close or silence.
-    async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         match self.backlog.pop_front() {
             Some(v) => v,
             None => self.read().await,
         }
     }
 
-    async fn read(&mut self) -> Value {
+    pub(crate) async fn read(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(WAIT, self.inner.next())
                 .await
@@ -88,7 +88,7 @@ impl Ws {
     }
 
     /// Skips frames until one matches.
-    async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let v = self.recv().await;
             if pred(&v) {
@@ -98,7 +98,7 @@ impl Ws {
     }
 
     /// Nothing arrives within `d`.
-    async fn assert_silent(&mut self, d: Duration) {
+    pub(crate) async fn assert_silent(&mut self, d: Duration) {
         assert!(self.backlog.is_empty(), "unexpected: {:?}", self.backlog);
         if let Ok(Some(Ok(msg))) = tokio::time::timeout(d, self.inner.next()).await {
             panic!("unexpected frame: {msg:?}");
@@ -106,7 +106,7 @@ impl Ws {
     }
 
     /// Waits for the server's close frame and returns its code and reason.
-    async fn closed(&mut self) -> (u16, String) {
+    pub(crate) async fn closed(&mut self) -> (u16, String) {
         loop {
             let msg = tokio::time::timeout(WAIT, self.inner.next())
                 .await
@@ -123,14 +123,14 @@ impl Ws {
         }
     }
 
-    async fn interest(&mut self, channels: &[&str]) -> Value {
+    pub(crate) async fn interest(&mut self, channels: &[&str]) -> Value {
         self.send(json!({"type": "interest", "data": channels}))
             .await;
         self.recv_until(|v| v["type"] == "interest").await
     }
 
     /// Sends a message and returns its id from the ack (event frames before it are skipped).
-    async fn publish(&mut self, channel: &str, text: Value) -> String {
+    pub(crate) async fn publish(&mut self, channel: &str, text: Value) -> String {
         self.send(json!({"type": "message", "channel": channel, "text": text}))
             .await;
         let ack = loop {
@@ -147,7 +147,7 @@ impl Ws {
         ack["message_id"].as_str().expect("message_id").to_string()
     }
 
-    async fn event(&mut self) -> Value {
+    pub(crate) async fn event(&mut self) -> Value {
         self.recv_until(|v| v.get("channel").is_some()).await
     }
 }

@@ -5,6 +5,7 @@ mod daemon;
 mod events;
 mod login;
 mod permissions;
+mod retention;
 mod roles;
 mod security;
 mod security_http;

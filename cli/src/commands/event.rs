@@ -70,7 +70,15 @@ pub enum EventCommand {
     /// Show stored messages of a channel, newest first
     #[command(after_help = HISTORY_EXAMPLES)]
     History(HistoryArgs),
+    /// Show what each readable channel stores: messages, oldest and newest id, size, and what
+    /// retention deleted
+    #[command(after_help = STATS_EXAMPLES)]
+    Stats,
 }
+
+const STATS_EXAMPLES: &str = "Examples:
+  core4ctl event stats
+  core4ctl event stats -o json | jq '.[] | select(.count > 1000000)'";
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -120,7 +128,52 @@ pub async fn run(command: &EventCommand, ctx: &Context) -> Result<()> {
         EventCommand::Send(args) => send(args, ctx).await,
         EventCommand::Tail(args) => with_ctrl_c(tail(args, ctx)).await,
         EventCommand::History(args) => history(args, ctx).await,
+        EventCommand::Stats => stats(ctx).await,
     }
+}
+
+/// One channel's row of `GET /event/stats`.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct ChannelStats {
+    channel: String,
+    count: i64,
+    #[serde(default)]
+    oldest: Option<String>,
+    #[serde(default)]
+    newest: Option<String>,
+    bytes: i64,
+    #[serde(default)]
+    pruned_through: Option<String>,
+}
+
+async fn stats(ctx: &Context) -> Result<()> {
+    let rows: Vec<ChannelStats> = ctx.client()?.get("/event/stats", &[]).await?;
+    if ctx.json() {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        eprintln!("no messages stored");
+        return Ok(());
+    }
+    let mut table = output::table(&[
+        "CHANNEL",
+        "MESSAGES",
+        "OLDEST",
+        "NEWEST",
+        "BYTES",
+        "PRUNED THROUGH",
+    ]);
+    for r in &rows {
+        table.add_row(vec![
+            sanitize(&r.channel).into_owned(),
+            r.count.to_string(),
+            opt_cell(r.oldest.as_deref()),
+            opt_cell(r.newest.as_deref()),
+            r.bytes.to_string(),
+            opt_cell(r.pruned_through.as_deref()),
+        ]);
+    }
+    output::print_table(&table)
 }
 
 /// Ctrl-C ends a long-running command with success; lines are printed whole or not at all
@@ -789,6 +842,11 @@ async fn follow(
                     }
                 }
                 Some(Frame::Gap(after)) => fill_gap(client, &readable, printer, &after).await?,
+                Some(Frame::Truncated { channel, first }) => {
+                    eprintln!(
+                        "core4ctl: messages on {channel} before {first} are no longer stored (retention)"
+                    );
+                }
                 Some(Frame::Ack(_)) => {
                     if let Some(out) = outbox.as_deref_mut() {
                         out.unacked.pop_front();
@@ -879,6 +937,12 @@ async fn history(args: &HistoryArgs, ctx: &Context) -> Result<()> {
     let page = client.get_page::<Event>("/event/history", &query).await?;
     if ctx.json() {
         return print_json(&page.data);
+    }
+    if let Some(first) = &page.truncated_before {
+        eprintln!(
+            "messages on {} before {first} are no longer stored (retention)",
+            sanitize(&channel)
+        );
     }
     if page.data.is_empty() {
         eprintln!("no messages on {} (page {})", sanitize(&channel), args.page);

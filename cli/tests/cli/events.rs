@@ -694,3 +694,58 @@ fn chat_saves_refreshed_tokens_and_outlives_the_first_one() {
         "the socket stayed open: {stderr}"
     );
 }
+
+/// Retention deleted the oldest messages: stats say how many are left, history and a resuming
+/// tail say on stderr that older messages are gone, and the tail prints exactly what is kept.
+#[test]
+fn retention_shows_in_stats_history_and_tail() {
+    let server = TestServer::spawn_with(|s| {
+        s.events.retention = vec![core4d::settings::RetentionRule {
+            channel: "news*".into(),
+            max_count: Some(3),
+            max_age_secs: None,
+        }];
+        s.events.retention_interval_secs = 1;
+    });
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let lines: String = (1..=7).map(|i| format!("n{i}\n")).collect();
+    let sent = ids(&cli
+        .run_with_stdin(&["event", "send", "news", "-"], Some(&lines))
+        .success()
+        .stdout);
+    // Retention runs every second: wait (with a hang guard) until it pruned.
+    let deadline = std::time::Instant::now() + WAIT;
+    let stats = loop {
+        let stats = cli.run(&["event", "stats", "-o", "json"]).success().json();
+        if stats[0]["count"] == 3 {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never pruned: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stats[0]["channel"], "news");
+    assert_eq!(stats[0]["oldest"], sent[4].to_string());
+    assert_eq!(stats[0]["pruned_through"], sent[3].to_string());
+    let table = cli.run(&["event", "stats"]).success();
+    assert!(table.stdout.contains("PRUNED THROUGH"), "{table:?}");
+    assert!(table.stdout.contains(&sent[6].to_string()), "{table:?}");
+
+    let history = cli.run(&["event", "history", "news"]).success();
+    let gone = format!("before {} are no longer stored", sent[4]);
+    assert!(history.stderr.contains(&gone), "{history:?}");
+    assert!(
+        history.stdout.contains("n5") && !history.stdout.contains("n4"),
+        "{history:?}"
+    );
+
+    let mut tail = cli.spawn(&["event", "tail", "news", "--since", "0"], false);
+    let replayed: Vec<String> = (0..3).map(|_| text(&tail.line(WAIT)).to_owned()).collect();
+    assert_eq!(replayed, ["n5", "n6", "n7"]);
+    let (code, stderr) = tail.interrupt();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains(&gone), "{stderr}");
+}

@@ -18,11 +18,11 @@ use super::{ApiTags, AppState};
 use crate::{
     auth::{Method, TokenAuth, qual},
     domain::Channel,
-    envelope::{ErrorEnvelope, Page, Paged, format_ts},
+    envelope::{Envelope, ErrorEnvelope, Page, Paged, format_ts, ok},
     error::{ApiError, ApiResult},
     events::{
         Admission, Refused,
-        protocol::{ClientFrame, ServerFrame, parse_id_str},
+        protocol::{ClientFrame, ServerFrame, TruncatedFrame, parse_id_str},
     },
     storage::{
         self,
@@ -214,7 +214,7 @@ async fn history(
     per_page: Option<u32>,
     before: Option<String>,
     after: Option<String>,
-) -> ApiResult<Json<Paged<EventOut>>> {
+) -> ApiResult<Json<HistoryPage>> {
     let principal = state
         .auth
         .require(auth, qual::EVENT_HISTORY, Method::Read)
@@ -270,12 +270,57 @@ async fn history(
         storage::events::history(&state.pool, &filter, offset, pager.per_page).await?
     };
     rows.truncate(total.saturating_sub(offset).min(per_page) as usize);
-    Ok(pager.reply(
+    // Reaching the oldest retained message (or nothing) below pruned ones: say they are gone.
+    let truncated = storage::events::truncated(
+        &state.pool,
+        std::slice::from_ref(&filter.channel),
+        filter.after.unwrap_or(0),
+    )
+    .await?
+    .into_iter()
+    .next()
+    .filter(|(_, first)| rows.last().is_none_or(|oldest| oldest.id <= *first))
+    .map(|(channel, first)| TruncatedFrame {
+        channel,
+        first: first.to_string(),
+    });
+    let Json(page) = pager.reply(
         page,
         page_count,
         total,
         rows.into_iter().map(EventOut::from).collect(),
-    ))
+    );
+    Ok(Json(HistoryPage { page, truncated }))
+}
+
+/// What one channel stores.
+#[derive(Object)]
+pub struct ChannelStatsOut {
+    pub channel: String,
+    /// Stored messages.
+    pub count: i64,
+    /// The oldest stored message id (absent when none is stored).
+    #[oai(skip_serializing_if_is_none)]
+    pub oldest: Option<String>,
+    /// The newest stored message id.
+    #[oai(skip_serializing_if_is_none)]
+    pub newest: Option<String>,
+    /// Bytes of the stored messages' JSON text.
+    pub bytes: i64,
+    /// The highest id retention deleted on this channel, if it deleted any.
+    #[oai(skip_serializing_if_is_none)]
+    pub pruned_through: Option<String>,
+}
+
+/// A page of history.
+#[derive(Object)]
+pub struct HistoryPage {
+    #[oai(flatten)]
+    pub page: Paged<EventOut>,
+    /// Present when this page reaches the oldest message retention kept on the channel and older
+    /// ones were pruned: messages before `first` are gone, not missed.
+    #[oai(skip_serializing_if_is_none)]
+    pub truncated: Option<TruncatedFrame>,
 }
 
 #[OpenApi(tag = "ApiTags::Events")]
@@ -378,7 +423,7 @@ impl EventsApi {
         before: Query<Option<String>>,
         /// Only messages with a larger id.
         after: Query<Option<String>>,
-    ) -> ApiResult<Json<Paged<EventOut>>> {
+    ) -> ApiResult<Json<HistoryPage>> {
         history(
             &self.state,
             &auth,
@@ -389,6 +434,34 @@ impl EventsApi {
             after.0,
         )
         .await
+    }
+
+    /// Stored messages per channel
+    ///
+    /// For every channel the caller may read: how many messages are stored, the oldest and
+    /// newest id, their size, and up to which id retention (`[[events.retention]]`) deleted
+    /// messages. It reads every stored message: a command for operators, not for polling.
+    /// Needs `api://core4.api.v1.request.standard.event.EventHistoryHandler` (read).
+    #[oai(path = "/event/stats", method = "get", operation_id = "event_stats")]
+    async fn stats(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<Vec<ChannelStatsOut>>>> {
+        let principal = self
+            .state
+            .auth
+            .require(&auth, qual::EVENT_HISTORY, Method::Read)
+            .await?;
+        let rows = storage::events::stats(&self.state.pool).await?;
+        Ok(ok(rows
+            .into_iter()
+            .filter(|r| principal.perms.event(&r.channel, false))
+            .map(|r| ChannelStatsOut {
+                channel: r.channel,
+                count: r.count,
+                oldest: r.oldest.map(|i| i.to_string()),
+                newest: r.newest.map(|i| i.to_string()),
+                bytes: r.bytes,
+                pruned_through: r.pruned_through.map(|i| i.to_string()),
+            })
+            .collect()))
     }
 
     /// Message history (POST)
@@ -412,7 +485,7 @@ impl EventsApi {
         before: Query<Option<String>>,
         /// Only messages with a larger id.
         after: Query<Option<String>>,
-    ) -> ApiResult<Json<Paged<EventOut>>> {
+    ) -> ApiResult<Json<HistoryPage>> {
         history(
             &self.state,
             &auth,

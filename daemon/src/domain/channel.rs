@@ -23,6 +23,21 @@ impl Channel {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Checks a channel glob (`*` for any run of characters, at most 8), as `event://` permissions
+    /// and retention rules use them; returns it normalised.
+    pub fn parse_glob(raw: &str) -> Result<String, String> {
+        let glob = Self::parse(raw)?.0;
+        if glob.matches('*').count() > 8 {
+            return Err("a channel glob may have at most 8 `*`".into());
+        }
+        Ok(glob)
+    }
+
+    /// Whether this channel matches a glob from [`Channel::parse_glob`].
+    pub fn matches(&self, glob: &str) -> bool {
+        super::permission::glob_match(glob, &self.0)
+    }
 }
 
 impl fmt::Display for Channel {

@@ -95,7 +95,7 @@ fn compile_prefix(pattern: &str) -> Result<Regex, regex::Error> {
 
 /// `*` matches any run of characters. Iterative with one backtrack point, so the cost is at most
 /// pattern length × text length, whatever the pattern.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

@@ -16,6 +16,7 @@ mod dispatch;
 mod limits;
 pub mod protocol;
 mod recheck;
+pub mod retention;
 mod session;
 mod writer;
 
@@ -150,10 +151,15 @@ impl Hub {
         let listener = tokio::spawn(dispatch::listen(inner.clone()));
         let recheck = tokio::spawn(recheck::run(inner.clone(), epoch));
         let keepalive = tokio::spawn(keepalive(inner.clone()));
+        let retention = tokio::spawn(retention::run(
+            inner.pool.clone(),
+            inner.settings.retention.clone(),
+            Duration::from_secs(inner.settings.retention_interval_secs.max(1)),
+        ));
         *lock(&inner.tasks) = Tasks {
             writer: Some(writer),
             dispatcher: Some(dispatcher),
-            background: vec![listener, recheck, keepalive],
+            background: vec![listener, recheck, keepalive, retention],
         };
         Ok(Self { inner: Some(inner) })
     }

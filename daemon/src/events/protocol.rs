@@ -200,6 +200,13 @@ pub fn gap_frame(after: i64) -> Utf8Bytes {
     Utf8Bytes::from(format!("{{\"type\":\"gap\",\"after\":\"{after}\"}}"))
 }
 
+pub fn truncated_frame(channel: &str, first: i64) -> Utf8Bytes {
+    let mut out = String::from("{\"type\":\"truncated\",\"channel\":");
+    push_json_str(&mut out, channel);
+    out.push_str(&format!(",\"first\":\"{first}\"}}"));
+    Utf8Bytes::from(out)
+}
+
 /// Left-out channels the reply's `message` names (`denied` has all of them).
 const LEFT_OUT_SHOWN: usize = 8;
 
@@ -356,6 +363,16 @@ pub struct GapFrame {
     pub after: String,
 }
 
+/// Server frame, `type` = `truncated`: a resume reached below the oldest message retention kept
+/// on `channel`; messages before `first` are gone (pruned), not missed. Sent before the replay.
+#[derive(Object, Clone, Debug)]
+pub struct TruncatedFrame {
+    /// The channel.
+    pub channel: String,
+    /// The oldest retained message id of the channel (the next id, if none is left).
+    pub first: String,
+}
+
 /// Server frame, `type` = `token`: a token frame was accepted.
 #[derive(Object)]
 pub struct TokenReplyFrame {
@@ -377,6 +394,8 @@ pub enum ServerReply {
     Error(ErrorReplyFrame),
     #[oai(mapping = "gap")]
     Gap(GapFrame),
+    #[oai(mapping = "truncated")]
+    Truncated(TruncatedFrame),
     #[oai(mapping = "token")]
     Token(TokenReplyFrame),
 }
@@ -477,6 +496,16 @@ mod tests {
                 "author": "us\"er1", "channel": "message", "data": {"a": "hi"}})
         );
         assert!(EventFrame::parse_from_json(Some(value)).is_ok());
+    }
+
+    #[test]
+    fn the_truncated_frame_matches_its_schema() {
+        let value: Value = serde_json::from_str(&truncated_frame("mes\"sage", 42)).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type": "truncated", "channel": "mes\"sage", "first": "42"})
+        );
+        assert!(ServerReply::parse_from_json(Some(value)).is_ok());
     }
 
     #[test]

@@ -232,6 +232,16 @@ impl Reader<'_> {
         let Some(since) = granted.since else { return };
         let mut cursor = since;
         let channels = granted.channels;
+        // Messages retention deleted are reported as gone before the replay, not left as a gap.
+        match storage::events::truncated(&self.inner.pool, &channels, since).await {
+            Ok(cut) => {
+                for (channel, first) in cut {
+                    self.conn
+                        .push_notice(protocol::truncated_frame(&channel, first));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading what retention pruned failed"),
+        }
         while !channels.is_empty() && !self.conn.is_closed() {
             let rows = match storage::events::replay(
                 &self.inner.pool,

@@ -169,3 +169,112 @@ pub async fn history(
     qb.push(" ORDER BY id DESC LIMIT ").push_bind(limit as i64);
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
+
+/// Every channel with stored messages: a skip scan over `events_channel_id`, one index probe per
+/// channel instead of a scan of every message.
+pub async fn channels(pool: &PgPool) -> ApiResult<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "WITH RECURSIVE c(ch) AS (
+             (SELECT channel FROM events ORDER BY channel LIMIT 1)
+           UNION ALL
+             SELECT (SELECT e.channel FROM events e WHERE e.channel > c.ch ORDER BY e.channel LIMIT 1)
+             FROM c WHERE c.ch IS NOT NULL
+         )
+         SELECT ch FROM c WHERE ch IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The id of the newest message of `channel` that a `max_count` rule no longer keeps.
+pub async fn count_cutoff(pool: &PgPool, channel: &str, keep: u64) -> ApiResult<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM events WHERE channel = $1 ORDER BY id DESC OFFSET $2 LIMIT 1",
+    )
+    .bind(channel)
+    .bind(keep.min(i64::MAX as u64) as i64)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Deletes up to `batch` of the oldest messages of `channel` with an id up to `through` or
+/// created before `older_than`, in one short transaction that also records the highest id gone.
+/// Both conditions select a prefix of the channel (ids and `created` grow together), so each
+/// batch reads only its own rows from the `(channel, id)` index. Returns how many went.
+pub async fn prune(
+    pool: &PgPool,
+    channel: &str,
+    through: Option<i64>,
+    older_than: Option<OffsetDateTime>,
+    batch: i64,
+) -> ApiResult<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH doomed AS (
+             SELECT id FROM (SELECT id, created FROM events WHERE channel = $1 ORDER BY id LIMIT $4) s
+             WHERE s.id <= coalesce($2, -1) OR s.created < coalesce($3, '-infinity'::timestamptz)
+         ), gone AS (
+             DELETE FROM events WHERE id IN (SELECT id FROM doomed) RETURNING id
+         ), mark AS (
+             INSERT INTO event_channels_pruned (channel, pruned_through)
+             SELECT $1, max(id) FROM gone HAVING count(*) > 0
+             ON CONFLICT (channel) DO UPDATE
+             SET pruned_through = GREATEST(event_channels_pruned.pruned_through, EXCLUDED.pruned_through)
+         )
+         SELECT count(*) FROM gone",
+    )
+    .bind(channel)
+    .bind(through)
+    .bind(older_than)
+    .bind(batch)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
+}
+
+/// For each of `channels` that retention pruned beyond `after`: the channel and its oldest
+/// retained id (the next id, when nothing is left).
+pub async fn truncated(
+    pool: &PgPool,
+    channels: &[String],
+    after: i64,
+) -> ApiResult<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT p.channel,
+                coalesce((SELECT min(e.id) FROM events e WHERE e.channel = p.channel), p.pruned_through + 1)
+         FROM event_channels_pruned p
+         WHERE p.channel = ANY($1) AND p.pruned_through > $2
+         ORDER BY p.channel",
+    )
+    .bind(channels)
+    .bind(after)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What is stored per channel.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChannelStats {
+    pub channel: String,
+    pub count: i64,
+    pub oldest: Option<i64>,
+    pub newest: Option<i64>,
+    /// Bytes of the messages' JSON text.
+    pub bytes: i64,
+    /// The highest id retention deleted, if it deleted any.
+    pub pruned_through: Option<i64>,
+}
+
+/// Per-channel counts for every channel with messages or a pruning record (reads every message).
+pub async fn stats(pool: &PgPool) -> ApiResult<Vec<ChannelStats>> {
+    Ok(sqlx::query_as(
+        "SELECT coalesce(s.channel, p.channel) AS channel, coalesce(s.n, 0) AS count,
+                s.oldest, s.newest, coalesce(s.bytes, 0) AS bytes, p.pruned_through
+         FROM (SELECT channel, count(*) AS n, min(id) AS oldest, max(id) AS newest,
+                      sum(octet_length(data::text))::bigint AS bytes
+               FROM events GROUP BY channel) s
+         FULL JOIN event_channels_pruned p ON p.channel = s.channel
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?)
+}
