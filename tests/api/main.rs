@@ -6,3 +6,4 @@ mod events;
 mod login;
 mod permissions;
 mod roles;
+mod security_hashing;

@@ -109,7 +109,7 @@ impl Auth {
         self.inner.limiter.check(&limit_keys)?;
         let user = storage::roles::login_row(&self.inner.pool, &RoleName::key_of(username)).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
-        let verified = self.inner.hasher.verify(password, hash).await?;
+        let verified = self.inner.hasher.verify(client, password, hash).await?;
         match user {
             Some(u) if verified && u.is_active && u.email.is_some() => {
                 storage::roles::touch_last_login(&self.inner.pool, &u.id).await?;
