@@ -59,7 +59,8 @@ pub struct Argon2Settings {
     /// core.
     pub concurrency: usize,
     /// Logins that may wait for a free slot, all clients together; beyond it a login gets 503
-    /// with `Retry-After` at once.
+    /// with `Retry-After` at once. Addresses that gave a correct password in the last 7 days
+    /// have as many places again in a lane of their own, served first.
     pub max_queue: usize,
     /// Logins from one client address (an IPv6 client: its /64) that may wait for or hold a
     /// slot; beyond it 503 with `Retry-After`, so one flooding client cannot fill the queue.

@@ -3,7 +3,7 @@
 real login with and without a flood of bogus logins in flight.
 
     tests/bench/login.py [--core4d target/release/core4d] [--logins 1000] [--concurrency 32]
-                         [--flood 400] [--samples 100]
+                         [--flood 400] [--samples 100] [--flood-samples 50]
 
 Starts core4d with its embedded PostgreSQL in a temporary directory and prints a Markdown report.
 Only the standard library; loopback only. Clients are spread over 127.0.0.0/8 source addresses
@@ -14,7 +14,8 @@ Phases:
 2. `--logins` successful logins, `--concurrency` at a time, each worker from its own address;
    RSS afterwards, checked against idle + slots x m_cost + 30 MiB (issue 7, item 10);
 3. `--samples` sequential real logins from 127.0.0.2: p50/p99 without a flood;
-4. the same while `--flood` bogus logins are kept in flight from one address (127.0.0.1);
+4. `--flood-samples` of them while `--flood` bogus logins are kept in flight from one address
+   (127.0.0.1);
 5. the same while they come from `--flood` addresses (127.0.1.x ...), one login in flight each.
 The flooders resend as soon as an answer arrives, as an attacker would (503 included).
 
@@ -141,7 +142,8 @@ def main():
     ap.add_argument("--logins", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--flood", type=int, default=400)
-    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=100, help="real logins without a flood")
+    ap.add_argument("--flood-samples", type=int, default=50, help="real logins per flood")
     ap.add_argument("--flood-seconds", type=float, default=3, help="flood time before sampling")
     args = ap.parse_args()
 
@@ -226,7 +228,7 @@ def run(args, pid):
         threads = flood(sources, stop, counts, lock)
         time.sleep(args.flood_seconds)
         t0 = time.perf_counter()
-        lat, st = real_logins(args.samples)
+        lat, st = real_logins(args.flood_samples)
         window = time.perf_counter() - t0
         stop.set()
         for t in threads:

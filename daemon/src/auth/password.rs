@@ -3,24 +3,30 @@
 //! `concurrency × m_cost` KiB however many logins it served (freed 19 MiB buffers used to stay in
 //! glibc's per-thread arenas). In front of the slots sits a bounded queue with a share per client
 //! address: when it is full the caller gets 503 at once, so a flood of logins costs the flooder
-//! and not everyone else.
+//! and not everyone else. Addresses that gave a correct password recently have a lane of their
+//! own that is served first, so a flood from many addresses does not lock out known users.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
 };
 
 use argon2::{
     Algorithm, Argon2, Block, Params, Version,
     password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::{domain::Password, error::ApiError, settings::Argon2Settings};
 
 /// Seconds a caller is told to wait when the hashing queue is full: a few hashes' time.
 const BUSY_RETRY_AFTER: u64 = 1;
+/// How long an address that gave a correct password stays in the known lane, and how many such
+/// addresses are remembered (only a correct password adds one).
+const KNOWN_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+const KNOWN_MAX: usize = 10_000;
 
 #[derive(Clone)]
 pub struct Hasher {
@@ -40,14 +46,15 @@ impl Hasher {
         let pool = Arc::new(Pool {
             params,
             slots,
-            permits: Arc::new(Semaphore::new(slots)),
+            slot_queue: Arc::new(Slots::new(slots)),
             buffers: Mutex::default(),
             admission: Mutex::default(),
+            known: Mutex::default(),
             max_in_flight: slots + settings.max_queue,
             max_per_client: settings.max_queue_per_client.max(1),
         });
         let dummy = pool
-            .hash(b"core4d dummy password".to_vec(), None)
+            .hash(b"core4d dummy password".to_vec())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self {
@@ -62,16 +69,15 @@ impl Hasher {
     }
 
     /// A PHC string `$argon2id$v=19$m=..,t=..,p=..$<salt>$<hash>` with the configured costs.
-    /// Waits in the shared queue; 503 when it is full.
+    /// Callers are authenticated, so they wait in the known lane; 503 when it is full.
     pub async fn hash(&self, password: &Password) -> Result<String, ApiError> {
-        self.pool
-            .hash(password.expose().as_bytes().to_vec(), None)
-            .await
+        self.pool.hash(password.expose().as_bytes().to_vec()).await
     }
 
     /// Checks `password` against `hash` for a login from `client` (an IP address); with no hash
     /// (unknown user) it burns the same time and answers false. 503 when the queue, or this
-    /// client's share of it, is full.
+    /// client's share of it, is full. A correct password puts the client's address in the known
+    /// lane.
     pub async fn verify(
         &self,
         client: &str,
@@ -81,13 +87,19 @@ impl Hasher {
         let known = hash.is_some();
         let hash = hash.map_or_else(|| self.dummy_hash.to_string(), str::to_string);
         let password = password.as_bytes().to_vec();
+        let client = client_key(client);
+        let lane = self.pool.lane_of(&client);
         let ok = self
             .pool
-            .run(Some(client_key(client)), move |memory| {
+            .run(lane, Some(client.clone()), move |memory| {
                 verify_with(&password, &hash, memory)
             })
-            .await?;
-        Ok(ok && known)
+            .await?
+            && known;
+        if ok {
+            self.pool.remember(client);
+        }
+        Ok(ok)
     }
 }
 
@@ -95,33 +107,43 @@ impl Hasher {
 struct Pool {
     params: Params,
     slots: usize,
-    permits: Arc<Semaphore>,
-    /// Buffers not in use. A buffer is taken only while holding a permit, so there are never
-    /// more than `slots` of them.
+    slot_queue: Arc<Slots>,
+    /// Buffers not in use. A buffer is taken only while holding a slot, so there are never more
+    /// than `slots` of them.
     buffers: Mutex<Vec<Box<[Block]>>>,
     admission: Mutex<Admission>,
-    /// Callers waiting for or holding a slot, all clients together.
+    /// Client keys that gave a correct password, and when.
+    known: Mutex<HashMap<String, Instant>>,
+    /// Callers waiting for or holding a slot, per lane.
     max_in_flight: usize,
     /// Callers waiting for or holding a slot, per client.
     max_per_client: usize,
 }
 
+/// Known clients (and authenticated callers) first, then everyone else.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Lane {
+    Known = 0,
+    Other = 1,
+}
+
 #[derive(Default)]
 struct Admission {
-    in_flight: usize,
+    in_flight: [usize; 2],
     per_client: HashMap<String, usize>,
 }
 
 /// A place in the queue or a slot; given back when dropped.
 struct Ticket {
     pool: Arc<Pool>,
+    lane: Lane,
     client: Option<String>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut admission = self.pool.admission();
-        admission.in_flight -= 1;
+        admission.in_flight[self.lane as usize] -= 1;
         if let Some(client) = &self.client
             && let Some(n) = admission.per_client.get_mut(client)
         {
@@ -140,9 +162,28 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn admit(self: &Arc<Self>, client: Option<String>) -> Result<Ticket, ApiError> {
+    fn lane_of(&self, client: &str) -> Lane {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        match known.get(client) {
+            Some(at) if at.elapsed() < KNOWN_FOR => Lane::Known,
+            _ => Lane::Other,
+        }
+    }
+
+    fn remember(&self, client: String) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= KNOWN_MAX && !known.contains_key(&client) {
+            known.retain(|_, at| at.elapsed() < KNOWN_FOR);
+            if known.len() >= KNOWN_MAX {
+                return;
+            }
+        }
+        known.insert(client, Instant::now());
+    }
+
+    fn admit(self: &Arc<Self>, lane: Lane, client: Option<String>) -> Result<Ticket, ApiError> {
         let mut admission = self.admission();
-        if admission.in_flight >= self.max_in_flight {
+        if admission.in_flight[lane as usize] >= self.max_in_flight {
             return Err(busy());
         }
         if let Some(client) = &client {
@@ -152,30 +193,27 @@ impl Pool {
             }
             *n += 1;
         }
-        admission.in_flight += 1;
+        admission.in_flight[lane as usize] += 1;
         Ok(Ticket {
             pool: self.clone(),
+            lane,
             client,
         })
     }
 
-    /// Runs `job` on a blocking thread with a slot's buffer. The ticket and the permit go along
+    /// Runs `job` on a blocking thread with a slot's buffer. The ticket and the slot go along
     /// with the job: a caller that hangs up does not free its slot before the hash is done.
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
+        lane: Lane,
         client: Option<String>,
         job: impl FnOnce(&mut [Block]) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let ticket = self.admit(client)?;
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(ApiError::internal)?;
+        let ticket = self.admit(lane, client)?;
+        let slot = self.slot_queue.acquire(lane).await?;
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _held = (ticket, permit);
+            let _held = (ticket, slot);
             let mut memory = pool.take_buffer();
             let out = job(&mut memory);
             pool.buffers
@@ -197,17 +235,103 @@ impl Pool {
         free.unwrap_or_else(|| vec![Block::new(); self.params.block_count()].into_boxed_slice())
     }
 
-    async fn hash(
-        self: &Arc<Self>,
-        password: Vec<u8>,
-        client: Option<String>,
-    ) -> Result<String, ApiError> {
+    async fn hash(self: &Arc<Self>, password: Vec<u8>) -> Result<String, ApiError> {
         let params = self.params.clone();
-        self.run(client, move |memory| {
+        self.run(Lane::Known, None, move |memory| {
             hash_with(&params, &password, Salt::generate(), memory)
         })
         .await?
         .map_err(|e| ApiError::internal(anyhow::anyhow!("hashing failed: {e}")))
+    }
+}
+
+/// Hashing slots handed out by lane: every waiting caller of the known lane before any other,
+/// first come first served within a lane.
+struct Slots {
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    free: usize,
+    /// Only non-empty while no slot is free.
+    waiting: [VecDeque<oneshot::Sender<()>>; 2],
+}
+
+/// A slot; handed to the next waiter when dropped.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A caller waiting for a slot. Dropped before it got one, it leaves the queue; dropped just
+/// after a slot was handed to it, it passes the slot on.
+struct Waiting {
+    slots: Arc<Slots>,
+    rx: oneshot::Receiver<()>,
+    served: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.served {
+            self.rx.close();
+            if self.rx.try_recv().is_ok() {
+                self.slots.release();
+            }
+        }
+    }
+}
+
+impl Slots {
+    fn new(slots: usize) -> Self {
+        Self {
+            state: Mutex::new(SlotState {
+                free: slots,
+                waiting: Default::default(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn acquire(self: &Arc<Self>, lane: Lane) -> Result<Slot, ApiError> {
+        let rx = {
+            let mut state = self.state();
+            if state.free > 0 {
+                state.free -= 1;
+                return Ok(Slot(self.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            state.waiting[lane as usize].push_back(tx);
+            rx
+        };
+        let mut waiting = Waiting {
+            slots: self.clone(),
+            rx,
+            served: false,
+        };
+        (&mut waiting.rx)
+            .await
+            .map_err(|_| ApiError::internal(anyhow::anyhow!("hashing slot queue closed")))?;
+        waiting.served = true;
+        Ok(Slot(self.clone()))
+    }
+
+    fn release(&self) {
+        let mut state = self.state();
+        for lane in &mut state.waiting {
+            while let Some(tx) = lane.pop_front() {
+                if tx.send(()).is_ok() {
+                    return;
+                }
+            }
+        }
+        state.free += 1;
     }
 }
 
@@ -440,27 +564,110 @@ mod tests {
         .unwrap();
         let pool = &h.pool;
         // Hold the only slot and the only queue place, as two slow logins would.
-        let a = pool.admit(Some("a".into())).unwrap();
+        let a = pool.admit(Lane::Other, Some("a".into())).unwrap();
         assert!(
             matches!(
-                pool.admit(Some("a".into())),
+                pool.admit(Lane::Other, Some("a".into())),
                 Err(ApiError::Busy { retry_after: 1, .. })
             ),
             "a's share is used up"
         );
-        let b = pool.admit(Some("b".into())).unwrap();
+        let b = pool.admit(Lane::Other, Some("b".into())).unwrap();
         assert!(
-            matches!(pool.admit(Some("c".into())), Err(ApiError::Busy { .. })),
+            matches!(
+                pool.admit(Lane::Other, Some("c".into())),
+                Err(ApiError::Busy { .. })
+            ),
             "queue full"
         );
         assert!(matches!(
             h.verify("c", "x", None).await,
             Err(ApiError::Busy { .. })
         ));
-        drop((a, b));
+        // The known lane has places of its own.
+        let k = pool.admit(Lane::Known, Some("k".into())).unwrap();
+        drop((a, b, k));
         assert!(pool.admission().per_client.is_empty());
-        assert_eq!(pool.admission().in_flight, 0);
+        assert_eq!(pool.admission().in_flight, [0, 0]);
         assert!(!h.verify("c", "x", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_correct_password_puts_the_address_in_the_known_lane() {
+        let h = Hasher::new(&cheap()).await.unwrap();
+        let hash = h
+            .hash(&Password::parse("right one").unwrap())
+            .await
+            .unwrap();
+        assert!(
+            !h.verify("10.0.0.7", "wrong one", Some(&hash))
+                .await
+                .unwrap()
+        );
+        assert!(!h.verify("10.0.0.7", "right one", None).await.unwrap());
+        assert_eq!(h.pool.lane_of("10.0.0.7"), Lane::Other);
+        assert!(
+            h.verify("10.0.0.7", "right one", Some(&hash))
+                .await
+                .unwrap()
+        );
+        assert_eq!(h.pool.lane_of("10.0.0.7"), Lane::Known);
+        assert_eq!(h.pool.lane_of("10.0.0.8"), Lane::Other);
+    }
+
+    /// Waits until `n` callers of `lane` are queued (hang guard: the test's timeout).
+    async fn queued(slots: &Slots, lane: Lane, n: usize) {
+        while slots.state().waiting[lane as usize].len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_known_lane_is_served_first() {
+        let slots = Arc::new(Slots::new(1));
+        let held = slots.acquire(Lane::Other).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (lane, n) in [(Lane::Other, 1), (Lane::Other, 2), (Lane::Known, 1)] {
+            let (mine, order) = (slots.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _slot = mine.acquire(lane).await.unwrap();
+                order.lock().unwrap().push(lane);
+            }));
+            queued(&slots, lane, n).await;
+        }
+        drop(held);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            [Lane::Known, Lane::Other, Lane::Other]
+        );
+        assert_eq!(slots.state().free, 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_the_queue_keeps_no_slot() {
+        let slots = Arc::new(Slots::new(1));
+        // Leaves while waiting.
+        let held = slots.acquire(Lane::Other).await.unwrap();
+        let gone = tokio::time::timeout(Duration::from_millis(10), slots.acquire(Lane::Other));
+        assert!(gone.await.is_err());
+        drop(held);
+        assert_eq!(slots.state().free, 1);
+        // Leaves after the slot was handed to it, before it looked.
+        let held = slots.acquire(Lane::Other).await.unwrap();
+        let mut waiter = Box::pin(slots.acquire(Lane::Known));
+        let pending = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(waiter.as_mut().poll(cx).is_pending())
+        })
+        .await;
+        assert!(pending);
+        drop(held);
+        assert_eq!(slots.state().free, 0, "handed to the waiter");
+        drop(waiter);
+        assert_eq!(slots.state().free, 1);
     }
 
     #[tokio::test]
