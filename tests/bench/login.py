@@ -13,10 +13,12 @@ Phases:
 1. idle RSS of core4d (after start, which already hashed twice: the dummy and the admin seed);
 2. `--logins` successful logins, `--concurrency` at a time, each worker from its own address;
    RSS afterwards, checked against idle + slots x m_cost + 30 MiB (issue 7, item 10);
-3. `--samples` sequential real logins from 127.0.0.2: p50/p99 without a flood;
+3. `--samples` sequential real logins from 127.0.0.2: p50/p99 without a flood (the first one
+   makes 127.0.0.2 an address that logged in before);
 4. `--flood-samples` of them while `--flood` bogus logins are kept in flight from one address
    (127.0.0.1);
 5. the same while they come from `--flood` addresses (127.0.1.x ...), one login in flight each.
+In 4 and 5, ten first logins from addresses never seen before are tried too.
 The flooders resend as soon as an answer arrives, as an attacker would (503 included).
 
 The login limiter is lifted (CORE4_LOGIN_LIMIT__MAX_FAILURES) so that phases 4 and 5 measure the
@@ -96,6 +98,11 @@ def real_logins(samples):
         if status == 200:
             latencies.append(elapsed)
     return latencies, statuses
+
+
+def newcomers(n, subnet):
+    """One admin login from each of `n` addresses never seen before: how many got in."""
+    return sum(Client(f"127.0.{subnet}.{i + 1}").login("admin", ADMIN_PASSWORD) == 200 for i in range(n))
 
 
 def flood(sources, stop, counts, lock):
@@ -219,6 +226,7 @@ def run(args, pid):
     print(f"| real login, no flood | {describe(lat, st)} |")
 
     # Phases 4 and 5: floods.
+    flood_rows = []
     for label, sources in [
         (f"{args.flood} bogus logins in flight from one address", ["127.0.0.1"] * args.flood),
         (f"{args.flood} bogus logins in flight from {args.flood} addresses",
@@ -229,13 +237,16 @@ def run(args, pid):
         time.sleep(args.flood_seconds)
         t0 = time.perf_counter()
         lat, st = real_logins(args.flood_samples)
+        new = newcomers(10, 200 + len(flood_rows))
         window = time.perf_counter() - t0
         stop.set()
         for t in threads:
             t.join(timeout=180)
         flood_rate = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=str))
-        print(f"| real login, {label} | {describe(lat, st)}; flood replies over "
-              f"{args.flood_seconds + window:.0f} s: {flood_rate} |")
+        flood_rows.append(label)
+        print(f"| real login, {label} | {describe(lat, st)}; first logins from 10 new "
+              f"addresses: {new} let in; flood replies over {args.flood_seconds + window:.0f} s: "
+              f"{flood_rate} |")
     print(f"| RSS at the end | {rss_mib(pid):.0f} MiB |")
 
 
