@@ -29,6 +29,9 @@ pub enum ApiError {
     TooManyRequests { message: String, retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// Too much work queued (the password hasher); the client should retry after a moment.
+    #[error("{message}")]
+    Busy { message: String, retry_after: u64 },
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
@@ -45,7 +48,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,7 +117,7 @@ impl poem::error::ResponseError for ApiError {
     fn as_response(&self) -> Response {
         let mut resp = Json(self.envelope()).into_response();
         resp.set_status(self.status());
-        if let Self::TooManyRequests { retry_after, .. } = self {
+        if let Self::TooManyRequests { retry_after, .. } | Self::Busy { retry_after, .. } = self {
             resp.headers_mut()
                 .insert("Retry-After", (*retry_after).into());
         }
@@ -149,7 +152,10 @@ const DOCUMENTED: &[(u16, &str)] = &[
         500,
         "A server bug; the cause is logged under the request id.",
     ),
-    (503, "The database is not reachable."),
+    (
+        503,
+        "The database is not reachable, or too many logins wait for the password hasher (see `Retry-After`).",
+    ),
 ];
 
 impl ApiResponse for ApiError {

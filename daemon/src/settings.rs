@@ -30,7 +30,7 @@ pub struct Settings {
     pub admin_username: String,
     /// Password of the bootstrap administrator. Unset: generated and printed once.
     pub admin_password: Option<String>,
-    /// argon2id cost parameters for new password hashes.
+    /// argon2id costs of new password hashes, hashing slots and the queue in front of them.
     pub argon2: Argon2Settings,
     /// Failed-login limits.
     pub login_limit: LoginLimitSettings,
@@ -62,6 +62,16 @@ pub struct Argon2Settings {
     pub t_cost: u32,
     /// Parallelism.
     pub p_cost: u32,
+    /// Hashes computed at once; each slot keeps an `m_cost` KiB buffer for good. 0: one per CPU
+    /// core.
+    pub concurrency: usize,
+    /// Logins that may wait for a free slot, all clients together; beyond it a login gets 503
+    /// with `Retry-After` at once. Addresses that gave a correct password in the last 7 days
+    /// have as many places again in a lane of their own, served first.
+    pub max_queue: usize,
+    /// Logins from one client address (an IPv6 client: its /64) that may wait for or hold a
+    /// slot; beyond it 503 with `Retry-After`, so one flooding client cannot fill the queue.
+    pub max_queue_per_client: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -175,6 +185,10 @@ impl Default for Argon2Settings {
             m_cost: 19 * 1024,
             t_cost: 2,
             p_cost: 1,
+            // More slots than cores add no throughput to CPU-bound hashing, only memory.
+            concurrency: 0,
+            max_queue: 64,
+            max_queue_per_client: 8,
         }
     }
 }
@@ -291,6 +305,9 @@ impl Settings {
             && pw.is_empty()
         {
             return Err("admin_password must not be empty".into());
+        }
+        if self.argon2.max_queue_per_client == 0 {
+            return Err("argon2.max_queue_per_client must be at least 1".into());
         }
         if self.max_per_page == 0 || self.events.outbound_queue == 0 || self.events.batch_max == 0 {
             return Err(

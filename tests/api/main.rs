@@ -8,4 +8,5 @@ mod permissions;
 mod retention;
 mod roles;
 mod security;
+mod security_hashing;
 mod security_http;

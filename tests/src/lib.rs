@@ -99,6 +99,7 @@ pub fn test_settings(database_url: &str) -> Settings {
             m_cost: 1024,
             t_cost: 1,
             p_cost: 1,
+            ..Argon2Settings::default()
         },
         ..Settings::default()
     }

@@ -44,6 +44,7 @@ impl TestServer {
             m_cost: 64,
             t_cost: 1,
             p_cost: 1,
+            ..Argon2Settings::default()
         };
         tweak(&mut settings);
         let mut server = Self {

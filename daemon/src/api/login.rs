@@ -209,7 +209,10 @@ impl LoginApi {
     /// (POST) as a JSON object or form body `{"username": ..., "password": ...}`. A valid token
     /// (Bearer, `?token=`, cookie, or `token` in the body) is exchanged for a fresh one.
     /// Failed logins are limited per user name and per client address (429 with `Retry-After`);
-    /// the reply to a wrong password does not reveal whether the user exists.
+    /// the reply to a wrong password does not reveal whether the user exists. Password checks
+    /// wait in a bounded queue (`argon2.max_queue`, and `argon2.max_queue_per_client` per client
+    /// address): when it is full the login gets 503 with `Retry-After` at once. Addresses that
+    /// logged in successfully before are served first.
     #[oai(path = "/login", method = "get", operation_id = "login_get")]
     async fn login_get(
         &self,

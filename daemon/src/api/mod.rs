@@ -155,6 +155,8 @@ pub async fn offline_spec(settings: &Settings) -> anyhow::Result<String> {
         m_cost: 8,
         t_cost: 1,
         p_cost: 1,
+        concurrency: 1,
+        ..Default::default()
     })
     .await?;
     let auth = Auth::new(

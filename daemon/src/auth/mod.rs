@@ -107,7 +107,7 @@ impl Auth {
         let attempt = limiter.begin(&key, client, known_source)?;
         let user = storage::roles::login_row(&self.inner.pool, &key).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
-        let verified = self.inner.hasher.verify(password, hash).await?;
+        let verified = self.inner.hasher.verify(client, password, hash).await?;
         match user {
             Some(u) if verified && u.is_active && u.email.is_some() => {
                 limiter.succeeded(attempt);
