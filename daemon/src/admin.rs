@@ -49,6 +49,7 @@ impl From<EmbeddedError> for AdminError {
     fn from(e: EmbeddedError) -> Self {
         match e {
             EmbeddedError::NotInitialised(_) => Self::NotFound(e.to_string()),
+            EmbeddedError::OwnedByOther { .. } => Self::Usage(e.to_string()),
             other => Self::Failed(other.into()),
         }
     }

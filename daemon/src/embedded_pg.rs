@@ -71,6 +71,11 @@ pub enum EmbeddedError {
          (PostgreSQL refuses to run as root): create that user or set DATABASE_URL"
     )]
     NoPostgresUser,
+    #[error(
+        "the embedded cluster in {dir} belongs to user `{owner}`: run core4d as that user \
+         (e.g. `runuser -u {owner} -- core4d ...`), as its service does"
+    )]
+    OwnedByOther { dir: PathBuf, owner: String },
     #[error("another process is already running the private PostgreSQL cluster in {0}")]
     InUse(PathBuf),
     #[error("{context}: {source}")]
@@ -796,6 +801,7 @@ fn choose_cluster_dir(data_dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf,
         "could not resolve the data directory {}",
         data_dir.display()
     )))?;
+    check_owner(&data_dir.join("pg"), run_as)?;
     let Some(user) = run_as else {
         return Ok(data_dir.join("pg"));
     };
@@ -815,6 +821,38 @@ fn choose_cluster_dir(data_dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf,
         "the postgres user cannot reach the data directory, so the private PostgreSQL cluster lives elsewhere"
     );
     Ok(dir)
+}
+
+/// A cluster must be run by the user that owns it: PostgreSQL refuses others, and root would
+/// otherwise look for its own cluster elsewhere (e.g. an operator's `core4d backup` as root on a
+/// service's data directory).
+fn check_owner(cluster_dir: &Path, run_as: Option<RunAs>) -> Result<(), EmbeddedError> {
+    let Ok(meta) = fs::metadata(cluster_dir) else {
+        return Ok(());
+    };
+    let expected = match run_as {
+        Some(user) => user.uid,
+        None => fs::metadata("/proc/self")
+            .map_err(io_err("could not read /proc/self"))?
+            .uid(),
+    };
+    if meta.uid() == expected {
+        return Ok(());
+    }
+    Err(EmbeddedError::OwnedByOther {
+        dir: cluster_dir.to_path_buf(),
+        owner: user_name(meta.uid()).unwrap_or_else(|| meta.uid().to_string()),
+    })
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        (fields.next()?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
 }
 
 /// Whether `user` may search every directory from / down to `dir` (owner, then group, then

@@ -531,3 +531,29 @@ fn a_cluster_of_another_postgresql_major_version_is_refused_with_what_to_do() {
         assert!(line.contains(&needle), "{needle} missing in: {line}");
     }
 }
+
+/// An operator running an administrative command as root on a service's data directory is told
+/// to run it as the cluster's owner, instead of root looking for a cluster of its own elsewhere.
+#[test]
+fn a_cluster_of_another_user_names_the_user_to_run_as() {
+    let dir = temp_dir();
+    let cluster = cluster_dir(dir.path());
+    std::fs::create_dir(&cluster).unwrap();
+    let chowned = std::process::Command::new("chown")
+        .args(["nobody"])
+        .arg(&cluster)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !chowned {
+        eprintln!("SKIP: only root can give the cluster directory to another user");
+        return;
+    }
+    let out = run(admin(dir.path(), &["backup", "unused.dump"]), "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("belongs to user `nobody`: run core4d as that user"),
+        "{}",
+        text(&out.stderr)
+    );
+}
