@@ -71,6 +71,11 @@ pub enum EmbeddedError {
          (PostgreSQL refuses to run as root): create that user or set DATABASE_URL"
     )]
     NoPostgresUser,
+    #[error(
+        "the embedded cluster in {dir} belongs to user `{owner}`: run core4d as that user \
+         (e.g. `runuser -u {owner} -- core4d ...`), as its service does"
+    )]
+    OwnedByOther { dir: PathBuf, owner: String },
     #[error("another process is already running the private PostgreSQL cluster in {0}")]
     InUse(PathBuf),
     #[error("{context}: {source}")]
@@ -83,6 +88,25 @@ pub enum EmbeddedError {
     Initdb { dir: PathBuf, output: String },
     #[error("could not stop the PostgreSQL server in {dir}:\n{output}")]
     Stop { dir: PathBuf, output: String },
+    #[error(
+        "the embedded cluster in {pgdata} was created by PostgreSQL {cluster}, but the binaries \
+         in {bin_dir} are PostgreSQL {binaries}: back it up with the old binaries \
+         (`CORE4_PG_BIN_DIR={old_bin_dir} core4d backup FILE`), move the data directory aside and \
+         `core4d restore FILE` with the new ones, or upgrade the cluster with pg_upgrade"
+    )]
+    VersionMismatch {
+        pgdata: PathBuf,
+        cluster: String,
+        binaries: String,
+        bin_dir: PathBuf,
+        /// Where that version's binaries are, or would be on Debian and Ubuntu.
+        old_bin_dir: PathBuf,
+    },
+    #[error(
+        "there is no embedded cluster in {0} yet: start core4d once, or point --data-dir or \
+         DATABASE_URL at the database you mean"
+    )]
+    NotInitialised(PathBuf),
     #[error("PostgreSQL exited while starting: {0}")]
     ExitedDuringStartup(PostgresExit),
     #[error(
@@ -213,6 +237,7 @@ impl EmbeddedPostgres {
             pg.initdb(opts.fsync).await?;
             pg.initialized_now = true;
         } else {
+            check_version(&pg.pgdata, &pg.bin_dir).await?;
             pg.stop_orphan().await?;
         }
         pg.spawn_postmaster(&opts)?;
@@ -226,13 +251,10 @@ impl EmbeddedPostgres {
         Ok(pg)
     }
 
-    /// A URL sqlx accepts for database `db`, connecting over the unix socket as user postgres.
+    /// A URL sqlx (and libpq) accepts for database `db`, connecting over the unix socket as user
+    /// postgres.
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@localhost:{PORT}/{}?host={}&sslmode=disable",
-            percent_encode(db.as_bytes(), false),
-            percent_encode(self.socket_dir.as_os_str().as_bytes(), true),
-        )
+        socket_url(&self.socket_dir, db)
     }
 
     pub fn socket_dir(&self) -> &Path {
@@ -512,6 +534,168 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
+fn socket_url(socket_dir: &Path, db: &str) -> String {
+    format!(
+        "postgres://postgres@localhost:{PORT}/{}?host={}&sslmode=disable",
+        percent_encode(db.as_bytes(), false),
+        percent_encode(socket_dir.as_os_str().as_bytes(), true),
+    )
+}
+
+/// The embedded cluster as an administrative command (`core4d admin`, `backup`, `restore`)
+/// finds it: served by a running core4d, or started for the command and stopped after it.
+#[derive(Debug)]
+pub enum Attached {
+    /// A running core4d holds the cluster; the command connects to its socket.
+    Shared { url: String, bin_dir: PathBuf },
+    /// Nobody ran the cluster: the command started it and stops it with [`Attached::release`].
+    Own(EmbeddedPostgres),
+}
+
+impl Attached {
+    /// Finds the cluster of `opts.data_dir`. `create`: initdb when there is none yet (restore
+    /// into a fresh data dir); otherwise a missing cluster is [`EmbeddedError::NotInitialised`].
+    pub async fn open(opts: EmbeddedOptions, create: bool) -> Result<Self, EmbeddedError> {
+        let bin_dir = find_pg_bin_dir()?;
+        let run_as = if running_as_root()? {
+            Some(postgres_user()?.ok_or(EmbeddedError::NoPostgresUser)?)
+        } else {
+            None
+        };
+        if !create && !opts.data_dir.is_dir() {
+            return Err(EmbeddedError::NotInitialised(opts.data_dir.clone()));
+        }
+        let cluster_dir = choose_cluster_dir(&opts.data_dir, run_as)?;
+        if !create && !cluster_dir.join("data").join("PG_VERSION").exists() {
+            return Err(EmbeddedError::NotInitialised(opts.data_dir.clone()));
+        }
+        let socket_dir = cluster_dir.join("run");
+        let lock_path = cluster_dir.join("core4d.lock");
+        let running = match File::open(&lock_path) {
+            Ok(lock) => match lock.try_lock() {
+                Ok(()) => false,
+                Err(fs::TryLockError::WouldBlock) => true,
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(io_err(format!("could not lock {}", lock_path.display()))(e));
+                }
+            },
+            Err(_) => false,
+        };
+        if !running {
+            return Ok(Self::Own(
+                EmbeddedPostgres::start_with_bin_dir(opts, bin_dir).await?,
+            ));
+        }
+        // The core4d holding the lock may still be starting its postmaster.
+        let socket = socket_dir.join(format!(".s.PGSQL.{PORT}"));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !socket.exists() {
+            if Instant::now() >= deadline {
+                return Err(EmbeddedError::NotReady {
+                    last_error: format!("{} never appeared", socket.display()),
+                    log: cluster_dir.join("server.log"),
+                    log_tail: log_tail(&cluster_dir.join("server.log")),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self::Shared {
+            url: socket_url(&socket_dir, "postgres"),
+            bin_dir,
+        })
+    }
+
+    /// The URL of core4d's database in the cluster.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Shared { url, .. } => url.clone(),
+            Self::Own(pg) => pg.url("postgres"),
+        }
+    }
+
+    pub fn bin_dir(&self) -> &Path {
+        match self {
+            Self::Shared { bin_dir, .. } => bin_dir,
+            Self::Own(pg) => pg.bin_dir(),
+        }
+    }
+
+    /// Whether a running core4d serves this cluster.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Shared { .. })
+    }
+
+    /// Stops the cluster if this command started it.
+    pub async fn release(self) -> Result<(), EmbeddedError> {
+        match self {
+            Self::Shared { .. } => Ok(()),
+            Self::Own(pg) => pg.stop().await,
+        }
+    }
+}
+
+/// A client tool (`pg_dump`, `pg_restore`, `psql`): from the server binaries' directory when it
+/// is there (the same major version as the embedded cluster), else from `PATH`.
+pub fn client_tool(name: &str) -> PathBuf {
+    find_pg_bin_dir()
+        .ok()
+        .map(|dir| dir.join(name))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A cluster's files only work with the major version that wrote them; refuse a mismatch
+/// before postgres does, with a line saying what to do.
+async fn check_version(pgdata: &Path, bin_dir: &Path) -> Result<(), EmbeddedError> {
+    let cluster = fs::read_to_string(pgdata.join("PG_VERSION"))
+        .map_err(io_err(format!(
+            "could not read {}",
+            pgdata.join("PG_VERSION").display()
+        )))?
+        .trim()
+        .to_string();
+    let out = tokio::process::Command::new(bin_dir.join("postgres"))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io_err(format!(
+            "could not run {}/postgres --version",
+            bin_dir.display()
+        )))?;
+    let Some(binaries) = major_version(&String::from_utf8_lossy(&out.stdout)) else {
+        // An unparsable answer is no reason to refuse: postgres itself checks PG_VERSION.
+        return Ok(());
+    };
+    if binaries == cluster {
+        return Ok(());
+    }
+    Err(EmbeddedError::VersionMismatch {
+        pgdata: pgdata.to_path_buf(),
+        old_bin_dir: PathBuf::from(format!("/usr/lib/postgresql/{cluster}/bin")),
+        cluster,
+        binaries,
+        bin_dir: bin_dir.to_path_buf(),
+    })
+}
+
+/// The major version in `postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)`, as PG_VERSION
+/// writes it: `15` since version 10, `9.6` before.
+fn major_version(version_output: &str) -> Option<String> {
+    let number = version_output
+        .split_once("(PostgreSQL) ")?
+        .1
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()?;
+    let mut parts = number.split('.');
+    let first: u32 = parts.next()?.parse().ok()?;
+    if first >= 10 {
+        Some(first.to_string())
+    } else {
+        Some(format!("{first}.{}", parts.next()?))
+    }
+}
+
 /// Finds the PostgreSQL server binaries, honouring `CORE4_PG_BIN_DIR`.
 pub fn find_pg_bin_dir() -> Result<PathBuf, EmbeddedError> {
     find_pg_bin_dir_with(std::env::var_os(BIN_DIR_ENV).map(PathBuf::from).as_deref())
@@ -617,6 +801,7 @@ fn choose_cluster_dir(data_dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf,
         "could not resolve the data directory {}",
         data_dir.display()
     )))?;
+    check_owner(&data_dir.join("pg"), run_as)?;
     let Some(user) = run_as else {
         return Ok(data_dir.join("pg"));
     };
@@ -636,6 +821,38 @@ fn choose_cluster_dir(data_dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf,
         "the postgres user cannot reach the data directory, so the private PostgreSQL cluster lives elsewhere"
     );
     Ok(dir)
+}
+
+/// A cluster must be run by the user that owns it: PostgreSQL refuses others, and root would
+/// otherwise look for its own cluster elsewhere (e.g. an operator's `core4d backup` as root on a
+/// service's data directory).
+fn check_owner(cluster_dir: &Path, run_as: Option<RunAs>) -> Result<(), EmbeddedError> {
+    let Ok(meta) = fs::metadata(cluster_dir) else {
+        return Ok(());
+    };
+    let expected = match run_as {
+        Some(user) => user.uid,
+        None => fs::metadata("/proc/self")
+            .map_err(io_err("could not read /proc/self"))?
+            .uid(),
+    };
+    if meta.uid() == expected {
+        return Ok(());
+    }
+    Err(EmbeddedError::OwnedByOther {
+        dir: cluster_dir.to_path_buf(),
+        owner: user_name(meta.uid()).unwrap_or_else(|| meta.uid().to_string()),
+    })
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        (fields.next()?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
 }
 
 /// Whether `user` may search every directory from / down to `dir` (owner, then group, then
@@ -721,4 +938,21 @@ fn percent_encode(bytes: &[u8], keep_slash: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_version_is_read_as_pg_version_writes_it() {
+        let v = |s: &str| major_version(s);
+        assert_eq!(
+            v("postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)\n").as_deref(),
+            Some("15")
+        );
+        assert_eq!(v("postgres (PostgreSQL) 17beta1").as_deref(), Some("17"));
+        assert_eq!(v("postgres (PostgreSQL) 9.6.24").as_deref(), Some("9.6"));
+        assert_eq!(v("something else"), None);
+    }
 }

@@ -1,7 +1,9 @@
 //! core4d: the core4 API server over PostgreSQL.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod domain;
 pub mod embedded_pg;
 pub mod envelope;

@@ -20,14 +20,19 @@ use core4d::{
 /// `core4d config` shows every key with its effective value.
 ///
 /// Secrets: there is no built-in secret. Without CORE4_SECRET a signing secret is generated once
-/// and kept in the database. Without CORE4_ADMIN_PASSWORD the first start generates the admin
-/// password and prints it once on stderr.
+/// and kept in the database. The admin is created once, when the database is first initialised:
+/// with CORE4_ADMIN_PASSWORD, or else a generated password printed once on stderr.
+/// `core4d admin reset-password` sets a forgotten one.
+///
+/// Exit codes: 0 success, 1 failure, 2 invalid configuration or input, 3 no such user or file
+/// (or no data yet), 4 refused to protect data (restore over data without --force, or while
+/// core4d runs).
 #[derive(Parser)]
 #[command(
     version,
     about,
     long_about,
-    after_help = "Examples:\n  core4d                                  # serve on 127.0.0.1:5001, embedded PostgreSQL\n  DATABASE_URL=postgres://u:p@db/core4 core4d --listen 0.0.0.0:5001\n  core4d config                           # effective configuration, secrets redacted\n  core4d openapi > openapi/core4.json     # the API document"
+    after_help = "Examples:\n  core4d                                  # serve on 127.0.0.1:5001, embedded PostgreSQL\n  DATABASE_URL=postgres://u:p@db/core4 core4d --listen 0.0.0.0:5001\n  core4d config                           # effective configuration, secrets redacted\n  core4d openapi > openapi/core4.json     # the API document\n  core4d admin reset-password --username admin\n  core4d backup core4d.dump               # online; restore with `core4d restore core4d.dump`"
 )]
 struct Cli {
     /// TOML configuration file.
@@ -54,6 +59,44 @@ enum Command {
     Config,
     /// Print the OpenAPI document.
     Openapi,
+    /// Administer users directly in the database, whether core4d runs or not.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Back up the database (embedded or configured) into FILE, a pg_dump custom-format file
+    /// (mode 0600). Works while core4d runs.
+    #[command(after_help = "Example:\n  core4d backup /var/backups/core4d-$(date +%F).dump")]
+    Backup {
+        /// The backup file to write (replaced when it exists).
+        file: PathBuf,
+    },
+    /// Replace the database (embedded or configured) with a backup made by `core4d backup`.
+    /// Stop core4d first. A data directory without a cluster gets a new one. All or nothing:
+    /// on failure the database is left as it was.
+    #[command(after_help = "Example:\n  core4d --data-dir /var/lib/core4d restore core4d.dump")]
+    Restore {
+        /// The backup file to read.
+        file: PathBuf,
+        /// Replace a database that already holds data (everything in its public schema).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Set a user's password and end all of its tokens, on the embedded database (running or
+    /// not) or the configured one. Asks twice on the terminal, or reads --password-stdin.
+    #[command(
+        after_help = "Examples:\n  core4d admin reset-password --username admin\n  printf '%s\\n' \"$PW\" | core4d admin reset-password --username admin --password-stdin"
+    )]
+    ResetPassword {
+        /// The user whose password to set.
+        #[arg(long)]
+        username: String,
+        /// Read the password from stdin (one trailing newline is dropped).
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,8 +123,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(
+        command,
+        Command::Admin(_) | Command::Backup { .. } | Command::Restore { .. }
+    ) {
+        return runtime.block_on(administer(command, settings));
+    }
     let result = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve) {
+        match command {
             Command::Config => {
                 print!("{}", settings.redacted_toml());
                 Ok(())
@@ -91,6 +141,9 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Serve => serve(settings).await,
+            Command::Admin(_) | Command::Backup { .. } | Command::Restore { .. } => {
+                unreachable!("handled by administer")
+            }
         }
     });
     match result {
@@ -111,33 +164,107 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             "core4d: created the admin user `{}` with the password: {pw}",
             app.state().settings.admin_username
         );
-        eprintln!("core4d: it is shown only this once; change it with `core4ctl roles update`.");
+        eprintln!(
+            "core4d: it is shown only this once; change it with `core4ctl roles update` (or \
+             `core4d admin reset-password`)."
+        );
     }
+    let shutdown = shutdown_signal();
     let listen = app.state().settings.listen;
     tracing::info!(address = %std::net::SocketAddr::new(listen.ip(), app.port()), port = app.port(), "core4d is ready");
-    app.run_until_stopped(shutdown_signal()).await
+    app.run_until_stopped(shutdown).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// The administrative commands: what was done goes to stdout, errors to stderr, and the exit
+/// code says which kind of failure it was.
+async fn administer(command: Command, settings: Settings) -> std::process::ExitCode {
+    // Only warnings: the embedded cluster's start-up chatter is not the command's output.
+    core4d::telemetry::init_with_default(&settings.log_format, "warn");
+    let done = match command {
+        Command::Admin(AdminCommand::ResetPassword {
+            username,
+            password_stdin,
+        }) => reset_password(&settings, &username, password_stdin).await,
+        Command::Backup { file } => core4d::backup::backup(&settings, &file).await.map(|r| {
+            println!(
+                "backed up {} into {} ({} bytes)",
+                r.contents,
+                r.file.display(),
+                r.bytes
+            );
+        }),
+        Command::Restore { file, force } => core4d::backup::restore(&settings, &file, force)
+            .await
+            .map(|r| {
+                let how = if r.replaced {
+                    "replaced the database with"
+                } else {
+                    "restored"
+                };
+                println!("{how} {} from {}", r.contents, file.display());
+            }),
+        _ => unreachable!("not an administrative command"),
+    };
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("core4d: {e:#}");
+            std::process::ExitCode::from(e.exit_code())
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+}
+
+async fn reset_password(
+    settings: &Settings,
+    username: &str,
+    password_stdin: bool,
+) -> Result<(), core4d::admin::AdminError> {
+    let password = core4d::admin::read_new_password(password_stdin)?;
+    let r = core4d::admin::reset_password(settings, username, &password).await?;
+    println!(
+        "set the password of user `{}` (id {}); every token it held is now invalid{}",
+        r.username,
+        r.id,
+        if r.core4d_running {
+            ", also in the running core4d"
+        } else {
+            ""
+        }
+    );
+    if !r.is_active {
+        println!(
+            "note: `{}` is inactive and cannot log in until a cop activates it",
+            r.username
+        );
+    }
+    Ok(())
+}
+
+/// Resolves at SIGTERM or Ctrl-C. The handlers are installed when this is called, not when it is
+/// first polled, so a stop that comes right after "ready" still shuts down cleanly.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            Ok((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    }
 }
 
 /// Many idle WebSockets need many descriptors: lift the soft limit to the hard one.

@@ -1,5 +1,6 @@
-//! Builds the application: storage (embedded or external), migrations, secret, seed data, the
-//! event hub and the HTTP listener (bound here, so tests can use port 0).
+//! Builds the application: the HTTP listener (bound here first, so tests can use port 0 and a
+//! busy port fails the start before anything is created), storage (embedded or external),
+//! migrations, secret, the event hub, and last the seed data.
 
 use std::{sync::Arc, time::Duration};
 
@@ -42,7 +43,9 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     port: u16,
     embedded: Option<EmbeddedPostgres>,
-    /// Set when this start created the admin with a generated password.
+    /// Set when this start created the admin with a generated password. Seeding is the last
+    /// step of [`Application::build`]: once it is set, nothing can fail before the caller
+    /// shows it.
     pub generated_admin_password: Option<String>,
 }
 
@@ -70,6 +73,8 @@ pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = bind(settings.listen).map_err(|e| listen_error(settings.listen, &e))?;
+        let port = listener.local_addr()?.port();
         let (url, embedded) = match &settings.database_url {
             Some(url) => (url.clone(), None),
             None => {
@@ -99,9 +104,8 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let hasher = Hasher::new(&settings.argon2).await?;
-        let generated_admin_password = seed(&pool, &settings, &hasher).await?;
         let metrics = Metrics::default();
-        let auth = Auth::new(pool.clone(), secret.as_bytes(), hasher, &settings);
+        let auth = Auth::new(pool.clone(), secret.as_bytes(), hasher.clone(), &settings);
         auth.spawn_invalidation_listener();
         let hub = Hub::start(
             pool.clone(),
@@ -110,6 +114,7 @@ impl Application {
             metrics.clone(),
         )
         .await?;
+        let generated_admin_password = seed(&pool, &settings, &hasher).await?;
         let state = AppState {
             pool,
             auth,
@@ -117,10 +122,6 @@ impl Application {
             hub,
             metrics,
         };
-
-        let listener = bind(state.settings.listen)
-            .with_context(|| format!("cannot listen on {}", state.settings.listen))?;
-        let port = listener.local_addr()?.port();
         spawn_housekeeping(state.pool.clone());
         Ok(Self {
             state,
@@ -211,7 +212,24 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     socket.listen(1024)
 }
 
-/// Creates the admin and `standard_user` when missing; returns a generated admin password.
+/// The start-up error for a listener that cannot be bound, naming the setting to change.
+fn listen_error(addr: std::net::SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another program listens there: stop it, or choose another address with --listen \
+             (CORE4_LISTEN, `listen` in the config file)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges: choose another port with --listen (CORE4_LISTEN), \
+             or put a proxy in front"
+        }
+        _ => "choose another address with --listen (CORE4_LISTEN)",
+    };
+    anyhow::anyhow!("cannot listen on {addr}: {e}; {hint}")
+}
+
+/// Creates `standard_user` when missing, and the admin the first time only: when this database
+/// never had one. Returns a generated admin password.
 async fn seed(
     pool: &PgPool,
     settings: &Settings,
@@ -220,26 +238,51 @@ async fn seed(
     let key = crate::domain::RoleName::parse(&settings.admin_username)
         .map_err(|e| anyhow::anyhow!("admin_username: {e}"))?
         .key();
-    let exists = storage::roles::exists_by_name(pool, &key)
+    let created_at = storage::roles::admin_created_at(pool)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // An existing admin keeps its password: no hash to compute, only the role to make sure of.
     let mut generated = None;
-    let hash = if exists {
-        None
-    } else {
-        let password = match &settings.admin_password {
-            Some(p) => p.clone(),
-            None => generated.insert(random_string(20)).clone(),
-        };
-        let password = crate::domain::Password::parse(&password)
-            .map_err(|e| anyhow::anyhow!("admin_password: {e}"))?;
-        Some(
-            hasher
-                .hash(&password)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
+    let hash = match created_at {
+        Some(at) => {
+            if settings.admin_password.is_some() {
+                let exists = storage::roles::exists_by_name(pool, &key)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                tracing::warn!(
+                    "admin_password (CORE4_ADMIN_PASSWORD) is ignored: the admin is created only \
+                     when the database is first initialised, which was at {at}{}; to set a \
+                     password, run `core4d admin reset-password --username NAME`",
+                    if exists {
+                        ""
+                    } else {
+                        " (that user has been deleted since)"
+                    }
+                );
+            }
+            None
+        }
+        None => {
+            let password = match &settings.admin_password {
+                Some(p) => p.clone(),
+                None => generated.insert(random_string(20)).clone(),
+            };
+            let (password, short) = crate::domain::Password::configured(&password)
+                .map_err(|e| anyhow::anyhow!("admin_password: {e}"))?;
+            if short {
+                tracing::warn!(
+                    "THE ADMIN PASSWORD IS SHORTER THAN {} CHARACTERS: admin_password \
+                     (CORE4_ADMIN_PASSWORD) is accepted as configured, but passwords set through \
+                     the API need at least that many; change it before exposing core4d",
+                    crate::domain::MIN_PASSWORD_CHARS
+                );
+            }
+            Some(
+                hasher
+                    .hash(&password)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+        }
     };
     let created = storage::roles::seed(
         pool,

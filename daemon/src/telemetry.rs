@@ -5,8 +5,13 @@ use std::io::IsTerminal;
 use tracing_subscriber::{EnvFilter, fmt};
 
 pub fn init(format: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,poem=warn"));
+    init_with_default(format, "info,sqlx=warn,poem=warn");
+}
+
+/// As [`init`], with `default_filter` when `RUST_LOG` is unset.
+pub fn init_with_default(format: &str, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,28 +1,11 @@
 //! The real `core4d` binary: its help, configuration output, spec, and the embedded PostgreSQL
 //! life cycle (first start, restart with data kept, no binaries, the database dying).
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_core4d");
+use std::{path::Path, process::Command, time::Instant};
 
-fn core4d() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CORE4_") || key == "DATABASE_URL" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("CORE4_ARGON2__M_COST", "1024")
-        .env("CORE4_ARGON2__T_COST", "1")
-        .env("RUST_LOG", "info");
-    cmd
-}
+use support::{Daemon, core4d, embedded, login, runtime, temp_dir, walk_for};
 
 #[test]
 fn help_explains_configuration_and_secrets() {
@@ -214,145 +197,6 @@ fn committed_openapi_spec_is_current() {
     }
 }
 
-/// A core4d child with its stderr lines forwarded to a channel.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Daemon {
-    fn start(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: vec![],
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!(
-                            "core4d exited ({status}) before `{needle}`:\n{}",
-                            self.seen.join("\n")
-                        );
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no `{needle}` from core4d:\n{}", self.seen.join("\n"))
-    }
-
-    fn port(&mut self) -> u16 {
-        let line = self.wait_for("core4d is ready");
-        let at = line.find("port=").expect("port in ready line") + 5;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.wait_exit()
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            while let Ok(line) = self.lines.try_recv() {
-                self.seen.push(line);
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                    self.seen.push(line);
-                }
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "core4d did not exit:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn embedded(data_dir: &Path) -> Command {
-    let mut cmd = core4d();
-    cmd.args([
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    cmd
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn login(port: u16, user: &str, password: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/core4/api/v1/login"))
-        .query(&[("username", user), ("password", password)])
-        .send()
-        .await
-        .unwrap()
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    tempfile::Builder::new()
-        .prefix("core4d-bin-")
-        .tempdir_in(base)
-        .unwrap()
-}
-
 #[test]
 fn embedded_first_start_generates_the_admin_password_and_restart_keeps_data() {
     let rt = runtime();
@@ -468,19 +312,4 @@ fn core4d_exits_non_zero_when_its_embedded_database_dies() {
         "{}",
         daemon.seen.join("\n")
     );
-}
-
-fn walk_for(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.file_name().is_some_and(|n| n == name) {
-            return Some(path);
-        }
-        if path.is_dir()
-            && let Some(found) = walk_for(&path, name)
-        {
-            return Some(found);
-        }
-    }
-    None
 }

@@ -481,8 +481,34 @@ pub async fn active_cops(tx: &mut Transaction<'_, Postgres>) -> ApiResult<i64> {
     .await?)
 }
 
+/// The `server_settings` key recording when the bootstrap admin was created: it is created once
+/// per database, never again (not after it was deleted either).
+const ADMIN_CREATED_KEY: &str = "admin_created";
+
+const NOW_UTC: &str = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"')";
+
+/// When the bootstrap admin was created, if it ever was. A database from before this was
+/// recorded counts as bootstrapped once it holds any user, and gets the record now.
+pub async fn admin_created_at(pool: &PgPool) -> ApiResult<Option<String>> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO server_settings (key, value)
+         SELECT $1, {NOW_UTC} WHERE EXISTS (SELECT 1 FROM roles WHERE password_hash IS NOT NULL)
+         ON CONFLICT (key) DO NOTHING"
+    )))
+    .bind(ADMIN_CREATED_KEY)
+    .execute(pool)
+    .await?;
+    Ok(
+        sqlx::query_scalar("SELECT value FROM server_settings WHERE key = $1")
+            .bind(ADMIN_CREATED_KEY)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// Creates the `standard_user` role when missing, and the bootstrap admin when `admin_hash` is
-/// given and no role of that name exists. Returns true when the admin was created by this call.
+/// given and the admin was never created on this database (recording that it now was).
+/// Returns true when the admin was created by this call.
 pub async fn seed(
     pool: &PgPool,
     admin_name: &str,
@@ -491,7 +517,13 @@ pub async fn seed(
 ) -> ApiResult<bool> {
     let mut tx = begin_change(pool).await?;
     let mut created = false;
-    if let Some(admin_hash) = admin_hash {
+    // Under the change lock, so two instances starting on a new database create one admin.
+    let recorded: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM server_settings WHERE key = $1)")
+            .bind(ADMIN_CREATED_KEY)
+            .fetch_one(&mut *tx)
+            .await?;
+    if let Some(admin_hash) = admin_hash.filter(|_| !recorded) {
         let admin = sqlx::query(
             "INSERT INTO roles (id, name, name_key, name_skeleton, realname, email, password_hash, perm, etag, seeded)
          VALUES ($1, $2, $3, $6, 'admin user', 'admin@core4d.invalid', $4, ARRAY['cop'], $5, true)
@@ -506,6 +538,14 @@ pub async fn seed(
         .execute(&mut *tx)
         .await?;
         created = admin.rows_affected() == 1;
+        if created {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO server_settings (key, value) VALUES ($1, {NOW_UTC})"
+            )))
+            .bind(ADMIN_CREATED_KEY)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     let perms: Vec<String> = standard_perms.iter().map(|s| s.to_string()).collect();
     sqlx::query(
@@ -521,6 +561,50 @@ pub async fn seed(
     .await?;
     tx.commit().await?;
     Ok(created)
+}
+
+/// What [`set_password`] changed.
+pub struct PasswordSet {
+    pub id: String,
+    pub is_active: bool,
+}
+
+/// Sets a user's password outside the API (`core4d admin reset-password`): ends every token of
+/// the user, as a password change through the API does. `None` when there is no such user;
+/// an error when the name is a role (no email) rather than a user.
+pub async fn set_password(
+    pool: &PgPool,
+    name_key: &str,
+    hash: &str,
+) -> ApiResult<Option<PasswordSet>> {
+    let mut tx = begin_change(pool).await?;
+    let row: Option<(String, Option<String>, bool)> =
+        sqlx::query_as("SELECT id, email, is_active FROM roles WHERE name_key = $1 FOR UPDATE")
+            .bind(name_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((id, email, is_active)) = row else {
+        return Ok(None);
+    };
+    if email.is_none() {
+        return Err(ApiError::BadRequest(
+            "it is a role, not a user (it has no email): a user needs an email and a password"
+                .into(),
+        ));
+    }
+    sqlx::query(
+        "UPDATE roles SET password_hash = $2, token_version = token_version + 1, etag = $3,
+             updated = now()
+         WHERE id = $1",
+    )
+    .bind(&id)
+    .bind(hash)
+    .bind(ObjectId::new().to_string())
+    .execute(&mut *tx)
+    .await?;
+    super::tokens::bump_epoch(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Some(PasswordSet { id, is_active }))
 }
 
 pub async fn exists_by_name(pool: &PgPool, name_key: &str) -> ApiResult<bool> {
