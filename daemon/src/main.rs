@@ -115,7 +115,29 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let listen = app.state().settings.listen;
     tracing::info!(address = %std::net::SocketAddr::new(listen.ip(), app.port()), port = app.port(), "core4d is ready");
+    spawn_reload_on_sighup(app.reloader());
     app.run_until_stopped(shutdown_signal()).await
+}
+
+/// SIGHUP re-reads the TLS certificate and key; a failed reload keeps the old ones.
+fn spawn_reload_on_sighup(reloader: core4d::startup::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = reloader.reload() {
+                    tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous certificate");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 async fn shutdown_signal() {

@@ -813,7 +813,10 @@ async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<()> {
             .await?
             .json()
             .await?;
-        let id = created["data"]["_id"].as_str().context("create user")?.to_string();
+        let id = created["data"]["_id"]
+            .as_str()
+            .context("create user")?
+            .to_string();
         let token = login(&http, &cli.url, &name, "loadgen-password").await?;
         let mut ws = connect(&ws_url(&cli.url, &token)).await?;
         // Publish with one message in flight; every ack is stamped with its arrival.
@@ -888,7 +891,10 @@ async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<()> {
     for (kind, label) in [(0, "logout"), (1, "deactivation")] {
         println!(
             "{}",
-            latency_line(&format!("{label}: acknowledged -> socket closed"), delays[kind].clone())
+            latency_line(
+                &format!("{label}: acknowledged -> socket closed"),
+                delays[kind].clone()
+            )
         );
         let mut counts = accepted_after[kind].clone();
         counts.sort_unstable();
