@@ -108,7 +108,8 @@ impl ApiClient {
         let mut certs = Vec::new();
         for der in ders {
             certs.push(
-                reqwest::Certificate::from_der(der.as_ref()).map_err(|e| unusable(e.to_string()))?,
+                reqwest::Certificate::from_der(der.as_ref())
+                    .map_err(|e| unusable(e.to_string()))?,
             );
             roots.add(der).map_err(|e| unusable(e.to_string()))?;
         }

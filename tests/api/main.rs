@@ -8,3 +8,4 @@ mod permissions;
 mod roles;
 mod security;
 mod security_http;
+mod tls_proxy;
