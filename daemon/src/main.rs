@@ -22,6 +22,10 @@ use core4d::{
 /// Secrets: there is no built-in secret. Without CORE4_SECRET a signing secret is generated once
 /// and kept in the database. Without CORE4_ADMIN_PASSWORD the first start generates the admin
 /// password and prints it once on stderr.
+///
+/// TLS: with tls.cert_file and tls.key_file (PEM; CORE4_TLS__CERT_FILE, CORE4_TLS__KEY_FILE) the
+/// listener serves HTTPS and WSS; SIGHUP re-reads both files. Behind a reverse proxy, list it in
+/// trusted_proxies (CIDRs) so that its X-Forwarded-For / Forwarded headers name the client.
 #[derive(Parser)]
 #[command(
     version,
@@ -113,9 +117,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
         eprintln!("core4d: it is shown only this once; change it with `core4ctl roles update`.");
     }
+    // Before "ready": a SIGHUP after it must not hit the default action (terminate).
+    spawn_reload_on_sighup(app.reloader());
     let listen = app.state().settings.listen;
     tracing::info!(address = %std::net::SocketAddr::new(listen.ip(), app.port()), port = app.port(), "core4d is ready");
-    spawn_reload_on_sighup(app.reloader());
     app.run_until_stopped(shutdown_signal()).await
 }
 
