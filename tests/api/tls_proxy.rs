@@ -669,7 +669,6 @@ impl Nginx {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("nginx starts");
         let mut nginx = Self {
@@ -704,16 +703,28 @@ impl Nginx {
         }
     }
 
-    /// Fast shutdown (SIGTERM to the master, by its pid), then waits for it.
-    async fn stop(mut self) {
+    /// Fast shutdown: SIGTERM to the master (by its pid), which stops its workers. A SIGKILL
+    /// would leave the workers running.
+    fn terminate(&self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
-        if tokio::time::timeout(WAIT, self.child.wait()).await.is_err() {
-            let _ = self.child.start_kill();
-        }
+    }
+
+    /// Stops nginx and waits for it.
+    async fn stop(mut self) {
+        self.terminate();
+        let exited = tokio::time::timeout(WAIT, self.child.wait()).await;
+        assert!(exited.is_ok(), "nginx did not stop:\n{}", self.log());
+    }
+}
+
+/// Also when a test fails half-way.
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 
