@@ -116,27 +116,18 @@ async fn accept_connection<E: Endpoint + 'static>(
         inner: stream,
         activity: activity.clone(),
     };
+    let conn = Conn {
+        peer,
+        ep,
+        local,
+        timeouts,
+        activity,
+    };
     let Some(tls) = tls else {
-        let conn = Conn {
-            peer,
-            ep,
-            local,
-            timeouts,
-            activity,
-        };
         return conn.serve(watched, Scheme::HTTP, stop).await;
     };
     match tokio::time::timeout(timeouts.header_read, tls.accept(watched)).await {
-        Ok(Ok(stream)) => {
-            let conn = Conn {
-                peer,
-                ep,
-                local,
-                timeouts,
-                activity,
-            };
-            conn.serve(stream, Scheme::HTTPS, stop).await
-        }
+        Ok(Ok(stream)) => conn.serve(stream, Scheme::HTTPS, stop).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
