@@ -15,6 +15,7 @@ Examples:
   core4ctl event tail message system
   echo hello | core4ctl event send message -
   core4ctl -o json roles get alice | jq .perm_total
+  core4ctl --server https://core4.example.com --cacert ca.pem login --username admin
 
 Exit codes: 0 success, 1 error, 2 usage, 3 authentication, 4 not found, 5 conflict.";
 
@@ -33,6 +34,10 @@ pub struct GlobalArgs {
     /// core4d base URL [default: the server saved at login, else http://127.0.0.1:5001]
     #[arg(long, global = true, env = "CORE4_SERVER", value_name = "URL")]
     pub server: Option<String>,
+    /// Trust only the certificate(s) in this PEM file for https:// and wss:// (a self-signed
+    /// certificate or a private CA) instead of the system's
+    #[arg(long, global = true, env = "CORE4_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Output format: tables for people, JSON with stable field names for scripts
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputMode::Table)]
     pub output: OutputMode,

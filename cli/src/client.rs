@@ -2,7 +2,7 @@
 //! parsing, error mapping, saving refreshed tokens) and [`EventSocket`] over its WebSocket.
 
 use std::{
-    sync::{Mutex, Once},
+    sync::{Arc, Mutex, Once},
     time::Duration,
 };
 
@@ -41,6 +41,8 @@ pub struct ApiClient {
     token: Mutex<Option<String>>,
     /// Where refreshed tokens are saved; `None` for login, which saves explicitly.
     store: Option<ConfigStore>,
+    /// TLS for `wss://` when `--cacert` replaced the system's roots; `None`: the system's.
+    ws_tls: Option<tokio_tungstenite::Connector>,
 }
 
 /// Never prints the token.
@@ -59,24 +61,70 @@ fn install_crypto_provider() {
     });
 }
 
+fn http_client(roots: Option<Vec<reqwest::Certificate>>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("core4ctl/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        // A 307/308 would re-send the body (the login password) wherever it points.
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(roots) = roots {
+        builder = builder.tls_certs_only(roots);
+    }
+    builder
+        .build()
+        .map_err(|e| CliError::other("cannot set up the HTTP client", e))
+}
+
 impl ApiClient {
     pub fn new(server: &str, token: Option<String>, store: Option<ConfigStore>) -> Result<Self> {
         install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("core4ctl/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            // A 307/308 would re-send the body (the login password) wherever it points.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| CliError::other("cannot set up the HTTP client", e))?;
         Ok(Self {
-            http,
+            http: http_client(None)?,
             server: server.to_owned(),
             api: format!("{server}{API_PREFIX}"),
             token: Mutex::new(token),
             store,
+            ws_tls: None,
         })
+    }
+
+    /// Trusts only the certificates in `cacert` (PEM) for `https://` and `wss://`, as curl's
+    /// `--cacert` does: a self-signed certificate or a private CA.
+    pub fn with_cacert(mut self, cacert: &std::path::Path) -> Result<Self> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let unusable = |detail: String| {
+            CliError::Usage(format!(
+                "cannot use --cacert {}: {detail} — pass a PEM file of the certificate(s) to trust",
+                cacert.display()
+            ))
+        };
+        let pem = std::fs::read(cacert).map_err(|e| unusable(e.to_string()))?;
+        let ders = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| unusable(e.to_string()))?;
+        if ders.is_empty() {
+            return Err(unusable("no CERTIFICATE block in it".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let mut certs = Vec::new();
+        for der in ders {
+            certs.push(
+                reqwest::Certificate::from_der(der.as_ref())
+                    .map_err(|e| unusable(e.to_string()))?,
+            );
+            roots.add(der).map_err(|e| unusable(e.to_string()))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CliError::other("cannot set up TLS", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        self.http = http_client(Some(certs))?;
+        self.ws_tls = Some(tokio_tungstenite::Connector::Rustls(Arc::new(config)));
+        Ok(self)
     }
 
     pub fn server(&self) -> &str {
@@ -177,6 +225,10 @@ impl ApiClient {
     }
 
     fn transport_error(&self, err: reqwest::Error) -> CliError {
+        let cause = root_cause(&err);
+        if cause.contains("certificate") {
+            return untrusted(&self.server, &cause);
+        }
         if err.is_connect() || err.is_timeout() {
             CliError::Unreachable {
                 server: self.server.clone(),
@@ -298,7 +350,12 @@ impl ApiClient {
     /// Opens the event WebSocket with the current token.
     pub async fn connect_events(&self) -> Result<EventSocket<'_>> {
         let url = self.event_url(None)?;
-        let connect = tokio_tungstenite::connect_async(url.as_str());
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            url.as_str(),
+            None,
+            false,
+            self.ws_tls.clone(),
+        );
         let (ws, response) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Err(_) => {
                 return Err(CliError::Unreachable {
@@ -343,10 +400,14 @@ impl ApiClient {
                     other => other,
                 }
             }
+            tungstenite::Error::Io(e) if e.to_string().contains("certificate") => {
+                untrusted(&self.server, &root_cause(&e))
+            }
             tungstenite::Error::Io(e) => CliError::Unreachable {
                 server: self.server.clone(),
                 detail: e.to_string(),
             },
+            tungstenite::Error::Tls(e) => untrusted(&self.server, &root_cause(&e)),
             other => CliError::Other(format!(
                 "cannot open the event channel at {}: {other}",
                 self.server
@@ -362,6 +423,14 @@ fn refreshed_token(headers: &HeaderMap) -> Option<String> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
+}
+
+/// A server whose certificate core4ctl cannot verify: say how to trust it.
+fn untrusted(server: &str, detail: &str) -> CliError {
+    CliError::Other(format!(
+        "cannot verify the TLS certificate of {server} ({detail}): pass the certificate or its \
+         CA with --cacert FILE (or CORE4_CACERT)"
+    ))
 }
 
 /// The innermost cause ("Connection refused (os error 111)") instead of reqwest's outer layers.

@@ -189,6 +189,8 @@ pub fn normalize_server(raw: &str) -> Result<String> {
 #[derive(Debug)]
 pub struct Context {
     pub server: String,
+    /// `--cacert`: the only certificates trusted for TLS.
+    pub cacert: Option<PathBuf>,
     pub output: OutputMode,
     pub store: ConfigStore,
     pub config: Config,
@@ -209,6 +211,7 @@ impl Context {
         };
         Ok(Self {
             server,
+            cacert: global.cacert.clone(),
             output: global.output,
             store,
             config,
@@ -225,7 +228,14 @@ impl Context {
 
     /// A client with no credentials (for `login`).
     pub fn anonymous_client(&self) -> Result<ApiClient> {
-        ApiClient::new(&self.server, None, None)
+        self.trusting(ApiClient::new(&self.server, None, None)?)
+    }
+
+    fn trusting(&self, client: ApiClient) -> Result<ApiClient> {
+        match &self.cacert {
+            Some(file) => client.with_cacert(file),
+            None => Ok(client),
+        }
     }
 
     /// A client carrying the saved token, saving refreshed tokens as they arrive.
@@ -236,11 +246,11 @@ impl Context {
                 self.server
             ))
         })?;
-        ApiClient::new(
+        self.trusting(ApiClient::new(
             &self.server,
             Some(token.to_owned()),
             Some(self.store.clone()),
-        )
+        )?)
     }
 
     pub fn json(&self) -> bool {
@@ -255,6 +265,7 @@ mod tests {
     fn global(server: Option<&str>) -> GlobalArgs {
         GlobalArgs {
             server: server.map(str::to_owned),
+            cacert: None,
             output: OutputMode::Table,
         }
     }

@@ -27,6 +27,10 @@ use core4d::{
 /// Exit codes: 0 success, 1 failure, 2 invalid configuration or input, 3 no such user or file
 /// (or no data yet), 4 refused to protect data (restore over data without --force, or while
 /// core4d runs).
+///
+/// TLS: with tls.cert_file and tls.key_file (PEM; CORE4_TLS__CERT_FILE, CORE4_TLS__KEY_FILE) the
+/// listener serves HTTPS and WSS; SIGHUP re-reads both files. Behind a reverse proxy, list it in
+/// trusted_proxies (CIDRs) so that its X-Forwarded-For / Forwarded headers name the client.
 #[derive(Parser)]
 #[command(
     version,
@@ -170,6 +174,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let shutdown = shutdown_signal();
+    // Before "ready": a SIGHUP after it must not hit the default action (terminate).
+    spawn_reload_on_sighup(app.reloader());
     let listen = app.state().settings.listen;
     tracing::info!(address = %std::net::SocketAddr::new(listen.ip(), app.port()), port = app.port(), "core4d is ready");
     app.run_until_stopped(shutdown).await
@@ -238,6 +244,27 @@ async fn reset_password(
         );
     }
     Ok(())
+}
+
+/// SIGHUP re-reads the TLS certificate and key; a failed reload keeps the old ones.
+fn spawn_reload_on_sighup(reloader: core4d::startup::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = reloader.reload() {
+                    tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous certificate");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// Resolves at SIGTERM or Ctrl-C. The handlers are installed when this is called, not when it is

@@ -43,6 +43,12 @@ pub struct Settings {
     /// state-changing requests (and WebSocket upgrades) authenticated by the login cookie.
     /// core4d's own origin, taken from the `Host` header, is always trusted.
     pub trusted_origins: Vec<String>,
+    /// Peers (CIDRs such as `127.0.0.1/32`, or addresses) whose `Forwarded` / `X-Forwarded-For`
+    /// / `X-Forwarded-Proto` / `X-Forwarded-Host` headers are believed: your reverse proxies.
+    /// Other peers' forwarding headers are ignored.
+    pub trusted_proxies: Vec<String>,
+    /// HTTPS and WSS on the listener itself.
+    pub tls: TlsSettings,
     /// Connection timeouts against slow or silent clients.
     pub http: HttpSettings,
     /// Event channel limits and tuning.
@@ -86,6 +92,16 @@ pub struct LoginLimitSettings {
     pub max_failures_per_user: u32,
     /// Window length in seconds.
     pub window: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain (leaf first). With `key_file`, the listener speaks only TLS.
+    /// Both files are read again on SIGHUP.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -170,6 +186,8 @@ impl Default for Settings {
             max_per_page: 1000,
             allow_origin: "*".into(),
             trusted_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            tls: TlsSettings::default(),
             http: HttpSettings::default(),
             events: EventSettings::default(),
             log_format: "text".into(),
@@ -344,7 +362,40 @@ impl Settings {
             crate::web::origin::Origin::parse(origin)
                 .map_err(|e| format!("trusted_origins: [{origin}] {e}"))?;
         }
+        for proxy in &self.trusted_proxies {
+            crate::web::proxy::parse_net(proxy).map_err(|e| {
+                format!(
+                    "trusted_proxies: [{proxy}] {e}; list your proxies' addresses, e.g. \
+                     trusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\"]"
+                )
+            })?;
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(
+                    "tls.cert_file is set but tls.key_file is not: set both (PEM files) \
+                     or neither"
+                        .into(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "tls.key_file is set but tls.cert_file is not: set both (PEM files) \
+                     or neither"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// The TLS certificate files, when TLS is on.
+    pub fn tls_files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        }
     }
 
     /// The effective configuration as TOML, secrets replaced by `<redacted>`.

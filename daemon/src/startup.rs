@@ -25,7 +25,7 @@ use crate::{
     metrics::Metrics,
     settings::Settings,
     storage,
-    web::{self, OriginPolicy, ReplyKind},
+    web::{self, OriginPolicy, ReplyKind, TrustedProxies, tls::Certificates},
 };
 
 /// Permissions of the seeded `standard_user` role: log in, profile, info, event socket and
@@ -43,6 +43,8 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     port: u16,
     embedded: Option<EmbeddedPostgres>,
+    /// The TLS certificate, when `[tls]` is configured.
+    certificates: Option<Arc<Certificates>>,
     /// Set when this start created the admin with a generated password. Seeding is the last
     /// step of [`Application::build`]: once it is set, nothing can fail before the caller
     /// shows it.
@@ -73,6 +75,11 @@ pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Before anything starts: a bad certificate is the operator's to fix first.
+        let certificates = match settings.tls_files() {
+            Some((cert, key)) => Some(Certificates::load(cert, key).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         let listener = bind(settings.listen).map_err(|e| listen_error(settings.listen, &e))?;
         let port = listener.local_addr()?.port();
         let (url, embedded) = match &settings.database_url {
@@ -128,8 +135,16 @@ impl Application {
             listener,
             port,
             embedded,
+            certificates,
             generated_admin_password,
         })
+    }
+
+    /// What SIGHUP reloads; usable while the application runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            certificates: self.certificates.clone(),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -150,8 +165,13 @@ impl Application {
             state,
             listener,
             embedded,
+            certificates,
             ..
         } = self;
+        let tls = certificates
+            .map(|c| c.acceptor())
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         let app = app(&state);
         let http = &state.settings.http;
         let timeouts = web::server::Timeouts {
@@ -161,6 +181,7 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = web::server::serve(
             listener,
+            tls,
             app,
             timeouts,
             async move {
@@ -195,6 +216,27 @@ impl Application {
             tracing::warn!(error = %e, "stopping the embedded PostgreSQL failed");
         }
         result
+    }
+}
+
+/// Re-reads what can change without a restart (SIGHUP): the TLS certificate and key. New
+/// handshakes get the new certificate; open connections keep theirs.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    certificates: Option<Arc<Certificates>>,
+}
+
+impl Reloader {
+    /// On error the running configuration stays as it was.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        match &self.certificates {
+            Some(certificates) => {
+                certificates.reload().map_err(anyhow::Error::msg)?;
+                tracing::info!("reloaded the TLS certificate");
+            }
+            None => tracing::info!("nothing to reload: TLS is not configured"),
+        }
+        Ok(())
     }
 }
 
@@ -386,6 +428,7 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
     let layer = Arc::new(Layer {
         metrics: state.metrics.clone(),
         origins: OriginPolicy::new(&state.settings.trusted_origins),
+        proxies: TrustedProxies::new(&state.settings.trusted_proxies),
         cookie_max_age: state.settings.token_expiration,
     });
     route
@@ -444,6 +487,7 @@ fn limit_body(req: &mut Request) -> Result<(), crate::error::ApiError> {
 struct Layer {
     metrics: Metrics,
     origins: OriginPolicy,
+    proxies: TrustedProxies,
     cookie_max_age: u64,
 }
 
@@ -472,6 +516,9 @@ impl Layer {
                 HeaderValue::from_static("application/json"),
             );
         }
+        // Who is asking, resolved once: handlers take it as a `Client` parameter.
+        let client = self.proxies.resolve(&req);
+        req.extensions_mut().insert(client.clone());
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
         let started = std::time::Instant::now();
@@ -479,7 +526,7 @@ impl Layer {
         let request_id = ctx.id.clone();
         let (mut resp, refreshed) = ctx
             .scope(async {
-                if let Err(refused) = self.origins.check(&req) {
+                if let Err(refused) = self.origins.check(&req, &client) {
                     return refused.into_response();
                 }
                 if let Err(too_large) = limit_body(&mut req) {
@@ -504,7 +551,7 @@ impl Layer {
             resp.headers_mut().insert("token", value);
             // Browsers authenticate with the cookie: renew it together with the token.
             if let Ok(cookie) =
-                HeaderValue::from_str(&web::token_cookie(&token, self.cookie_max_age))
+                HeaderValue::from_str(&web::token_cookie(&token, self.cookie_max_age, &client))
             {
                 resp.headers_mut().append("set-cookie", cookie);
             }
@@ -527,6 +574,7 @@ impl Layer {
         if status != StatusCode::SWITCHING_PROTOCOLS {
             tracing::info!(
                 request_id,
+                client = %client.addr,
                 method,
                 path,
                 status = status.as_u16(),

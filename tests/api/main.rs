@@ -10,3 +10,4 @@ mod roles;
 mod security;
 mod security_hashing;
 mod security_http;
+mod tls_proxy;

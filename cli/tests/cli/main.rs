@@ -7,4 +7,5 @@ mod errors;
 mod events;
 mod helpers;
 mod roles;
+mod tls;
 mod tty;

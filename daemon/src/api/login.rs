@@ -1,6 +1,6 @@
 //! `/login` and `/logout`.
 
-use poem::{FromRequest, Request, RequestBody, web::RemoteAddr};
+use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Query, payload::Json};
 
 use super::{ApiTags, AppState};
@@ -8,6 +8,7 @@ use crate::{
     auth::{LoginAuth, TokenAuth},
     envelope::{Envelope, ok},
     error::{ApiError, ApiResult},
+    web::Client,
 };
 
 pub struct LoginApi {
@@ -36,7 +37,8 @@ pub enum LoginResponse {
         /// The same token as `data.token`.
         #[oai(header = "token")]
         String,
-        /// `token=<jwt>; HttpOnly; SameSite=Lax; Path=/; Max-Age=<token lifetime>`.
+        /// `token=<jwt>; HttpOnly; SameSite=Lax; Path=/; Max-Age=<token lifetime>`, and
+        /// `; Secure` when the client connected over TLS (to core4d or a trusted proxy).
         #[oai(header = "Set-Cookie")]
         String,
     ),
@@ -126,16 +128,9 @@ fn form_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn client_addr(remote: &RemoteAddr) -> String {
-    remote
-        .as_socket_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| remote.to_string())
-}
-
 impl LoginApi {
-    fn cookie(&self, token: &str) -> String {
-        crate::web::token_cookie(token, self.state.settings.token_expiration)
+    fn cookie(&self, token: &str, client: &Client) -> String {
+        crate::web::token_cookie(token, self.state.settings.token_expiration, client)
     }
 
     async fn login(
@@ -144,10 +139,9 @@ impl LoginApi {
         username: Option<String>,
         password: Option<String>,
         body: BodyCredentials,
-        remote: &RemoteAddr,
+        client: &Client,
     ) -> ApiResult<LoginResponse> {
         let auth_state = &self.state.auth;
-        let client = client_addr(remote);
         // A header decides alone; otherwise body values win over the query, as in core4.
         let (token, user, pass) = match auth {
             LoginAuth::Basic(b) => (None, Some(b.0.username), Some(b.0.password)),
@@ -166,7 +160,7 @@ impl LoginApi {
             pass.filter(|p| !p.is_empty()),
             token,
         ) {
-            (Some(u), Some(p), _) => auth_state.login(&u, &p, &client).await?,
+            (Some(u), Some(p), _) => auth_state.login(&u, &p, &client.addr.to_string()).await?,
             (_, _, Some(t)) => {
                 let me = auth_state.verify_token(&t).await?;
                 auth_state
@@ -179,7 +173,7 @@ impl LoginApi {
                 ));
             }
         };
-        let cookie = self.cookie(&token);
+        let cookie = self.cookie(&token, client);
         Ok(LoginResponse::Ok(
             ok(TokenData {
                 token: token.clone(),
@@ -221,14 +215,14 @@ impl LoginApi {
         username: Query<Option<String>>,
         /// Password.
         password: Query<Option<String>>,
-        remote: &RemoteAddr,
+        client: Client,
     ) -> ApiResult<LoginResponse> {
         self.login(
             auth,
             username.0,
             password.0,
             BodyCredentials::default(),
-            remote,
+            &client,
         )
         .await
     }
@@ -245,10 +239,11 @@ impl LoginApi {
         username: Query<Option<String>>,
         /// Password.
         password: Query<Option<String>>,
-        remote: &RemoteAddr,
+        client: Client,
         body: BodyCredentials,
     ) -> ApiResult<LoginResponse> {
-        self.login(auth, username.0, password.0, body, remote).await
+        self.login(auth, username.0, password.0, body, &client)
+            .await
     }
 
     /// Log out
@@ -256,27 +251,27 @@ impl LoginApi {
     /// Revokes the presented token on every core4d instance and clears the cookie. Open event
     /// sockets using it are closed within a second.
     #[oai(path = "/logout", method = "get", operation_id = "logout_get")]
-    async fn logout_get(&self, auth: TokenAuth) -> ApiResult<LogoutResponse> {
-        self.logout(auth).await
+    async fn logout_get(&self, auth: TokenAuth, client: Client) -> ApiResult<LogoutResponse> {
+        self.logout(auth, &client).await
     }
 
     /// Log out (POST)
     ///
     /// As `GET /logout`.
     #[oai(path = "/logout", method = "post", operation_id = "logout_post")]
-    async fn logout_post(&self, auth: TokenAuth) -> ApiResult<LogoutResponse> {
-        self.logout(auth).await
+    async fn logout_post(&self, auth: TokenAuth, client: Client) -> ApiResult<LogoutResponse> {
+        self.logout(auth, &client).await
     }
 }
 
 impl LoginApi {
-    async fn logout(&self, auth: TokenAuth) -> ApiResult<LogoutResponse> {
+    async fn logout(&self, auth: TokenAuth, client: &Client) -> ApiResult<LogoutResponse> {
         let me = self.state.auth.authenticate(&auth).await?;
         self.state.auth.revoke(&me.claims).await?;
         crate::envelope::clear_refreshed_token();
         Ok(LogoutResponse::Ok(
             ok("OK".to_string()),
-            crate::web::cleared_token_cookie(),
+            crate::web::cleared_token_cookie(client),
         ))
     }
 }

@@ -1,8 +1,11 @@
-//! HTTP-level protections around the API: the connection loop with its timeouts, the origin
-//! check against cross-site requests, the security headers and the login cookie.
+//! HTTP-level protections around the API: the connection loop with its timeouts and TLS, the
+//! client behind trusted proxies, the origin check against cross-site requests, the security
+//! headers and the login cookie.
 
 pub mod origin;
+pub mod proxy;
 pub mod server;
+pub mod tls;
 
 use poem::{
     Response,
@@ -10,16 +13,19 @@ use poem::{
 };
 
 pub use origin::OriginPolicy;
+pub use proxy::{Client, TrustedProxies};
 
-/// The `token` cookie that login sets and a refreshed token renews. Built only here, so that
-/// attributes depending on the connection (`Secure` once TLS exists) are added in one place.
-pub fn token_cookie(token: &str, max_age_secs: u64) -> String {
-    format!("token={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}")
+/// The `token` cookie that login sets and a refreshed token renews. Built only here: it is
+/// `Secure` when the client's connection is TLS (to core4d, or to a trusted proxy that says so),
+/// and never over plain HTTP, where a browser would drop it.
+pub fn token_cookie(token: &str, max_age_secs: u64, client: &Client) -> String {
+    let secure = if client.https { "; Secure" } else { "" };
+    format!("token={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}{secure}")
 }
 
 /// The `Set-Cookie` value that removes the `token` cookie (logout).
-pub fn cleared_token_cookie() -> String {
-    token_cookie("", 0)
+pub fn cleared_token_cookie(client: &Client) -> String {
+    token_cookie("", 0, client)
 }
 
 /// How a reply may be framed and stored, by what it is.

@@ -12,6 +12,7 @@ use poem::{
     http::{HeaderMap, Method, header},
 };
 
+use super::Client;
 use crate::error::ApiError;
 
 /// A web origin, `scheme://host[:port]`, lowercased, the scheme's default port left out.
@@ -53,6 +54,17 @@ impl Origin {
         let host = host.trim().to_ascii_lowercase();
         without_default_port(self.scheme, &host) == self.authority
     }
+
+    /// Whether this is core4d's own origin for `client`: its host, over https when the client
+    /// is known to use TLS (no `http://` page is served then), else over either scheme (a TLS
+    /// proxy that is not in `trusted_proxies` looks like plain HTTP).
+    fn is_own(&self, client: &Client) -> bool {
+        client
+            .host
+            .as_deref()
+            .is_some_and(|host| self.is_served_by(host))
+            && (!client.https || self.scheme == "https")
+    }
 }
 
 fn without_default_port<'a>(scheme: &str, authority: &'a str) -> &'a str {
@@ -78,24 +90,20 @@ impl OriginPolicy {
     }
 
     /// Refuses (403) a cookie-authenticated, state-changing request or upgrade from a page of
-    /// an untrusted origin; lets everything else through.
-    pub fn check(&self, req: &Request) -> Result<(), ApiError> {
+    /// an untrusted origin; lets everything else through. `client` says which host and scheme
+    /// the request was sent to (behind a trusted proxy, the forwarded ones).
+    pub fn check(&self, req: &Request, client: &Client) -> Result<(), ApiError> {
         let headers = req.headers();
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             || headers.contains_key(header::UPGRADE);
         if !changes_state || !cookie_only(headers, req.uri().query()) {
             return Ok(());
         }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or_default();
         match headers.get(header::ORIGIN) {
             Some(value) => {
                 let text = value.to_str().unwrap_or("<not text>");
                 let allowed = Origin::parse(text)
-                    .is_ok_and(|o| o.is_served_by(host) || self.trusted.contains(&o));
+                    .is_ok_and(|o| o.is_own(client) || self.trusted.contains(&o));
                 if allowed {
                     Ok(())
                 } else {
@@ -174,6 +182,14 @@ mod tests {
     const COOKIE: (&str, &str) = ("cookie", "a=1; token=abc");
     const HOST: (&str, &str) = ("host", "127.0.0.1:5001");
 
+    fn client(host: &str, https: bool) -> Client {
+        Client {
+            addr: "127.0.0.1".parse().unwrap(),
+            https,
+            host: Some(host.into()),
+        }
+    }
+
     #[test]
     fn origins_parse_and_normalise() {
         let o = Origin::parse("HTTPS://App.Example.com:443/").unwrap();
@@ -197,7 +213,8 @@ mod tests {
     fn cookie_writes_from_foreign_origins_are_refused() {
         let policy = OriginPolicy::new(&["https://ui.example.com".into()]);
         let foreign = ("origin", "http://127.0.0.1:5002");
-        let post = |h: &[(&str, &str)]| policy.check(&request(Method::POST, "/roles", h));
+        let own = client("127.0.0.1:5001", false);
+        let post = |h: &[(&str, &str)]| policy.check(&request(Method::POST, "/roles", h), &own);
         assert!(post(&[COOKIE, HOST, foreign]).is_err());
         assert!(post(&[COOKIE, HOST, ("origin", "null")]).is_err());
         assert!(post(&[COOKIE, HOST, ("sec-fetch-site", "same-site")]).is_err());
@@ -209,11 +226,14 @@ mod tests {
         // A token the caller presents itself is no ambient credential.
         assert!(post(&[COOKIE, HOST, foreign, ("authorization", "Bearer x")]).is_ok());
         let with_query = request(Method::DELETE, "/roles/1?token=x", &[COOKIE, HOST, foreign]);
-        assert!(policy.check(&with_query).is_ok());
+        assert!(policy.check(&with_query, &own).is_ok());
         // Reads are not checked; upgrades are.
         assert!(
             policy
-                .check(&request(Method::GET, "/roles", &[COOKIE, HOST, foreign]))
+                .check(
+                    &request(Method::GET, "/roles", &[COOKIE, HOST, foreign]),
+                    &own
+                )
                 .is_ok()
         );
         let upgrade = request(
@@ -221,8 +241,36 @@ mod tests {
             "/event",
             &[COOKIE, HOST, foreign, ("upgrade", "websocket")],
         );
-        assert!(policy.check(&upgrade).is_err());
+        assert!(policy.check(&upgrade, &own).is_err());
         // Without the cookie there is nothing to forge.
         assert!(post(&[HOST, foreign]).is_ok());
+    }
+
+    #[test]
+    fn the_own_origin_follows_the_clients_host_and_scheme() {
+        let policy = OriginPolicy::default();
+        let post = |origin: &str, client: &Client| {
+            let req = request(Method::POST, "/roles", &[COOKIE, ("origin", origin)]);
+            policy.check(&req, client).is_ok()
+        };
+        // Over TLS only the https origin is core4d's own.
+        let tls = client("127.0.0.1:5443", true);
+        assert!(post("https://127.0.0.1:5443", &tls));
+        assert!(!post("http://127.0.0.1:5443", &tls));
+        // Behind a trusted proxy the forwarded host counts, not the inner one.
+        let proxied = client("core4.example.com", true);
+        assert!(post("https://core4.example.com", &proxied));
+        assert!(!post("https://127.0.0.1:5001", &proxied));
+        // Plain HTTP: a TLS proxy nobody configured may be in front; either scheme is own.
+        let plain = client("core4.example.com", false);
+        assert!(post("https://core4.example.com", &plain));
+        assert!(post("http://core4.example.com", &plain));
+        assert!(!post(
+            "http://core4.example.com",
+            &Client {
+                host: None,
+                ..plain
+            }
+        ));
     }
 }

@@ -7,6 +7,8 @@
 //! - A connection without traffic in either direction for `idle` is shut down gracefully, and
 //!   dropped if it is still silent after another `idle` (a stalled body or reply).
 //! - Upgraded WebSockets leave this loop and are watched by the event hub's pings.
+//! - With TLS, the handshake must complete within `header_read` too; then HTTPS and WSS are
+//!   served exactly like HTTP and WS.
 
 use std::{
     convert::Infallible,
@@ -34,6 +36,7 @@ use tokio::{
     task::JoinSet,
     time::Instant,
 };
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -41,10 +44,11 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
-/// Serves `ep` on `listener` until `shutdown` resolves, then lets open requests finish for at
-/// most `grace` and drops what is left.
+/// Serves `ep` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then lets
+/// open requests finish for at most `grace` and drops what is left.
 pub async fn serve<E>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     ep: E,
     timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
@@ -63,8 +67,9 @@ where
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(
+                    connections.spawn(accept_connection(
                         stream,
+                        tls.clone(),
                         peer,
                         ep.clone(),
                         local.clone(),
@@ -96,55 +101,99 @@ where
     Ok(())
 }
 
-async fn serve_connection<E: Endpoint + 'static>(
+/// Completes the TLS handshake, if any, and serves the connection.
+async fn accept_connection<E: Endpoint + 'static>(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     peer: SocketAddr,
     ep: Arc<E>,
     local: LocalAddr,
     timeouts: Timeouts,
-    mut stop: watch::Receiver<()>,
+    stop: watch::Receiver<()>,
 ) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched {
+    let watched = Watched {
         inner: stream,
         activity: activity.clone(),
-    });
-    let remote = RemoteAddr(Addr::SocketAddr(peer));
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let (ep, local, remote) = (ep.clone(), local.clone(), remote.clone());
-        async move {
-            let req = Request::from((req, local, remote, Scheme::HTTP));
-            let resp = ep.get_response(req).await.into_response();
-            Ok::<_, Infallible>(hyper::Response::from(resp))
-        }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header_read)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        let idle_until = activity.last() + timeouts.idle;
-        tokio::select! {
-            _ = &mut conn => return,
-            _ = tokio::time::sleep_until(idle_until) => {
-                if activity.last() + timeouts.idle > Instant::now() {
-                    continue;
-                }
-                if closing {
-                    tracing::debug!(%peer, "dropping a connection that stayed silent");
-                    return;
-                }
-                // Closes an idle connection at once; one with a request in flight after it.
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-                activity.touch();
+    };
+    let conn = Conn {
+        peer,
+        ep,
+        local,
+        timeouts,
+        activity,
+    };
+    let Some(tls) = tls else {
+        return conn.serve(watched, Scheme::HTTP, stop).await;
+    };
+    match tokio::time::timeout(timeouts.header_read, tls.accept(watched)).await {
+        Ok(Ok(stream)) => conn.serve(stream, Scheme::HTTPS, stop).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Conn<E> {
+    peer: SocketAddr,
+    ep: Arc<E>,
+    local: LocalAddr,
+    timeouts: Timeouts,
+    activity: Arc<Activity>,
+}
+
+impl<E: Endpoint + 'static> Conn<E> {
+    /// Serves HTTP/1.1 on `stream` (plain or TLS, as `scheme` says) until it closes.
+    async fn serve<S>(self, stream: S, scheme: Scheme, mut stop: watch::Receiver<()>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            ep,
+            local,
+            timeouts,
+            activity,
+        } = self;
+        let io = TokioIo::new(stream);
+        let remote = RemoteAddr(Addr::SocketAddr(peer));
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let (ep, local, remote, scheme) =
+                (ep.clone(), local.clone(), remote.clone(), scheme.clone());
+            async move {
+                let req = Request::from((req, local, remote, scheme));
+                let resp = ep.get_response(req).await.into_response();
+                Ok::<_, Infallible>(hyper::Response::from(resp))
             }
-            _ = stop.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.header_read)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let mut closing = false;
+        loop {
+            let idle_until = activity.last() + timeouts.idle;
+            tokio::select! {
+                _ = &mut conn => return,
+                _ = tokio::time::sleep_until(idle_until) => {
+                    if activity.last() + timeouts.idle > Instant::now() {
+                        continue;
+                    }
+                    if closing {
+                        tracing::debug!(%peer, "dropping a connection that stayed silent");
+                        return;
+                    }
+                    // Closes an idle connection at once; one with a request in flight after it.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    activity.touch();
+                }
+                _ = stop.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
             }
         }
     }
@@ -175,12 +224,12 @@ impl Activity {
 }
 
 /// A socket that records when bytes move through it.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -195,7 +244,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
