@@ -39,43 +39,6 @@ fn temp_dir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-/// A fresh self-signed certificate for 127.0.0.1, made as the README says.
-fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            // A leaf, not a CA: rustls (core4ctl) refuses a CA certificate as a server's own.
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// An HTTP client that trusts only `ca` (if given) and connects from `127.0.0.<from>`.
 fn client(ca: Option<&Path>, from: Option<u8>) -> reqwest::Client {
     install_crypto();
@@ -243,7 +206,7 @@ async fn chat(from: &mut Wss, to: &mut Wss, author: &str, text: &str) {
 #[tokio::test]
 async fn https_login_sets_a_secure_cookie_and_two_users_chat_over_wss() {
     let dir = temp_dir();
-    let (cert, key) = make_cert(dir.path(), "server");
+    let (cert, key) = core4_tests::self_signed_cert(dir.path(), "server");
     let app = TlsApp::spawn(&cert, &key).await;
     let https = client(Some(&cert), None);
 
@@ -277,7 +240,10 @@ async fn https_login_sets_a_secure_cookie_and_two_users_chat_over_wss() {
     .expect("hang guard");
     assert!(plain.is_err(), "plain HTTP was served on the TLS port");
     // A client that does not trust the certificate is refused at the handshake.
-    let untrusting = client(Some(&make_cert(dir.path(), "other").0), None);
+    let untrusting = client(
+        Some(&core4_tests::self_signed_cert(dir.path(), "other").0),
+        None,
+    );
     assert!(untrusting.get(app.url("/health")).send().await.is_err());
 }
 
@@ -385,7 +351,7 @@ fn chat_py() -> PathBuf {
 async fn core4s_chat_py_chats_between_two_users_over_ssl() {
     let script = chat_py();
     let dir = temp_dir();
-    let (cert, key) = make_cert(dir.path(), "server");
+    let (cert, key) = core4_tests::self_signed_cert(dir.path(), "server");
     let app = TlsApp::spawn(&cert, &key).await;
     let https = client(Some(&cert), None);
     let (_, body, _) = login(&https, &app.url("/login"), "admin", ADMIN_PASSWORD).await;
@@ -419,8 +385,8 @@ async fn core4s_chat_py_chats_between_two_users_over_ssl() {
 #[tokio::test]
 async fn a_reload_serves_the_new_certificate_to_new_handshakes_and_keeps_open_sockets() {
     let dir = temp_dir();
-    let (one_cert, one_key) = make_cert(dir.path(), "one");
-    let (two_cert, two_key) = make_cert(dir.path(), "two");
+    let (one_cert, one_key) = core4_tests::self_signed_cert(dir.path(), "one");
+    let (two_cert, two_key) = core4_tests::self_signed_cert(dir.path(), "two");
     let (live_cert, live_key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
     std::fs::copy(&one_cert, &live_cert).unwrap();
     std::fs::copy(&one_key, &live_key).unwrap();
@@ -737,7 +703,7 @@ async fn behind_a_real_nginx_logins_websockets_and_limits_see_the_forwarded_clie
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let (cert, key) = make_cert(dir.path(), "proxy");
+    let (cert, key) = core4_tests::self_signed_cert(dir.path(), "proxy");
     let app = spawn_app_with(proxied_settings(&fresh_database().await)).await;
     let (nginx, port) = Nginx::start(dir.path(), app.port, &cert, &key).await;
     let base = format!("https://127.0.0.1:{port}/core4/api/v1");

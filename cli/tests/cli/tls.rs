@@ -1,43 +1,12 @@
 //! core4ctl against a core4d serving HTTPS and WSS with a self-signed certificate, trusted
 //! through `--cacert` or `CORE4_CACERT`.
 
-use std::path::{Path, PathBuf};
-
 use crate::helpers::{ADMIN_PASSWORD, Cli, TestServer};
-
-/// A self-signed leaf certificate for 127.0.0.1 (as the README makes one).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
 
 #[test]
 fn cacert_lets_core4ctl_use_https_and_wss_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path());
+    let (cert, key) = core4_tests::self_signed_cert(dir.path(), "server");
     let server = TestServer::spawn_with(|s| {
         s.tls.cert_file = Some(cert.clone());
         s.tls.key_file = Some(key.clone());
