@@ -128,12 +128,19 @@ pub async fn reset_password(
     username: &str,
     password: &str,
 ) -> Result<Reset, AdminError> {
-    let name =
-        RoleName::parse(username).map_err(|e| AdminError::Usage(format!("--username: {e}")))?;
+    // Looked up by its key only, not validated as a new name: users named before today's rules
+    // (a 24-hex or mixed-script name) must be recoverable too.
+    let name = username.trim();
+    if name.is_empty() || name.chars().count() > crate::domain::MAX_NAME_CHARS {
+        return Err(AdminError::Usage(format!(
+            "--username: a user name has 1 to {} characters",
+            crate::domain::MAX_NAME_CHARS
+        )));
+    }
     let password = Password::parse(password)
         .map_err(|e| AdminError::Usage(e.replace("field [password]", "the password")))?;
     let target = Target::open(settings, false).await?;
-    let result = set_password(settings, &target, &name, &password).await;
+    let result = set_password(settings, &target, name, &password).await;
     target.release().await?;
     result
 }
@@ -141,28 +148,26 @@ pub async fn reset_password(
 async fn set_password(
     settings: &Settings,
     target: &Target,
-    name: &RoleName,
+    name: &str,
     password: &Password,
 ) -> Result<Reset, AdminError> {
     let pool = target.pool().await?;
     let hasher = Hasher::new(&settings.argon2).await?;
-    let hash = hasher.hash(password).await.map_err(failed)?;
-    let done = storage::roles::set_password(&pool, &name.key(), &hash).await;
+    let hash = hasher.hash(password, None).await.map_err(failed)?;
+    let done = storage::roles::set_password(&pool, &RoleName::key_of(name), &hash).await;
     pool.close().await;
     match done {
         Ok(Some(set)) => Ok(Reset {
-            username: name.as_str().to_string(),
+            username: name.to_string(),
             id: set.id,
             is_active: set.is_active,
             core4d_running: target.core4d_running(),
         }),
         Ok(None) => Err(AdminError::NotFound(format!(
-            "there is no user `{}` in this database",
-            name.as_str()
+            "there is no user `{name}` in this database",
         ))),
         Err(ApiError::BadRequest(why)) => Err(AdminError::Usage(format!(
-            "cannot set a password for `{}`: {why}",
-            name.as_str()
+            "cannot set a password for `{name}`: {why}",
         ))),
         Err(ApiError::Internal(cause)) if is_undefined_table(&cause) => Err(AdminError::NotFound(
             "this database holds no core4d data yet: start core4d on it once".into(),

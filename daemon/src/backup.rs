@@ -74,10 +74,21 @@ async fn dump(target: &Target, file: &Path) -> Result<BackupReport, AdminError> 
     })?;
 
     let partial = PathBuf::from(format!("{}.partial", file.display()));
+    // The dump holds password hashes and the signing secret: never write it into a file (or
+    // through a link) someone else prepared. A stale partial of ours is removed, not reused.
+    match std::fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(AdminError::Failed(anyhow::anyhow!(
+                "cannot remove the stale {}: {e}",
+                partial.display()
+            )));
+        }
+    }
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
@@ -207,7 +218,8 @@ async fn restore_into(
 
 /// `pg_restore` writes the script, `psql` runs it in one transaction (after emptying the public
 /// schema when `replace`). psql commits when its input ends, so if pg_restore fails, psql is
-/// killed before that and nothing changes.
+/// killed before that and nothing changes. A crafted dump cannot run psql meta-commands (`\!`):
+/// pg_restore (15.14, 16.10, 17.6 and later) wraps its script in `\restrict` with a random key.
 async fn run_restore(url: &str, file: &Path, replace: bool) -> Result<(), AdminError> {
     let mut dump = tokio::process::Command::new(client_tool("pg_restore"));
     dump.args(["--no-owner", "--no-privileges", "--file=-"])

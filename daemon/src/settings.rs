@@ -117,6 +117,16 @@ pub struct HttpSettings {
     pub idle_timeout_secs: u64,
     /// Seconds an accepted WebSocket upgrade may take to switch protocols after its 101 reply.
     pub websocket_handshake_timeout_secs: u64,
+    /// Seconds a request may take from its headers to its reply, body included (a body that
+    /// trickles in is cut off here); over it, 408. Streams and upgraded sockets are exempt once
+    /// their reply has started.
+    pub request_timeout_secs: u64,
+    /// HTTP connections open at once (upgraded WebSockets not counted: `events.max_connections`
+    /// bounds those); more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// HTTP connections open at once from one peer address (peers in `trusted_proxies` are
+    /// exempt); 0: no per-address limit.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -156,6 +166,9 @@ pub struct EventSettings {
     /// applies; a channel no rule matches keeps everything. TOML only (`[[events.retention]]`).
     pub retention: Vec<RetentionRule>,
 }
+
+/// The longest `max_age_secs` of a retention rule: 100 years.
+pub const MAX_RETENTION_AGE_SECS: u64 = 100 * 365 * 24 * 3600;
 
 /// Keep at most `max_count` messages and/or none older than `max_age_secs` on the channels
 /// matching `channel` (a glob: `*` is any run of characters).
@@ -228,6 +241,9 @@ impl Default for HttpSettings {
             header_read_timeout_secs: 30,
             idle_timeout_secs: 10,
             websocket_handshake_timeout_secs: 10,
+            request_timeout_secs: 60,
+            max_connections: 4096,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -336,8 +352,12 @@ impl Settings {
         if http.header_read_timeout_secs == 0
             || http.idle_timeout_secs == 0
             || http.websocket_handshake_timeout_secs == 0
+            || http.request_timeout_secs == 0
         {
             return Err("the http.* timeouts must be at least 1 second".into());
+        }
+        if http.max_connections == 0 {
+            return Err("http.max_connections must be at least 1".into());
         }
         if self.events.retention_interval_secs == 0 {
             return Err("events.retention_interval_secs must be at least 1".into());
@@ -350,6 +370,14 @@ impl Settings {
                 return Err(format!(
                     "{key} (channel [{}]) keeps everything: set max_count and/or max_age_secs",
                     rule.channel
+                ));
+            }
+            if rule
+                .max_age_secs
+                .is_some_and(|s| s > MAX_RETENTION_AGE_SECS)
+            {
+                return Err(format!(
+                    "{key}: max_age_secs is at most {MAX_RETENTION_AGE_SECS} (100 years)"
                 ));
             }
             if rule.max_count == Some(0) || rule.max_age_secs == Some(0) {

@@ -177,6 +177,12 @@ impl Application {
         let timeouts = web::server::Timeouts {
             header_read: Duration::from_secs(http.header_read_timeout_secs),
             idle: Duration::from_secs(http.idle_timeout_secs),
+            request: Duration::from_secs(http.request_timeout_secs),
+        };
+        let limits = web::server::Limits {
+            max_connections: http.max_connections,
+            max_per_address: http.max_connections_per_address,
+            exempt: web::proxy::TrustedProxies::new(&state.settings.trusted_proxies),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = web::server::serve(
@@ -184,6 +190,7 @@ impl Application {
             tls,
             app,
             timeouts,
+            limits,
             async move {
                 tokio::select! {
                     _ = shutdown => {}
@@ -320,7 +327,7 @@ async fn seed(
             }
             Some(
                 hasher
-                    .hash(&password)
+                    .hash(&password, None)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
             )
@@ -454,7 +461,7 @@ impl poem::middleware::PanicHandler for EnvelopeOnPanic {
 }
 
 /// Largest request body accepted (every body of the API is a small JSON object).
-pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const MAX_BODY_BYTES: u64 = 256 * 1024;
 
 /// Refuses a declared body over [`MAX_BODY_BYTES`] with 413, and caps a chunked one so that
 /// reading it can never buffer more (its parse then fails with a 400).

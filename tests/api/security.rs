@@ -457,3 +457,149 @@ async fn overlong_fields_get_a_400_naming_the_field() {
     assert_eq!(create["realname"]["maxLength"], 256, "{create}");
     assert_eq!(create["perm"]["maxItems"], 256, "{create}");
 }
+
+/// Reads from `stream` until the server closes it or `limit` passes; returns what arrived.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A body trickled in a byte at a time (each byte resets the idle timer) held a connection and
+/// its buffered body for good; the request deadline now ends it with 408.
+#[tokio::test]
+async fn a_trickled_request_body_is_cut_off_with_408() {
+    use tokio::io::AsyncWriteExt;
+    let mut settings = test_settings(&fresh_database().await);
+    settings.http.request_timeout_secs = 1;
+    settings.http.idle_timeout_secs = 30;
+    let app = spawn_app_with(settings).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /core4/api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    };
+    // The reply arrives while the client is still trickling.
+    let mut reply = String::new();
+    tokio::select! {
+        _ = trickle => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+    }
+    reply.push_str(&read_until_closed(&mut stream, std::time::Duration::from_secs(5)).await);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
+    assert!(reply.contains("http.request_timeout_secs"), "{reply:?}");
+}
+
+/// Connections are capped per peer address (and in all): one address cannot hold every
+/// connection slot, and others are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_address_limit_are_closed_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let mut settings = test_settings(&fresh_database().await);
+    settings.http.max_connections_per_address = 3;
+    settings.http.idle_timeout_secs = 60;
+    let app = spawn_app_with(settings).await;
+    let connect_from = |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((Ipv4Addr::new(127, 0, 0, last), 0).into())
+            .unwrap();
+        socket
+            .connect(([127, 0, 0, 1], app.port).into())
+            .await
+            .unwrap()
+    };
+    let health = b"GET /core4/api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut held = vec![];
+    for _ in 0..3 {
+        held.push(connect_from(5).await);
+    }
+    // The fourth from the same address is closed without a reply.
+    let mut fourth = connect_from(5).await;
+    let _ = fourth.write_all(health).await;
+    let reply = read_until_closed(&mut fourth, std::time::Duration::from_secs(20)).await;
+    assert_eq!(reply, "", "served over the limit");
+    // Another address is served.
+    let mut other = connect_from(6).await;
+    other.write_all(health).await.unwrap();
+    let reply = read_until_closed(&mut other, std::time::Duration::from_secs(20)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    // A held connection still works, and once one closes the address gets a slot again.
+    let mut first = held.remove(0);
+    first.write_all(health).await.unwrap();
+    let reply = read_until_closed(&mut first, std::time::Duration::from_secs(20)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    let mut again = None;
+    for _ in 0..50 {
+        let mut next = connect_from(5).await;
+        let _ = next.write_all(health).await;
+        let reply = read_until_closed(&mut next, std::time::Duration::from_secs(20)).await;
+        if reply.starts_with("HTTP/1.1 200") {
+            again = Some(reply);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the freed slot was never given back");
+}
+
+/// `GET /logout` ended the session from a cross-site link or image; the cookie alone from
+/// another site no longer logs anyone out.
+#[tokio::test]
+async fn a_cross_site_logout_link_does_not_end_the_session() {
+    let app = spawn_app().await;
+    let token = app.admin_token().await;
+    let logout = |site: &'static str| {
+        app.client
+            .get(app.url("/logout"))
+            .header("cookie", format!("token={token}"))
+            .header("sec-fetch-site", site)
+            .send()
+    };
+    for site in ["cross-site", "same-site"] {
+        let status = logout(site).await.unwrap().status().as_u16();
+        assert_eq!(status, 403, "{site}");
+        assert_eq!(
+            app.get("/profile", &token).await.0,
+            200,
+            "still logged in after {site}"
+        );
+    }
+    assert_eq!(logout("same-origin").await.unwrap().status().as_u16(), 200);
+    assert_eq!(app.get("/profile", &token).await.0, 401);
+}
+
+/// The stats read every stored message: only a cop may ask for them.
+#[tokio::test]
+async fn only_a_cop_may_read_the_event_stats() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.create_user(&admin, "alice", "very secret").await;
+    let (status, body) = app.get("/event/stats", &user).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error_text(&body, 403).contains("only a cop"), "{body}");
+    assert_eq!(app.get("/event/stats", &admin).await.0, 200);
+}

@@ -438,10 +438,9 @@ impl EventsApi {
 
     /// Stored messages per channel
     ///
-    /// For every channel the caller may read: how many messages are stored, the oldest and
+    /// For every channel: how many messages are stored, the oldest and
     /// newest id, their size, and up to which id retention (`[[events.retention]]`) deleted
-    /// messages. It reads every stored message: a command for operators, not for polling.
-    /// Needs `api://core4.api.v1.request.standard.event.EventHistoryHandler` (read).
+    /// messages. It reads every stored message: a command for operators, so it needs `cop`.
     #[oai(path = "/event/stats", method = "get", operation_id = "event_stats")]
     async fn stats(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<Vec<ChannelStatsOut>>>> {
         let principal = self
@@ -449,6 +448,11 @@ impl EventsApi {
             .auth
             .require(&auth, qual::EVENT_HISTORY, Method::Read)
             .await?;
+        if !principal.perms.is_admin() {
+            return Err(ApiError::Forbidden(
+                "only a cop may read the event stats (they read every stored message)".into(),
+            ));
+        }
         let rows = storage::events::stats(&self.state.pool).await?;
         Ok(ok(rows
             .into_iter()

@@ -494,7 +494,7 @@ impl RolesApi {
             need_cop(&me, "perm, role or is_active")?;
         }
         let password_hash = match &password {
-            Some(p) => Some(self.state.auth.hasher().hash(p).await?),
+            Some(p) => Some(self.state.auth.hasher().hash(p, Some(&me.id)).await?),
             None => None,
         };
         let mut tx = storage::roles::begin_change(&self.state.pool).await?;
@@ -655,6 +655,31 @@ fn check_delegated(me: &Principal, target: &RoleRow, verb: &str) -> ApiResult<()
     Ok(())
 }
 
+/// [`check_delegated`] for a change, and: without `cop`, nobody sets another account's password
+/// or email (that would take the account over).
+fn check_delegated_change(
+    me: &Principal,
+    target: &RoleRow,
+    sets_password: bool,
+    new_email: Option<&Option<String>>,
+) -> ApiResult<()> {
+    check_delegated(me, target, "change")?;
+    if me.perms.is_admin() || target.id == me.id {
+        return Ok(());
+    }
+    if sets_password {
+        return Err(ApiError::Forbidden(
+            "only a cop may set another account's password".into(),
+        ));
+    }
+    if new_email.is_some_and(|e| *e != target.email) {
+        return Err(ApiError::Forbidden(
+            "only a cop may change another account's email".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A non-cop may only change or delete what holds no right it lacks itself: otherwise setting
 /// another user's password would take over that user's rights (a `cop`'s included). Checked
 /// inside the change's transaction, over every parent role, inactive ones too (they can be
@@ -703,25 +728,27 @@ pub async fn apply_change(
     };
     let perm = c.perm.map(parse_perms).transpose()?;
     let password_hash = match &c.password {
-        Some(p) => Some(state.auth.hasher().hash(p).await?),
+        Some(p) => {
+            // A hash takes a hashing slot: a change that is forbidden or based on a stale etag
+            // must not get one. (Checked again under the lock below.)
+            let current = storage::roles::get(&state.pool, id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("role [{id}] not found")))?;
+            if let Some(me) = actor {
+                check_delegated_change(me, &current, true, email.as_ref())?;
+            }
+            if current.etag != etag {
+                return Err(storage::roles::stale(id, &etag));
+            }
+            let caller = actor.map_or(id, |me| me.id.as_str());
+            Some(state.auth.hasher().hash(p, Some(caller)).await?)
+        }
         None => None,
     };
     let mut tx = storage::roles::begin_change(&state.pool).await?;
     let old = storage::roles::load_for_change(&mut tx, id).await?;
     if let Some(me) = actor {
-        check_delegated(me, &old, "change")?;
-        if !me.perms.is_admin() && old.id != me.id {
-            if c.password.is_some() {
-                return Err(ApiError::Forbidden(
-                    "only a cop may set another account's password".into(),
-                ));
-            }
-            if email.as_ref().is_some_and(|e| *e != old.email) {
-                return Err(ApiError::Forbidden(
-                    "only a cop may change another account's email".into(),
-                ));
-            }
-        }
+        check_delegated_change(me, &old, c.password.is_some(), email.as_ref())?;
         check_not_above(&mut tx, me, id, "change").await?;
     }
     let parents = match &c.role {

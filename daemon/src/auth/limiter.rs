@@ -20,11 +20,18 @@ use crate::{error::ApiError, settings::LoginLimitSettings};
 pub struct LoginLimiter {
     limits: LoginLimitSettings,
     window: Duration,
-    failures: Arc<Mutex<HashMap<String, (Instant, u32)>>>,
+    state: Arc<Mutex<State>>,
 }
 
-/// One counted login attempt: hand it back with [`LoginLimiter::succeeded`] when the password
-/// was right; a failed attempt simply keeps counting.
+#[derive(Default)]
+struct State {
+    /// Key -> (window start, attempts counted in it).
+    failures: HashMap<String, (Instant, u32)>,
+    last_sweep: Option<Instant>,
+}
+
+/// One counted login attempt: hand it back with [`LoginLimiter::refund`] when the password was
+/// right (or could not be judged); a failed attempt simply keeps counting.
 #[must_use]
 pub struct Attempt {
     keys: Vec<(String, Instant)>,
@@ -37,7 +44,7 @@ impl LoginLimiter {
         Self {
             limits: limits.clone(),
             window: Duration::from_secs(limits.window.max(1)),
-            failures: Arc::default(),
+            state: Arc::default(),
         }
     }
 
@@ -48,10 +55,12 @@ impl LoginLimiter {
     /// Whether failed logins from strangers used up the budget of this user name.
     pub fn user_exhausted(&self, name_key: &str) -> bool {
         let now = Instant::now();
-        let Ok(map) = self.failures.lock() else {
+        let Ok(state) = self.state.lock() else {
             return true;
         };
-        map.get(&Self::user_key(name_key))
+        state
+            .failures
+            .get(&Self::user_key(name_key))
             .is_some_and(|(start, n)| {
                 now.duration_since(*start) < self.window && *n >= self.limits.max_failures_per_user
             })
@@ -77,14 +86,12 @@ impl LoginLimiter {
         if !known_source {
             keys.push((Self::user_key(name_key), self.limits.max_failures_per_user));
         }
-        let mut map = self
-            .failures
+        let mut state = self
+            .state
             .lock()
             .map_err(|_| ApiError::internal(anyhow::anyhow!("limiter poisoned")))?;
-        if map.len() > MAX_KEYS {
-            let window = self.window;
-            map.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
+        self.sweep(&mut state, now);
+        let map = &mut state.failures;
         for (key, max) in &keys {
             if let Some((start, count)) = map.get(key)
                 && now.duration_since(*start) < self.window
@@ -109,13 +116,34 @@ impl LoginLimiter {
         Ok(Attempt { keys: counted })
     }
 
-    /// Takes a successful attempt off the counters it was counted in (while their window lasts).
-    pub fn succeeded(&self, attempt: Attempt) {
-        let Ok(mut map) = self.failures.lock() else {
+    /// Past [`MAX_KEYS`], at most once a second: forgets ended windows and, if that is not
+    /// enough, keys with a single attempt (the cheapest for a rotating attacker to create).
+    fn sweep(&self, state: &mut State, now: Instant) {
+        if state.failures.len() <= MAX_KEYS
+            || state
+                .last_sweep
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        state.last_sweep = Some(now);
+        let window = self.window;
+        state
+            .failures
+            .retain(|_, (start, _)| now.duration_since(*start) < window);
+        if state.failures.len() > MAX_KEYS {
+            state.failures.retain(|_, (_, n)| *n > 1);
+        }
+    }
+
+    /// Takes an attempt off the counters it was counted in (while their window lasts): its
+    /// password was right, or it could not be judged (busy hasher, database away).
+    pub fn refund(&self, attempt: Attempt) {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
         for (key, window_start) in attempt.keys {
-            if let Some(entry) = map.get_mut(&key)
+            if let Some(entry) = state.failures.get_mut(&key)
                 && entry.0 == window_start
             {
                 entry.1 = entry.1.saturating_sub(1);
@@ -160,7 +188,7 @@ mod tests {
         let l = limiter(2, 100, 100);
         for _ in 0..10 {
             let a = l.begin("bob", "a", false).unwrap();
-            l.succeeded(a);
+            l.refund(a);
         }
         assert!(l.begin("bob", "a", false).is_ok());
     }
@@ -185,5 +213,31 @@ mod tests {
         assert!(is_429(l.begin("admin", "s4", false)));
         assert!(l.begin("admin", "home", true).is_ok());
         assert!(!l.user_exhausted("alice"));
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_map_forgets_single_attempts_but_keeps_repeated_guessers() {
+        let l = LoginLimiter::new(&LoginLimitSettings {
+            max_failures: 3,
+            max_failures_per_address: 1_000_000,
+            max_failures_per_user: 1_000_000,
+            window: 3600,
+        });
+        let _ = l.begin("admin", "guesser", false).unwrap();
+        let _ = l.begin("admin", "guesser", false).unwrap();
+        for i in 0..MAX_KEYS / 2 {
+            let _ = l.begin(&format!("n{i}"), "rotating", false).unwrap();
+        }
+        assert!(l.state.lock().unwrap().failures.len() <= MAX_KEYS + 3);
+        let _ = l.begin("admin", "guesser", false).unwrap();
+        assert!(
+            l.begin("admin", "guesser", false).is_err(),
+            "the repeated guesser's count survived the sweep"
+        );
     }
 }

@@ -101,16 +101,30 @@ impl Auth {
         }
         let key = RoleName::key_of(username);
         let limiter = &self.inner.limiter;
+        // One IPv6 host has a whole /64 to rotate through: it counts as one address.
+        let addr = password::client_key(client);
         // Only when strangers used up the name's budget does it matter where this client is.
         let known_source = limiter.user_exhausted(&key)
             && storage::roles::is_known_source(&self.inner.pool, &key, client).await?;
-        let attempt = limiter.begin(&key, client, known_source)?;
-        let user = storage::roles::login_row(&self.inner.pool, &key).await?;
-        let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
-        let verified = self.inner.hasher.verify(client, password, hash).await?;
+        let attempt = limiter.begin(&key, &addr, known_source)?;
+        let verified = async {
+            let user = storage::roles::login_row(&self.inner.pool, &key).await?;
+            let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
+            let verified = self.inner.hasher.verify(client, password, hash).await?;
+            Ok::<_, ApiError>((user, verified))
+        }
+        .await;
+        // A busy hasher or an unreachable database judged no password: that is no failure.
+        let (user, verified) = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                limiter.refund(attempt);
+                return Err(e);
+            }
+        };
         match user {
             Some(u) if verified && u.is_active && u.email.is_some() => {
-                limiter.succeeded(attempt);
+                limiter.refund(attempt);
                 storage::roles::record_login(&self.inner.pool, &u.id, client).await?;
                 self.inner.keys.issue(&u.id, &u.name, u.token_version, None)
             }

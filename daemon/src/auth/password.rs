@@ -54,7 +54,7 @@ impl Hasher {
             max_per_client: settings.max_queue_per_client.max(1),
         });
         let dummy = pool
-            .hash(b"core4d dummy password".to_vec())
+            .hash(b"core4d dummy password".to_vec(), None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self {
@@ -69,9 +69,19 @@ impl Hasher {
     }
 
     /// A PHC string `$argon2id$v=19$m=..,t=..,p=..$<salt>$<hash>` with the configured costs.
-    /// Callers are authenticated, so they wait in the known lane; 503 when it is full.
-    pub async fn hash(&self, password: &Password) -> Result<String, ApiError> {
-        self.pool.hash(password.expose().as_bytes().to_vec()).await
+    /// Callers are authenticated, so they wait in the known lane, each `caller` (a user id) with
+    /// at most its share of it; 503 when either is full.
+    pub async fn hash(
+        &self,
+        password: &Password,
+        caller: Option<&str>,
+    ) -> Result<String, ApiError> {
+        self.pool
+            .hash(
+                password.expose().as_bytes().to_vec(),
+                caller.map(|c| format!("user:{c}")),
+            )
+            .await
     }
 
     /// Checks `password` against `hash` for a login from `client` (an IP address); with no hash
@@ -235,9 +245,13 @@ impl Pool {
         free.unwrap_or_else(|| vec![Block::new(); self.params.block_count()].into_boxed_slice())
     }
 
-    async fn hash(self: &Arc<Self>, password: Vec<u8>) -> Result<String, ApiError> {
+    async fn hash(
+        self: &Arc<Self>,
+        password: Vec<u8>,
+        caller: Option<String>,
+    ) -> Result<String, ApiError> {
         let params = self.params.clone();
-        self.run(Lane::Known, None, move |memory| {
+        self.run(Lane::Known, caller, move |memory| {
             hash_with(&params, &password, Salt::generate(), memory)
         })
         .await?
@@ -345,7 +359,7 @@ fn busy() -> ApiError {
 
 /// The queue share key of a client: its IPv4 address, or the /64 of an IPv6 one (a single host
 /// is commonly given a whole /64).
-fn client_key(client: &str) -> String {
+pub(super) fn client_key(client: &str) -> String {
     match client.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
@@ -438,7 +452,7 @@ mod tests {
     async fn hashes_are_argon2id_and_verify() {
         let h = Hasher::new(&cheap()).await.unwrap();
         let hash = h
-            .hash(&Password::parse("very secret").unwrap())
+            .hash(&Password::parse("very secret").unwrap(), None)
             .await
             .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{hash}");
@@ -479,7 +493,7 @@ mod tests {
     async fn pool_hashes_verify_with_the_plain_crate_and_back() {
         let h = Hasher::new(&cheap()).await.unwrap();
         let ours = h
-            .hash(&Password::parse("pool made").unwrap())
+            .hash(&Password::parse("pool made").unwrap(), None)
             .await
             .unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
@@ -596,7 +610,7 @@ mod tests {
     async fn a_correct_password_puts_the_address_in_the_known_lane() {
         let h = Hasher::new(&cheap()).await.unwrap();
         let hash = h
-            .hash(&Password::parse("right one").unwrap())
+            .hash(&Password::parse("right one").unwrap(), None)
             .await
             .unwrap();
         assert!(

@@ -26,6 +26,9 @@ use crate::{
 /// so it can commit a little after a later-stamped one was already seen.
 const REVOCATION_OVERLAP: Duration = Duration::from_secs(10);
 
+/// The shortest time between two rounds woken by auth changes.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
 /// Distinct tokens verified at once after an epoch change.
 const CONCURRENCY: usize = 8;
 
@@ -36,13 +39,19 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
     let mut prev_head: Option<i64> = None;
     let mut revoked_cursor = OffsetDateTime::now_utc() - REVOCATION_OVERLAP;
     let mut rounds: u64 = 0;
+    let mut last_round = tokio::time::Instant::now();
     loop {
         // A change of rights or a logout anywhere wakes the round at once: the poll interval is
         // only the safety net for a notification that never came.
         tokio::select! {
             _ = tick.tick() => {}
-            _ = inner.auth.changed() => {}
+            _ = inner.auth.changed() => {
+                // Paced: a stream of changes (a user renaming itself in a loop) costs at most
+                // one round per MIN_GAP, not one database check per socket token per change.
+                tokio::time::sleep_until(last_round + MIN_GAP).await;
+            }
         }
+        last_round = tokio::time::Instant::now();
         rounds += 1;
         if inner.stopping.load(Ordering::SeqCst) {
             return;

@@ -54,9 +54,9 @@ pub async fn prune_round(
             Some(keep) => storage::events::count_cutoff(pool, &channel, keep).await?,
             None => None,
         };
-        let older_than = rule
-            .max_age_secs
-            .map(|s| OffsetDateTime::now_utc() - Duration::from_secs(s));
+        let older_than = rule.max_age_secs.and_then(|s| {
+            OffsetDateTime::now_utc().checked_sub(Duration::from_secs(s).try_into().ok()?)
+        });
         loop {
             let n = storage::events::prune(pool, &channel, through, older_than, BATCH).await?;
             deleted += n;

@@ -15,6 +15,7 @@ use poem::{
 use super::Client;
 use crate::error::ApiError;
 
+const LOGOUT_PATH: &str = "/core4/api/v1/logout";
 /// A web origin, `scheme://host[:port]`, lowercased, the scheme's default port left out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -89,13 +90,15 @@ impl OriginPolicy {
         }
     }
 
-    /// Refuses (403) a cookie-authenticated, state-changing request or upgrade from a page of
+    /// Refuses (403) a cookie-authenticated, state-changing request (`GET /logout` included) or upgrade from a page of
     /// an untrusted origin; lets everything else through. `client` says which host and scheme
     /// the request was sent to (behind a trusted proxy, the forwarded ones).
     pub fn check(&self, req: &Request, client: &Client) -> Result<(), ApiError> {
         let headers = req.headers();
+        // `GET /logout` ends a session: a cross-site link or image must not do that either.
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-            || headers.contains_key(header::UPGRADE);
+            || headers.contains_key(header::UPGRADE)
+            || req.uri().path() == LOGOUT_PATH;
         if !changes_state || !cookie_only(headers, req.uri().query()) {
             return Ok(());
         }

@@ -59,7 +59,7 @@ impl TrustedProxies {
         }
     }
 
-    fn trusts(&self, addr: IpAddr) -> bool {
+    pub fn trusts(&self, addr: IpAddr) -> bool {
         let addr = canonical(addr);
         self.nets.iter().any(|n| n.contains(&addr))
     }

@@ -11,11 +11,12 @@
 //!   served exactly like HTTP and WS.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -38,10 +39,76 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
+use super::proxy::TrustedProxies;
+use crate::error::ApiError;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     pub header_read: Duration,
     pub idle: Duration,
+    /// From a request's headers to its reply, body included.
+    pub request: Duration,
+}
+
+/// How many HTTP connections may be open at once, in all and per peer address.
+pub struct Limits {
+    pub max_connections: usize,
+    /// 0: none.
+    pub max_per_address: usize,
+    /// Peers exempt from `max_per_address` (the trusted proxies, which carry many clients).
+    pub exempt: TrustedProxies,
+}
+
+/// Open connections, counted while a [`Slot`] lives.
+struct Admission {
+    limits: Limits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+struct Slot {
+    admission: Arc<Admission>,
+    addr: Option<IpAddr>,
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.0 >= self.limits.max_connections {
+            return None;
+        }
+        let counted = self.limits.max_per_address > 0 && !self.limits.exempt.trusts(peer);
+        if counted {
+            let n = open.1.entry(peer.to_canonical()).or_default();
+            if *n >= self.limits.max_per_address {
+                return None;
+            }
+            *n += 1;
+        }
+        open.0 += 1;
+        Some(Slot {
+            admission: self.clone(),
+            addr: counted.then(|| peer.to_canonical()),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.0 -= 1;
+        if let Some(addr) = self.addr
+            && let Some(n) = open.1.get_mut(&addr)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&addr);
+            }
+        }
+    }
 }
 
 /// Serves `ep` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then lets
@@ -51,6 +118,7 @@ pub async fn serve<E>(
     tls: Option<TlsAcceptor>,
     ep: E,
     timeouts: Timeouts,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()>
@@ -61,13 +129,23 @@ where
     let local = LocalAddr(Addr::SocketAddr(listener.local_addr()?));
     let (stop_tx, stop_rx) = watch::channel(());
     let mut connections = JoinSet::new();
+    let admission = Arc::new(Admission {
+        limits,
+        open: Mutex::default(),
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(accept_connection(
+                    // Over a limit the connection is closed at once (dropped): cheap for us,
+                    // and the client sees a reset it can retry.
+                    let Some(slot) = admission.admit(peer.ip()) else {
+                        tracing::debug!(%peer, "refusing a connection over http.max_connections*");
+                        continue;
+                    };
+                    let connection = accept_connection(
                         stream,
                         tls.clone(),
                         peer,
@@ -75,7 +153,12 @@ where
                         local.clone(),
                         timeouts,
                         stop_rx.clone(),
-                    ));
+                    );
+                    // The slot is held until the connection ends (or leaves for a WebSocket).
+                    connections.spawn(async move {
+                        let _slot = slot;
+                        connection.await
+                    });
                 }
                 // Out of file descriptors, say: back off instead of spinning.
                 Err(e) => {
@@ -157,12 +240,27 @@ impl<E: Endpoint + 'static> Conn<E> {
         } = self;
         let io = TokioIo::new(stream);
         let remote = RemoteAddr(Addr::SocketAddr(peer));
+        let activity_for_requests = activity.clone();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let (ep, local, remote, scheme) =
                 (ep.clone(), local.clone(), remote.clone(), scheme.clone());
+            let activity = activity_for_requests.clone();
             async move {
                 let req = Request::from((req, local, remote, scheme));
-                let resp = ep.get_response(req).await.into_response();
+                // While a request is in flight its deadline applies, not the idle timeout.
+                let _busy = activity.begin_request();
+                let resp = match tokio::time::timeout(timeouts.request, ep.get_response(req)).await
+                {
+                    Ok(resp) => resp.into_response(),
+                    Err(_) => {
+                        tracing::info!(%peer, "request timed out");
+                        ApiError::RequestTimeout(format!(
+                            "the request took longer than {} s (http.request_timeout_secs)",
+                            timeouts.request.as_secs()
+                        ))
+                        .into_response()
+                    }
+                };
                 Ok::<_, Infallible>(hyper::Response::from(resp))
             }
         });
@@ -178,7 +276,8 @@ impl<E: Endpoint + 'static> Conn<E> {
             tokio::select! {
                 _ = &mut conn => return,
                 _ = tokio::time::sleep_until(idle_until) => {
-                    if activity.last() + timeouts.idle > Instant::now() {
+                    if activity.last() + timeouts.idle > Instant::now() || activity.busy() {
+                        activity.touch();
                         continue;
                     }
                     if closing {
@@ -199,10 +298,21 @@ impl<E: Endpoint + 'static> Conn<E> {
     }
 }
 
-/// When bytes last moved on a connection, as milliseconds since it was accepted.
+/// When bytes last moved on a connection, as milliseconds since it was accepted, and how many
+/// requests are in flight on it.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// Counts a request in flight while it lives.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Activity {
@@ -210,7 +320,17 @@ impl Activity {
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         }
+    }
+
+    fn begin_request(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
     }
 
     fn touch(&self) {
