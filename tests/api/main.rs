@@ -2,6 +2,7 @@
 
 mod compat;
 mod daemon;
+mod docs;
 mod events;
 mod login;
 mod permissions;
