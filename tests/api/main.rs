@@ -1,5 +1,6 @@
 //! End-to-end tests: a real PostgreSQL, a real core4d per test, HTTP and WebSocket over loopback.
 
+mod browser;
 mod compat;
 mod daemon;
 mod docs;

@@ -212,7 +212,8 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
                 continue;
             };
             for (method, op) in ops.iter_mut() {
-                let Some(params) = op["parameters"].as_array_mut() else {
+                // `get_mut`: indexing would insert `"parameters": null`, which breaks Swagger UI.
+                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
                     continue;
                 };
                 for p in params {
