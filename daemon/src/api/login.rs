@@ -66,15 +66,15 @@ pub enum LogoutResponse {
 }
 
 /// The credentials of `POST /login`: a user name and password, or a token to exchange for a
-/// fresh one. Other fields are ignored, as core4 did.
+/// fresh one. The body is read leniently, as core4 did: other fields, values that are not
+/// strings and bodies that are not a JSON object or form are ignored (the login then fails
+/// with 401 unless the query or an `Authorization` header has credentials).
 #[derive(Object)]
 #[oai(example, skip_serializing_if_is_none)]
 pub struct LoginBody {
     /// User name (case-insensitive).
-    #[oai(validator(max_length = 64))]
     pub username: Option<String>,
     /// Password.
-    #[oai(validator(max_length = 1024))]
     pub password: Option<String>,
     /// A valid token, instead of user name and password.
     pub token: Option<String>,

@@ -206,6 +206,9 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
             schema["properties"][field]["minLength"] = json!(1);
         }
     }
+    // A name, when given, is never empty.
+    schemas["RoleUpdate"]["properties"]["name"]["minLength"] = json!(1);
+    add_links(&mut spec);
     if let Some(paths) = spec["paths"].as_object_mut() {
         for (path, ops) in paths.iter_mut() {
             let Some(ops) = ops.as_object_mut() else {
@@ -223,6 +226,65 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
         }
     }
     serde_json::to_string_pretty(&spec).unwrap_or_default()
+}
+
+/// OpenAPI links: where the `id` and `etag` of a change or delete come from. Clients (and
+/// Schemathesis' stateful phase) follow them from a created or read object to its update.
+fn add_links(spec: &mut Value) {
+    let update = json!({
+        "operationRef": "#/paths/~1roles~1{id}/put",
+        "description": "Change this object: its id and current etag.",
+        "parameters": {"id": "$response.body#/data/_id"},
+        "requestBody": {"etag": "$response.body#/data/etag"},
+    });
+    let read = json!({
+        "operationRef": "#/paths/~1roles~1{id}/get",
+        "description": "Read this object again.",
+        "parameters": {"id": "$response.body#/data/_id"},
+    });
+    let delete = json!({
+        "operationRef": "#/paths/~1roles~1{id}/delete",
+        "description": "Delete this object: its id and current etag.",
+        "parameters": {
+            "path.id": "$response.body#/data/_id",
+            "query.etag": "$response.body#/data/etag",
+        },
+    });
+    let links = json!({"Update": update, "Read": read, "Delete": delete});
+    // Not from PUT: its `data` may be the string `no changes`.
+    for (path, method) in [("/roles", "post"), ("/roles/{id}", "get")] {
+        if let Some(ok) = spec["paths"]
+            .get_mut(path)
+            .and_then(|p| p.get_mut(method))
+            .and_then(|o| o["responses"].get_mut("200"))
+        {
+            ok["links"] = links.clone();
+        }
+    }
+    // From a listing: its first item.
+    if let Some(ok) = spec["paths"]
+        .get_mut("/roles")
+        .and_then(|p| p.get_mut("get"))
+        .and_then(|o| o["responses"].get_mut("200"))
+    {
+        ok["links"] = json!({"UpdateFirst": {
+            "operationRef": "#/paths/~1roles~1{id}/put",
+            "description": "Change the first object of the page: its id and current etag.",
+            "parameters": {"id": "$response.body#/data/0/_id"},
+            "requestBody": {"etag": "$response.body#/data/0/etag"},
+        }});
+    }
+    if let Some(ok) = spec["paths"]
+        .get_mut("/profile")
+        .and_then(|p| p.get_mut("get"))
+        .and_then(|o| o["responses"].get_mut("200"))
+    {
+        ok["links"] = json!({"Update": {
+            "operationRef": "#/paths/~1profile/put",
+            "description": "Change your profile: its current etag.",
+            "requestBody": {"etag": "$response.body#/data/etag"},
+        }});
+    }
 }
 
 fn refine_parameter(path: &str, method: &str, p: &mut Value, max_per_page: u32) {
