@@ -385,7 +385,10 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
         resp
     });
     let route = Route::new()
-        .at(format!("{BASE}/openapi.json"), docs_endpoint(spec, "application/json"))
+        .at(
+            format!("{BASE}/openapi.json"),
+            docs_endpoint(spec, "application/json"),
+        )
         .at(
             format!("{BASE}/docs"),
             docs_endpoint(api::docs_page(state), "text/html; charset=utf-8"),

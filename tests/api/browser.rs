@@ -8,24 +8,29 @@ use std::{
     process::Command,
 };
 
-/// The `core4d` binary cargo built beside this test binary (`target/<profile>/core4d`), built
-/// now when missing (`cargo test -p core4-tests` alone does not build other packages' binaries).
+/// The `core4d` binary cargo built beside this test binary.
 pub fn core4d_binary() -> PathBuf {
+    workspace_binary("core4d", "core4d")
+}
+
+/// A binary of the workspace cargo built beside this test binary (`target/<profile>/NAME`),
+/// built now when missing (`cargo test -p core4-tests` alone builds no other package's binaries).
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
-    let binary = profile_dir.join("core4d");
+    let binary = profile_dir.join(name);
     if !binary.exists() {
         let release = profile_dir.ends_with("release");
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-p", "core4d", "--bin", "core4d"]);
+        build.args(["build", "-p", package, "--bin", name]);
         if release {
             build.arg("--release");
         }
         let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p core4d failed");
+        assert!(status.success(), "cargo build -p {package} failed");
     }
     binary
 }

@@ -80,7 +80,11 @@ async fn a_405_names_the_allowed_methods() {
     for (method, path, allow) in [
         ("PATCH", "/roles", "GET, POST, HEAD"),
         ("PUT", "/roles/distinct", "GET, HEAD"),
-        ("POST", "/roles/5be414ccde8b69542b70f4d7", "DELETE, GET, PUT, HEAD"),
+        (
+            "POST",
+            "/roles/5be414ccde8b69542b70f4d7",
+            "DELETE, GET, PUT, HEAD",
+        ),
         ("DELETE", "/health", "GET, HEAD"),
         ("PUT", "/login", "GET, POST, HEAD"),
     ] {
@@ -116,7 +120,10 @@ fn every_response_has_a_description_and_only_the_statuses_its_operation_gives() 
             for (status, resp) in op["responses"].as_object().unwrap() {
                 let text = resp["description"].as_str().unwrap_or_default();
                 assert!(!text.is_empty(), "{method} {path} {status}: no description");
-                assert_ne!(status, "500", "{method} {path} documents a bug as an answer");
+                assert_ne!(
+                    status, "500",
+                    "{method} {path} documents a bug as an answer"
+                );
             }
         }
     }

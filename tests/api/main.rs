@@ -7,6 +7,7 @@ mod docs;
 mod events;
 mod login;
 mod permissions;
+mod readme;
 mod retention;
 mod roles;
 mod security;

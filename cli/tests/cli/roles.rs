@@ -290,7 +290,8 @@ fn a_stale_etag_is_a_conflict_and_nothing_is_overwritten() {
     assert!(out.stderr.contains("nothing was written"), "{out:?}");
     // Running it again would fail the same way: it says how to get the current etag instead.
     assert!(
-        out.stderr.contains("core4ctl roles get frank") && !out.stderr.contains("run the command again"),
+        out.stderr.contains("core4ctl roles get frank")
+            && !out.stderr.contains("run the command again"),
         "{out:?}"
     );
     let frank = cli

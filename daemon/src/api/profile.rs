@@ -125,8 +125,12 @@ impl ProfileApi {
             perm: None,
             is_active: None,
         };
-        Ok(UpdateResponse::Ok(ok(
-            apply_change(&self.state, None, &me.id, change).await?,
-        )))
+        Ok(UpdateResponse::Ok(ok(apply_change(
+            &self.state,
+            None,
+            &me.id,
+            change,
+        )
+        .await?)))
     }
 }

@@ -13,8 +13,10 @@ use serde::Deserialize;
 
 use super::{
     ApiTags, AppState, Strict,
-    spec::{CreateFailures, DeleteFailures, GetFailures, ListFailures, ReadFailures, Reply,
-        UpdateFailures},
+    spec::{
+        CreateFailures, DeleteFailures, GetFailures, ListFailures, ReadFailures, Reply,
+        UpdateFailures,
+    },
 };
 use crate::{
     auth::{Method, Principal, TokenAuth, qual},
@@ -561,10 +563,7 @@ impl RolesApi {
         let password = password_of(b.password, b.passwd)?;
         let email = parse_email(b.email)?;
         if password.is_some() && email.is_none() {
-            return Err(ApiError::BadRequest(
-                "user role requires email on creation".into(),
-            )
-            .into());
+            return Err(ApiError::BadRequest("user role requires email on creation".into()).into());
         }
         check_list("perm", b.perm.as_ref())?;
         check_list("role", b.role.as_ref())?;
@@ -665,9 +664,13 @@ impl RolesApi {
             perm: b.perm,
             is_active: b.is_active,
         };
-        Ok(UpdateResponse::Ok(ok(
-            apply_change(&self.state, Some(&me), &id, change).await?
-        )))
+        Ok(UpdateResponse::Ok(ok(apply_change(
+            &self.state,
+            Some(&me),
+            &id,
+            change,
+        )
+        .await?)))
     }
 
     /// Delete a user or role

@@ -72,10 +72,7 @@ const NO_TOKEN: (u16, &str) = (
     401,
     "No token, or an invalid, expired or revoked one: log in (again).",
 );
-const NOT_ALLOWED: (u16, &str) = (
-    403,
-    "The caller lacks the permission this operation needs.",
-);
+const NOT_ALLOWED: (u16, &str) = (403, "The caller lacks the permission this operation needs.");
 const NOT_ALLOWED_OR_ORIGIN: (u16, &str) = (
     403,
     "The caller lacks the permission; or the request was authenticated by the `token` cookie \
