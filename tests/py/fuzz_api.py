@@ -72,7 +72,8 @@ def schemathesis(core4d, name, workdir, args, token=None):
     ] + args
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    # In the work dir: schemathesis keeps a cache of crashes in its current directory.
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     text = out.stdout + out.stderr
     found = re.search(r"(\d+) generated", text)
     cases = int(found.group(1)) if found else 0
