@@ -64,10 +64,14 @@ pub enum Command {
     },
 }
 
-const COMPLETION_EXAMPLES: &str = "\
+/// Install lines that work on a fresh account too: each creates its directory first.
+pub const COMPLETION_EXAMPLES: &str = "\
 Examples:
+  mkdir -p ~/.local/share/bash-completion/completions
   core4ctl completions bash > ~/.local/share/bash-completion/completions/core4ctl
-  core4ctl completions zsh > \"${fpath[1]}/_core4ctl\"
+  mkdir -p ~/.zfunc    # and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath)
+  core4ctl completions zsh > ~/.zfunc/_core4ctl
+  mkdir -p ~/.config/fish/completions
   core4ctl completions fish > ~/.config/fish/completions/core4ctl.fish";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -459,9 +459,10 @@ pub fn map_error(
     match status.as_u16() {
         401 => CliError::Auth(match text {
             "token expired" => "the token has expired — run `core4ctl login`".to_owned(),
-            "token revoked" => {
-                "the token was revoked (logged out) — run `core4ctl login`".to_owned()
-            }
+            // core4d gives one reason for all of these; say which they can be.
+            "token revoked" => "the token was revoked: by a logout, a password change, or the \
+                                account's deactivation or deletion — run `core4ctl login`"
+                .to_owned(),
             "invalid token" => {
                 format!("the saved token is not valid for {server} — run `core4ctl login`")
             }

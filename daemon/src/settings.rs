@@ -304,7 +304,7 @@ impl Settings {
             .merge(Serialized::defaults(flags));
         let mut settings: Settings = fig
             .extract()
-            .map_err(|e| format!("invalid configuration: {e}"))?;
+            .map_err(|e| format!("invalid configuration: {}", config_error(e)))?;
         // Secrets and URLs are taken verbatim: figment would parse `12345678` as a number (and
         // quote the value in its error) or `[..]` as a list.
         let raw = |name: &str| std::env::var(name).ok();
@@ -545,8 +545,50 @@ impl fmt::Debug for Settings {
     }
 }
 
+/// figment's message, with a list of valid keys or values written once (its own wraps serde's
+/// "one of `a`, `b`" in another pair of backticks).
+fn config_error(err: figment::Error) -> String {
+    use figment::error::Kind;
+    err.into_iter()
+        .map(|mut e| {
+            let list = |expected: &[&str]| {
+                expected
+                    .iter()
+                    .map(|x| format!("`{x}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            e.kind = match e.kind {
+                Kind::UnknownField(found, expected) => Kind::Message(format!(
+                    "unknown key `{found}`: expected one of {}",
+                    list(expected)
+                )),
+                Kind::UnknownVariant(found, expected) => Kind::Message(format!(
+                    "unknown value `{found}`: expected one of {}",
+                    list(expected)
+                )),
+                other => other,
+            };
+            e.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_unknown_key_is_named_once_without_doubled_backticks() {
+        let err = figment::Figment::new()
+            .merge(figment::providers::Toml::string("[events]\nnope = 1"))
+            .extract::<Settings>()
+            .unwrap_err();
+        let msg = super::config_error(err);
+        assert!(msg.contains("unknown key `nope`"), "{msg}");
+        assert!(msg.contains("`max_frame_bytes`"), "{msg}");
+        assert!(!msg.contains("``"), "{msg}");
+    }
     use super::*;
 
     #[test]

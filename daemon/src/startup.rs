@@ -366,7 +366,7 @@ fn spawn_housekeeping(pool: PgPool) {
 /// alias, CORS, and the envelope/request-id/logging/security middleware around all of it.
 pub fn app(state: &AppState) -> impl Endpoint + use<> {
     let service = api::service(state);
-    let spec = service.spec();
+    let spec = api::spec_json(state);
     // `/metrics` labels requests only with these route templates.
     let api_paths: Vec<String> = serde_json::from_str::<serde_json::Value>(&spec)
         .ok()
@@ -377,11 +377,11 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
         .register_routes(api_paths.iter().map(|p| format!("{BASE}{p}")).chain([
             "/".to_string(),
             "/metrics".to_string(),
+            "/favicon.ico".to_string(),
             format!("{BASE}/openapi.json"),
             format!("{BASE}/docs"),
-            format!("{BASE}/docs/oauth-receiver.html"),
         ]));
-    let swagger = service.swagger_ui();
+    let allow = Arc::new(AllowTable::from_spec(&spec));
     let metrics = state.metrics.clone();
     let metrics_ep = make_sync(move |_| {
         let mut resp = metrics.render().into_response();
@@ -394,16 +394,23 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
     let route = Route::new()
         .at(
             format!("{BASE}/openapi.json"),
-            make_sync(move |_| {
-                let mut resp = spec.clone().into_response();
+            docs_endpoint(spec, "application/json"),
+        )
+        .at(
+            format!("{BASE}/docs"),
+            docs_endpoint(api::docs_page(state), "text/html; charset=utf-8"),
+        )
+        .nest(BASE, service)
+        .at("/metrics", metrics_ep)
+        .at(
+            "/favicon.ico",
+            make_sync(|_| {
+                let mut resp = api::FAVICON_SVG.into_response();
                 resp.headers_mut()
-                    .insert("content-type", HeaderValue::from_static("application/json"));
+                    .insert("content-type", HeaderValue::from_static("image/svg+xml"));
                 resp
             }),
         )
-        .nest(format!("{BASE}/docs"), swagger)
-        .nest(BASE, service)
-        .at("/metrics", metrics_ep)
         .at(
             "/",
             make_sync(|_| {
@@ -443,8 +450,88 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
         .with(CatchPanic::new().with_handler(EnvelopeOnPanic))
         .around(move |ep, req| {
             let layer = layer.clone();
-            async move { Ok(layer.call(ep, req).await) }
+            let allow = allow.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                let mut resp = layer.call(ep, req).await;
+                allow.add_header(&path, &mut resp);
+                Ok(resp)
+            }
         })
+}
+
+/// A fixed document (the spec, the Swagger UI page), gzip- or brotli-compressed when the
+/// client asks for it: the page is 1.7 MB, mostly Swagger UI's script.
+fn docs_endpoint(body: String, content_type: &'static str) -> impl Endpoint + use<> {
+    make_sync(move |_| {
+        let mut resp = body.clone().into_response();
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static(content_type));
+        resp
+    })
+    .with(poem::middleware::Compression::new())
+}
+
+/// The methods each API route answers, for the `Allow` header a 405 must carry (RFC 9110,
+/// 15.5.6).
+struct AllowTable {
+    /// Route templates split into segments (`{id}` matches any one) and their `Allow` value.
+    routes: Vec<(Vec<String>, String)>,
+}
+
+impl AllowTable {
+    fn from_spec(spec: &str) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let routes = spec["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(path, ops)| {
+                let mut methods: Vec<String> = ops
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(m, _)| m.to_ascii_uppercase())
+                    .collect();
+                // poem answers HEAD wherever it answers GET.
+                if methods.iter().any(|m| m == "GET") {
+                    methods.push("HEAD".into());
+                }
+                let segments = format!("{BASE}{path}")
+                    .split('/')
+                    .map(str::to_string)
+                    .collect();
+                (segments, methods.join(", "))
+            })
+            .collect();
+        Self { routes }
+    }
+
+    /// The `Allow` value for `path`: of the matching templates, the one with the most literal
+    /// segments, as the router prefers them.
+    fn allow(&self, path: &str) -> Option<&str> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.routes
+            .iter()
+            .filter(|(template, _)| {
+                template.len() == segments.len()
+                    && template
+                        .iter()
+                        .zip(&segments)
+                        .all(|(t, s)| t.starts_with('{') || t == s)
+            })
+            .max_by_key(|(template, _)| template.iter().filter(|t| !t.starts_with('{')).count())
+            .map(|(_, allow)| allow.as_str())
+    }
+
+    fn add_header(&self, path: &str, resp: &mut Response) {
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+            && let Some(allow) = self.allow(path)
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            resp.headers_mut().insert(poem::http::header::ALLOW, value);
+        }
+    }
 }
 
 /// A panicking handler answers with the 500 envelope (its cause logged), like any other bug.

@@ -1,10 +1,13 @@
 //! End-to-end tests: a real PostgreSQL, a real core4d per test, HTTP and WebSocket over loopback.
 
+mod browser;
 mod compat;
 mod daemon;
+mod docs;
 mod events;
 mod login;
 mod permissions;
+mod readme;
 mod retention;
 mod roles;
 mod security;

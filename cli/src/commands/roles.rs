@@ -523,12 +523,21 @@ async fn create(args: &CreateArgs, ctx: &Context, client: &ApiClient) -> Result<
     ))
 }
 
-fn conflict_hint(err: CliError, role: &Role) -> CliError {
+/// What to do about a stale etag. Without `--etag` core4ctl read the etag itself, so running
+/// the command again reads the new one; with `--etag` that would fail the same way.
+fn conflict_hint(err: CliError, role: &Role, given_etag: bool) -> CliError {
+    let name = sanitize(&role.name);
     match err {
+        CliError::Conflict(msg) if msg.contains("etag") && given_etag => {
+            CliError::Conflict(format!(
+                "{name} changed since the etag given with --etag was read ({msg}); nothing was \
+                 written — fetch the current version (`core4ctl roles get {name}`), check it, \
+                 and pass its etag to --etag"
+            ))
+        }
         CliError::Conflict(msg) if msg.contains("etag") => CliError::Conflict(format!(
-            "{} was changed by someone else after core4ctl read it ({msg}); nothing was written — \
-             run the command again to apply your change to the current version",
-            sanitize(&role.name)
+            "{name} was changed by someone else after core4ctl read it ({msg}); nothing was \
+             written — run the command again to apply your change to the current version"
         )),
         other => other,
     }
@@ -631,7 +640,7 @@ async fn update(args: &UpdateArgs, ctx: &Context, client: &ApiClient) -> Result<
     let reply: Value = client
         .put(&format!("/roles/{}", current.id), &Value::Object(body))
         .await
-        .map_err(|e| conflict_hint(e, &current))?;
+        .map_err(|e| conflict_hint(e, &current, args.etag.is_some()))?;
     let (changed, role) = match reply {
         Value::Object(_) => (
             true,
@@ -682,6 +691,7 @@ async fn delete(
             return Err(CliError::Other("not deleted".into()));
         }
     }
+    let given_etag = etag.is_some();
     let etag = etag
         .map(str::to_owned)
         .or_else(|| current.etag.clone())
@@ -689,7 +699,7 @@ async fn delete(
     let _: Value = client
         .delete(&format!("/roles/{}", current.id), &[("etag", etag)])
         .await
-        .map_err(|e| conflict_hint(e, &current))?;
+        .map_err(|e| conflict_hint(e, &current, given_etag))?;
     if ctx.json() {
         return print_json(&json!({"_id": current.id, "name": current.name, "deleted": true}));
     }

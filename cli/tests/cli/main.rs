@@ -3,6 +3,7 @@
 //! temporary directory.
 
 mod auth;
+mod completions;
 mod errors;
 mod events;
 mod helpers;

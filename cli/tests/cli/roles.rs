@@ -286,8 +286,14 @@ fn a_stale_etag_is_a_conflict_and_nothing_is_overwritten() {
             "--etag",
             &stale,
         ])
-        .failure(5, "was changed by someone else");
+        .failure(5, "changed since the etag given with --etag was read");
     assert!(out.stderr.contains("nothing was written"), "{out:?}");
+    // Running it again would fail the same way: it says how to get the current etag instead.
+    assert!(
+        out.stderr.contains("core4ctl roles get frank")
+            && !out.stderr.contains("run the command again"),
+        "{out:?}"
+    );
     let frank = cli
         .run(&["roles", "get", "frank", "-o", "json"])
         .success()
@@ -295,7 +301,7 @@ fn a_stale_etag_is_a_conflict_and_nothing_is_overwritten() {
     assert_eq!(frank["realname"], "Frank One");
 
     cli.run(&["roles", "delete", "frank", "--yes", "--etag", &stale])
-        .failure(5, "changed by someone else");
+        .failure(5, "fetch the current version");
     cli.run(&["roles", "get", "frank"]).success();
 }
 
@@ -465,4 +471,22 @@ fn list_pages_filters_sorts_and_fetches_all() {
         .success()
         .json();
     assert_eq!(json_names(&none), Vec::<String>::new());
+}
+
+#[test]
+fn a_deactivated_users_token_is_reported_as_revoked_by_what_can_revoke_it() {
+    let server = TestServer::spawn();
+    let admin = Cli::new();
+    admin.login_admin(&server).success();
+    create_user(&admin, "gina", &["--role", "standard_user"]);
+    let gina = Cli::new();
+    gina.login(&server, "gina", "secret-pw").success();
+    gina.run(&["whoami"]).success();
+
+    admin
+        .run(&["roles", "update", "gina", "--inactive"])
+        .success();
+    let out = gina.run(&["whoami"]).failure(3, "revoked");
+    assert!(out.stderr.contains("deactivation"), "{out:?}");
+    assert!(!out.stderr.contains("(logged out)"), "{out:?}");
 }

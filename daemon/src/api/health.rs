@@ -2,11 +2,14 @@
 
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
-use super::{ApiTags, AppState};
+use super::{
+    ApiTags, AppState,
+    spec::{HealthFailures, ReadFailures, Reply},
+};
 use crate::{
     auth::{Method, TokenAuth, qual},
     envelope::{Envelope, ok},
-    error::{ApiError, ApiResult},
+    error::ApiError,
 };
 
 pub struct HealthApi {
@@ -29,10 +32,19 @@ pub enum HealthResponse {
     Ok(Json<Envelope<Health>>),
 }
 
+#[derive(ApiResponse)]
+pub enum InfoResponse {
+    /// Project and version.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<VersionInfo>>),
+}
+
 /// Version information (core4's `/_info?version`).
 #[derive(Object)]
 pub struct VersionInfo {
+    /// `core4d`.
     pub project: String,
+    /// core4d's version.
     pub version: String,
     /// The core4 API version this server speaks.
     pub core4: String,
@@ -44,7 +56,7 @@ impl HealthApi {
     ///
     /// Unauthenticated. 200 when the database answers, 503 otherwise.
     #[oai(path = "/health", method = "get")]
-    async fn health(&self) -> ApiResult<HealthResponse> {
+    async fn health(&self) -> Reply<HealthResponse, HealthFailures> {
         let probe = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             sqlx::query("SELECT 1").execute(&self.state.pool),
@@ -55,8 +67,8 @@ impl HealthApi {
                 status: "ok".into(),
                 database: true,
             }))),
-            Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
-            Err(_) => Err(ApiError::Unavailable("database probe timed out".into())),
+            Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string()).into()),
+            Err(_) => Err(ApiError::Unavailable("database probe timed out".into()).into()),
         }
     }
 
@@ -65,15 +77,15 @@ impl HealthApi {
     /// As core4's `/_info?version`: project and version. Needs an authenticated caller with
     /// access to the info handler (`standard_user` has it).
     #[oai(path = "/_info", method = "get")]
-    async fn info(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<VersionInfo>>> {
+    async fn info(&self, auth: TokenAuth) -> Reply<InfoResponse, ReadFailures> {
         self.state
             .auth
             .require(&auth, qual::INFO, Method::Read)
             .await?;
-        Ok(ok(VersionInfo {
+        Ok(InfoResponse::Ok(ok(VersionInfo {
             project: "core4d".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             core4: "1.0.10".into(),
-        }))
+        })))
     }
 }

@@ -1,9 +1,18 @@
 //! `/login` and `/logout`.
 
-use poem::{FromRequest, Request, RequestBody};
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Query, payload::Json};
+use poem::{Request, RequestBody};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi,
+    param::Query,
+    payload::Json,
+    registry::{MetaMediaType, MetaRequest, Registry},
+    types::{Example, Type},
+};
 
-use super::{ApiTags, AppState};
+use super::{
+    ApiTags, AppState,
+    spec::{LoginGetFailures, LoginPostFailures, LogoutGetFailures, LogoutPostFailures, Reply},
+};
 use crate::{
     auth::{LoginAuth, TokenAuth},
     envelope::{Envelope, ok},
@@ -56,8 +65,33 @@ pub enum LogoutResponse {
     ),
 }
 
+/// The credentials of `POST /login`: a user name and password, or a token to exchange for a
+/// fresh one. The body is read leniently, as core4 did: other fields, values that are not
+/// strings and bodies that are not a JSON object or form are ignored (the login then fails
+/// with 401 unless the query or an `Authorization` header has credentials).
+#[derive(Object)]
+#[oai(example, skip_serializing_if_is_none)]
+pub struct LoginBody {
+    /// User name (case-insensitive).
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// A valid token, instead of user name and password.
+    pub token: Option<String>,
+}
+
+impl Example for LoginBody {
+    fn example() -> Self {
+        Self {
+            username: Some("admin".into()),
+            password: Some("the admin password".into()),
+            token: None,
+        }
+    }
+}
+
 /// Username and password from a JSON object or form body, whatever the Content-Type says
-/// (core4 merged any JSON-object body into its arguments).
+/// (core4 merged any JSON-object body into its arguments). Documented as [`LoginBody`].
 #[derive(Default)]
 struct BodyCredentials {
     username: Option<String>,
@@ -65,8 +99,36 @@ struct BodyCredentials {
     token: Option<String>,
 }
 
-impl<'a> FromRequest<'a> for BodyCredentials {
-    async fn from_request(_req: &'a Request, body: &mut RequestBody) -> poem::Result<Self> {
+impl<'a> ApiExtractor<'a> for BodyCredentials {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        LoginBody::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: Some(
+                "Optional: the credentials may come as query arguments or HTTP Basic instead.",
+            ),
+            content: ["application/json", "application/x-www-form-urlencoded"]
+                .into_iter()
+                .map(|content_type| MetaMediaType {
+                    content_type,
+                    schema: LoginBody::schema_ref(),
+                })
+                .collect(),
+            required: false,
+        })
+    }
+
+    async fn from_request(
+        _req: &'a Request,
+        body: &mut RequestBody,
+        _opts: ExtractParamOptions<()>,
+    ) -> poem::Result<Self> {
         let Some(body) = body.take().ok() else {
             return Ok(Self::default());
         };
@@ -216,7 +278,7 @@ impl LoginApi {
         /// Password.
         password: Query<Option<String>>,
         client: Client,
-    ) -> ApiResult<LoginResponse> {
+    ) -> Reply<LoginResponse, LoginGetFailures> {
         self.login(
             auth,
             username.0,
@@ -225,12 +287,14 @@ impl LoginApi {
             &client,
         )
         .await
+        .map_err(Into::into)
     }
 
     /// Log in (POST)
     ///
     /// As `GET /login`; the body may be a JSON object or a form with `username` and
-    /// `password` (or `token`), with or without a Content-Type.
+    /// `password` (or `token`), with or without a Content-Type. Body values win over query
+    /// arguments; an `Authorization` header (Basic or Bearer) decides alone.
     #[oai(path = "/login", method = "post", operation_id = "login_post")]
     async fn login_post(
         &self,
@@ -241,9 +305,10 @@ impl LoginApi {
         password: Query<Option<String>>,
         client: Client,
         body: BodyCredentials,
-    ) -> ApiResult<LoginResponse> {
-        self.login(auth, username.0, password.0, body, &client)
-            .await
+    ) -> Reply<LoginResponse, LoginPostFailures> {
+        Ok(self
+            .login(auth, username.0, password.0, body, &client)
+            .await?)
     }
 
     /// Log out
@@ -251,16 +316,24 @@ impl LoginApi {
     /// Revokes the presented token on every core4d instance and clears the cookie. Open event
     /// sockets using it are closed within a second.
     #[oai(path = "/logout", method = "get", operation_id = "logout_get")]
-    async fn logout_get(&self, auth: TokenAuth, client: Client) -> ApiResult<LogoutResponse> {
-        self.logout(auth, &client).await
+    async fn logout_get(
+        &self,
+        auth: TokenAuth,
+        client: Client,
+    ) -> Reply<LogoutResponse, LogoutGetFailures> {
+        Ok(self.logout(auth, &client).await?)
     }
 
     /// Log out (POST)
     ///
     /// As `GET /logout`.
     #[oai(path = "/logout", method = "post", operation_id = "logout_post")]
-    async fn logout_post(&self, auth: TokenAuth, client: Client) -> ApiResult<LogoutResponse> {
-        self.logout(auth, &client).await
+    async fn logout_post(
+        &self,
+        auth: TokenAuth,
+        client: Client,
+    ) -> Reply<LogoutResponse, LogoutPostFailures> {
+        Ok(self.logout(auth, &client).await?)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod health;
 pub mod login;
 pub mod profile;
 pub mod roles;
+pub mod spec;
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -78,7 +79,16 @@ pub fn service(
     .description(
         "The core4 API server in Rust: login with revocable tokens, users and roles with \
          permissions, and durable event channels over a WebSocket. Every JSON reply is the core4 \
-         envelope (`_id`, `version`, `timestamp`, `message`, `code`, and `data` or `error`).",
+         envelope (`_id`, `version`, `timestamp`, `message`, `code`, and `data` or `error`). \
+         Each operation lists the statuses it answers with; any of them can also answer 500 on a \
+         server bug (the cause is logged under the reply's `_id`).\n\n\
+         **Trying it here:** run `POST /login` with your user name and password, copy \
+         `data.token`, and paste it into *Authorize* under `BearerToken`. Login also sets an \
+         HttpOnly `token` cookie, which this page cannot see or remove: the browser sends it \
+         with every later request, so requests stay authenticated after *Logout* in the \
+         Authorize dialog until you run `POST /logout` (which revokes the token and clears the \
+         cookie). The `CookieToken` entry of the dialog cannot set that cookie; it is listed \
+         because other clients may send it.",
     )
     .server(BASE)
 }
@@ -86,8 +96,28 @@ pub fn service(
 /// The spec as core4d serves and `core4d openapi` prints it. It needs no database: the API
 /// structs are only described, never called.
 pub fn spec_json(state: &AppState) -> String {
-    service(state).spec()
+    spec::refine(&service(state).spec(), state.settings.max_per_page)
 }
+
+/// The Swagger UI page: poem-openapi's, showing [`spec_json`], titled "core4d API", with an
+/// inline icon (no request for it).
+pub fn docs_page(state: &AppState) -> String {
+    let service = service(state);
+    let icon = format!(
+        "<title>core4d API</title>\n    <link rel=\"icon\" type=\"image/svg+xml\" href=\"data:image/svg+xml,{}\">",
+        FAVICON_SVG.replace('#', "%23")
+    );
+    service
+        .swagger_ui_html()
+        .replacen(&service.spec(), &spec_json(state), 1)
+        .replacen("<title>Swagger UI</title>", &icon, 1)
+}
+
+/// core4d's icon, also served as `/favicon.ico` (browsers ask for it on any page).
+pub const FAVICON_SVG: &str = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'>\
+<rect width='32' height='32' rx='6' fill='#2b3a55'/><text x='16' y='24' \
+font-family='sans-serif' font-size='22' font-weight='bold' text-anchor='middle' \
+fill='white'>4</text></svg>";
 
 /// A JSON body whose schema comes from `T`'s `Object` derive while parsing goes through serde,
 /// so every error names its field (`is_active: invalid type: string "x", expected a boolean`).

@@ -1,16 +1,17 @@
 //! `/profile`: the caller's own account.
 
-use poem_openapi::{Object, OpenApi, payload::Json};
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json, types::Example};
 use serde::Deserialize;
 
 use super::{
     ApiTags, AppState, Strict,
-    roles::{RoleChange, RoleOut, UpdateResult, apply_change, password_of},
+    roles::{RoleChange, RoleOut, UpdateResponse, apply_change, password_of},
+    spec::{ProfileUpdateFailures, ReadFailures, Reply},
 };
 use crate::{
     auth::{Method, TokenAuth, qual},
     envelope::{Envelope, format_ts, ok},
-    error::{ApiError, ApiResult},
+    error::ApiError,
     storage,
 };
 
@@ -29,9 +30,16 @@ pub struct Profile {
     pub token_expires: String,
 }
 
-/// What a user may change about themselves.
+#[derive(ApiResponse)]
+pub enum ProfileResponse {
+    /// The caller's own account.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<Profile>>),
+}
+
+/// What a user may change about themselves. Copy `etag` from `GET /profile`.
 #[derive(Object, Deserialize)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
     /// Required: the current etag.
@@ -49,6 +57,18 @@ pub struct ProfileUpdate {
     pub passwd: Option<String>,
 }
 
+impl Example for ProfileUpdate {
+    fn example() -> Self {
+        Self {
+            etag: Some("65f1c2a9e4b0a1b2c3d4e5f6".into()),
+            realname: Some("Alice A. Example".into()),
+            email: None,
+            password: None,
+            passwd: None,
+        }
+    }
+}
+
 #[OpenApi(tag = "ApiTags::Profile")]
 impl ProfileApi {
     /// Who am I
@@ -56,7 +76,7 @@ impl ProfileApi {
     /// The caller's own user with `role_total`, `perm_total` and `token_expires`. Needs
     /// `api://core4.api.v1.request.standard…` (the `standard_user` role has it).
     #[oai(path = "/profile", method = "get")]
-    async fn get(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<Profile>>> {
+    async fn get(&self, auth: TokenAuth) -> Reply<ProfileResponse, ReadFailures> {
         let me = self
             .state
             .auth
@@ -70,12 +90,12 @@ impl ProfileApi {
         let expires = time::OffsetDateTime::from_unix_timestamp(me.claims.exp)
             .map(format_ts)
             .unwrap_or_default();
-        Ok(ok(Profile {
+        Ok(ProfileResponse::Ok(ok(Profile {
             role: row.into(),
             role_total,
             perm_total,
             token_expires: expires,
-        }))
+        })))
     }
 
     /// Change my real name, email or password
@@ -87,7 +107,7 @@ impl ProfileApi {
         &self,
         auth: TokenAuth,
         body: Json<Strict<ProfileUpdate>>,
-    ) -> ApiResult<Json<Envelope<UpdateResult>>> {
+    ) -> Reply<UpdateResponse, ProfileUpdateFailures> {
         let me = self
             .state
             .auth
@@ -105,6 +125,12 @@ impl ProfileApi {
             perm: None,
             is_active: None,
         };
-        Ok(ok(apply_change(&self.state, None, &me.id, change).await?))
+        Ok(UpdateResponse::Ok(ok(apply_change(
+            &self.state,
+            None,
+            &me.id,
+            change,
+        )
+        .await?)))
     }
 }

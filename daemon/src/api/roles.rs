@@ -7,11 +7,17 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
     registry::{MetaSchema, MetaSchemaRef, Registry},
-    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+    types::{Example, ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde::Deserialize;
 
-use super::{ApiTags, AppState, Strict};
+use super::{
+    ApiTags, AppState, Strict,
+    spec::{
+        CreateFailures, DeleteFailures, GetFailures, ListFailures, ReadFailures, Reply,
+        UpdateFailures,
+    },
+};
 use crate::{
     auth::{Method, Principal, TokenAuth, qual},
     domain::{Email, ObjectId, Password, Permission, RoleName},
@@ -83,7 +89,7 @@ pub struct RoleDetail {
 
 /// Creating a user or role. Unknown fields are rejected.
 #[derive(Object, Deserialize)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 pub struct RoleCreate {
     /// Required; at most 64 characters after NFKC normalisation; no whitespace, invisible or
@@ -114,9 +120,10 @@ pub struct RoleCreate {
     pub is_active: Option<bool>,
 }
 
-/// Changing a user or role: each given field replaces the old value.
+/// Changing a user or role: each given field replaces the old value. Copy `etag` from the
+/// object as `GET /roles/{id}` returns it now.
 #[derive(Object, Deserialize)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 pub struct RoleUpdate {
     /// Required: the etag the change is based on.
@@ -151,6 +158,79 @@ pub struct RoleUpdate {
     pub updated: Option<String>,
     /// Accepted and ignored.
     pub last_login: Option<String>,
+}
+
+/// An example user (`POST /roles` as shown creates it, once).
+impl Example for RoleCreate {
+    fn example() -> Self {
+        Self {
+            name: Some("alice".into()),
+            realname: Some("Alice Example".into()),
+            email: Some("alice@example.com".into()),
+            password: Some("correct-horse-battery".into()),
+            passwd: None,
+            role: Some(vec!["standard_user".into()]),
+            perm: None,
+            is_active: None,
+        }
+    }
+}
+
+impl Example for RoleUpdate {
+    fn example() -> Self {
+        Self {
+            etag: Some("65f1c2a9e4b0a1b2c3d4e5f6".into()),
+            name: None,
+            realname: Some("Alice B. Example".into()),
+            email: None,
+            password: None,
+            passwd: None,
+            role: None,
+            perm: None,
+            is_active: None,
+            perm_total: None,
+            role_total: None,
+            id: None,
+            created: None,
+            updated: None,
+            last_login: None,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum ListResponse {
+    /// A page of users and roles, with the pager fields.
+    #[oai(status = 200)]
+    Ok(Json<Paged<RoleOut>>),
+}
+
+#[derive(ApiResponse)]
+pub enum CreateResponse {
+    /// Created; `data` is the new user or role as stored.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<RoleOut>>),
+}
+
+#[derive(ApiResponse)]
+pub enum DistinctResponse {
+    /// Every name, sorted.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<Vec<String>>>),
+}
+
+#[derive(ApiResponse)]
+pub enum GetResponse {
+    /// The user or role with its cascade.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<RoleDetail>>),
+}
+
+#[derive(ApiResponse)]
+pub enum UpdateResponse {
+    /// Changed (`data` is the object as stored, with its new etag), or `data` is `no changes`.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<UpdateResult>>),
 }
 
 /// The updated object, or the string `no changes` (core4 clients compare `data` with it).
@@ -405,7 +485,7 @@ impl RolesApi {
         /// Not supported: raw query filters were a security hole in core4; a request with it is
         /// rejected with 400.
         filter: Query<Option<String>>,
-    ) -> ApiResult<Json<Paged<RoleOut>>> {
+    ) -> Reply<ListResponse, ListFailures> {
         self.state
             .auth
             .require(&auth, qual::ROLES, Method::Read)
@@ -413,7 +493,8 @@ impl RolesApi {
         if filter.0.is_some() {
             return Err(ApiError::BadRequest(
                 "parameter [filter] is not supported: use name, email, realname or q".into(),
-            ));
+            )
+            .into());
         }
         let pager = Page::new(page.0, per_page.0, self.state.settings.max_per_page)?;
         let sort_key = match sort.0.as_deref() {
@@ -430,7 +511,8 @@ impl RolesApi {
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "parameter [order] must be 1 or -1, not [{other}]"
-                )));
+                ))
+                .into());
             }
         };
         let f = ListFilter {
@@ -447,12 +529,12 @@ impl RolesApi {
             storage::roles::list(&self.state.pool, &f, sort_key, desc, pager.per_page, offset)
                 .await?
         };
-        Ok(pager.reply(
+        Ok(ListResponse::Ok(pager.reply(
             page,
             page_count,
             total,
             rows.into_iter().map(RoleOut::from).collect(),
-        ))
+        )))
     }
 
     /// Create a user or role
@@ -465,7 +547,7 @@ impl RolesApi {
         &self,
         auth: TokenAuth,
         body: Json<Strict<RoleCreate>>,
-    ) -> ApiResult<Json<Envelope<RoleOut>>> {
+    ) -> Reply<CreateResponse, CreateFailures> {
         let me = self
             .state
             .auth
@@ -481,9 +563,7 @@ impl RolesApi {
         let password = password_of(b.password, b.passwd)?;
         let email = parse_email(b.email)?;
         if password.is_some() && email.is_none() {
-            return Err(ApiError::BadRequest(
-                "user role requires email on creation".into(),
-            ));
+            return Err(ApiError::BadRequest("user role requires email on creation".into()).into());
         }
         check_list("perm", b.perm.as_ref())?;
         check_list("role", b.role.as_ref())?;
@@ -513,19 +593,22 @@ impl RolesApi {
         let row = storage::roles::get(&self.state.pool, &id)
             .await?
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("created role vanished")))?;
-        Ok(ok(row.into()))
+        Ok(CreateResponse::Ok(ok(row.into())))
     }
 
     /// All names
     ///
     /// The name of every user and role, sorted. Needs read access to roles.
     #[oai(path = "/roles/distinct", method = "get")]
-    async fn distinct(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<Vec<String>>>> {
+    async fn distinct(&self, auth: TokenAuth) -> Reply<DistinctResponse, ReadFailures> {
         self.state
             .auth
             .require(&auth, qual::ROLES, Method::Read)
             .await?;
-        Ok(ok(storage::roles::distinct_names(&self.state.pool).await?))
+        Ok(DistinctResponse::Ok(ok(storage::roles::distinct_names(
+            &self.state.pool,
+        )
+        .await?)))
     }
 
     /// One user or role
@@ -537,13 +620,13 @@ impl RolesApi {
         auth: TokenAuth,
         /// 24 hex digits.
         id: Path<String>,
-    ) -> ApiResult<Json<Envelope<RoleDetail>>> {
+    ) -> Reply<GetResponse, GetFailures> {
         self.state
             .auth
             .require(&auth, qual::ROLES, Method::Read)
             .await?;
         let id = parse_id(&id.0)?;
-        Ok(ok(self.detail(&id).await?))
+        Ok(GetResponse::Ok(ok(self.detail(&id).await?)))
     }
 
     /// Change a user or role
@@ -560,7 +643,7 @@ impl RolesApi {
         /// 24 hex digits.
         id: Path<String>,
         body: Json<Strict<RoleUpdate>>,
-    ) -> ApiResult<Json<Envelope<UpdateResult>>> {
+    ) -> Reply<UpdateResponse, UpdateFailures> {
         let me = self
             .state
             .auth
@@ -581,9 +664,13 @@ impl RolesApi {
             perm: b.perm,
             is_active: b.is_active,
         };
-        apply_change(&self.state, Some(&me), &id, change)
-            .await
-            .map(ok)
+        Ok(UpdateResponse::Ok(ok(apply_change(
+            &self.state,
+            Some(&me),
+            &id,
+            change,
+        )
+        .await?)))
     }
 
     /// Delete a user or role
@@ -596,10 +683,10 @@ impl RolesApi {
         auth: TokenAuth,
         /// 24 hex digits.
         id: Path<String>,
-        /// The current etag.
+        /// The current etag (required).
         etag: Query<Option<String>>,
-    ) -> ApiResult<DeleteResponse> {
-        self.delete_role(auth, id.0, etag.0).await
+    ) -> Reply<DeleteResponse, DeleteFailures> {
+        Ok(self.delete_role(auth, id.0, etag.0).await?)
     }
 
     /// Delete a user or role (etag in the path)
@@ -617,8 +704,8 @@ impl RolesApi {
         id: Path<String>,
         /// The current etag.
         etag: Path<String>,
-    ) -> ApiResult<DeleteResponse> {
-        self.delete_role(auth, id.0, Some(etag.0)).await
+    ) -> Reply<DeleteResponse, DeleteFailures> {
+        Ok(self.delete_role(auth, id.0, Some(etag.0)).await?)
     }
 }
 
