@@ -62,6 +62,17 @@ impl Ws {
             .expect("send");
     }
 
+    /// Sends the frames in one write: the server finds them all in one read (pipelining).
+    pub(crate) async fn send_pipelined(&mut self, frames: &[String]) {
+        for f in frames {
+            self.inner
+                .feed(Message::text(f.clone()))
+                .await
+                .expect("feed");
+        }
+        self.inner.flush().await.expect("flush");
+    }
+
     /// The next JSON frame; panics on close or silence.
     pub(crate) async fn recv(&mut self) -> Value {
         match self.backlog.pop_front() {
@@ -168,7 +179,12 @@ fn is_error(v: &Value) -> bool {
 }
 
 /// A user with exactly these permissions (plus what login and the socket need).
-async fn user_with(app: &TestApp, admin: &str, name: &str, perms: &[&str]) -> (String, String) {
+pub(crate) async fn user_with(
+    app: &TestApp,
+    admin: &str,
+    name: &str,
+    perms: &[&str],
+) -> (String, String) {
     let mut perm = vec!["api://core4.api.v1.request.standard.*"];
     perm.extend_from_slice(perms);
     let (status, body) = app

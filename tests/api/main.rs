@@ -5,6 +5,7 @@ mod daemon;
 mod events;
 mod login;
 mod permissions;
+mod protocol;
 mod retention;
 mod roles;
 mod security;

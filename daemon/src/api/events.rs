@@ -6,7 +6,7 @@ use poem::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::Query,
+    param::{Header, Query},
     payload::Json,
     registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
@@ -22,7 +22,7 @@ use crate::{
     error::{ApiError, ApiResult},
     events::{
         Admission, Refused,
-        protocol::{ClientFrame, ServerFrame, TruncatedFrame, parse_id_str},
+        protocol::{ClientFrame, ServerFrame, TruncatedFrame, parse_id_str, valid_key},
     },
     storage::{
         self,
@@ -312,6 +312,27 @@ pub struct ChannelStatsOut {
     pub pruned_through: Option<String>,
 }
 
+/// A message to publish over HTTP: the fields of the socket's message frame.
+#[derive(Object)]
+pub struct PublishIn {
+    /// The channel (trimmed and lowercased). Needs `event://<channel>/w`.
+    pub channel: String,
+    /// Any JSON value except null and the empty string; stored as the event's `data`.
+    pub text: Value,
+    /// Idempotency key (1 to 128 characters); the `Idempotency-Key` header does the same.
+    pub key: Option<String>,
+}
+
+/// A committed message.
+#[derive(Object)]
+pub struct PublishedOut {
+    /// The stored message's id, or for a `duplicate` the id of the message stored before.
+    pub message_id: String,
+    /// `true` when a message with the same (author, key) was stored within
+    /// `events.idempotency_window_secs` and this one was not stored again.
+    pub duplicate: bool,
+}
+
 /// A page of history.
 #[derive(Object)]
 pub struct HistoryPage {
@@ -390,6 +411,71 @@ impl EventsApi {
             handshake_timeout: std::time::Duration::from_secs(
                 self.state.settings.http.websocket_handshake_timeout_secs,
             ),
+        }))
+    }
+
+    /// Publish a message
+    ///
+    /// Stores `text` on `channel` and broadcasts it to every subscriber, as the socket's message
+    /// frame does, and replies once the message is committed in PostgreSQL. The same permissions
+    /// as the socket (`api://core4.api.v1.request.standard.event.EventHandler` and
+    /// `event://<channel>/w`), the same per-user message rate (shared with the user's sockets)
+    /// and the same error phrases. With a key (`key` in the body or the `Idempotency-Key`
+    /// header), a message whose (author, key) was stored within `events.idempotency_window_secs`
+    /// (24 h) is not stored again: the reply names the original `message_id` with
+    /// `duplicate: true`, so a request that timed out can be sent again safely.
+    ///
+    /// ```text
+    /// POST /core4/api/v1/event
+    /// Idempotency-Key: nightly-report-2026-11-27
+    /// {"channel": "message", "text": {"report": "done"}}
+    ///
+    /// 200 {"_id": "…", "code": 200, "message": "OK", …,
+    ///      "data": {"message_id": "4711", "duplicate": false}}
+    /// ```
+    #[oai(path = "/event", method = "post", operation_id = "event_publish")]
+    async fn publish(
+        &self,
+        auth: TokenAuth,
+        body: Json<PublishIn>,
+        /// Idempotency key (1 to 128 characters), used when the body has no `key`.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<Json<Envelope<PublishedOut>>> {
+        let principal = self
+            .state
+            .auth
+            .require(&auth, qual::EVENT, Method::Read)
+            .await?;
+        let PublishIn { channel, text, key } = body.0;
+        let data = match text {
+            Value::Null => {
+                return Err(ApiError::BadRequest(
+                    "malformed message: missing `text`".into(),
+                ));
+            }
+            Value::String(s) if s.is_empty() => {
+                return Err(ApiError::BadRequest(
+                    "malformed message: `text` is empty".into(),
+                ));
+            }
+            v => v.to_string(),
+        };
+        let key = key.or(idempotency_key.0);
+        if key.as_deref().is_some_and(|k| !valid_key(k)) {
+            return Err(ApiError::BadRequest(format!(
+                "malformed message: `key` must be a string of 1 to {} characters",
+                crate::events::protocol::MAX_KEY_CHARS
+            )));
+        }
+        let stored = self
+            .state
+            .hub
+            .publish(&principal, &channel, data, key)
+            .await?;
+        Ok(ok(PublishedOut {
+            message_id: stored.message_id.to_string(),
+            duplicate: stored.duplicate,
         }))
     }
 

@@ -9,6 +9,10 @@
 //!
 //! A socket gets every id at most once and in increasing order, also across re-subscriptions:
 //! `last_id` never goes below the last event the writer took (`handed`).
+//!
+//! Replies go out in the order of the client frames they answer: each frame reserves a slot, and
+//! a reply filled early (an error) waits for the slots before it (an ack waiting for its commit).
+//! Events are not replies and keep flowing in between.
 
 use std::{
     collections::VecDeque,
@@ -69,7 +73,14 @@ struct Outbox {
     /// While a replay runs: live events wait here.
     held: Option<VecDeque<(i64, Utf8Bytes)>>,
     closing: bool,
+    /// Reply slots from `first_slot` on, in frame order; `None` until filled.
+    slots: VecDeque<Option<Utf8Bytes>>,
+    first_slot: u64,
 }
+
+/// The place of one client frame's reply in the socket's reply order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplySlot(u64);
 
 /// What happened to an event offered to a socket.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,6 +103,8 @@ pub struct Conn {
     wake: Notify,
     /// The writer finished a round (room for replay frames).
     drained: Notify,
+    /// Every reserved reply slot was filled.
+    settled: Notify,
     closed: AtomicBool,
     close_notify: Notify,
     /// Replies still to be written; the reader takes one per client frame.
@@ -131,6 +144,7 @@ impl Conn {
             }),
             wake: Notify::new(),
             drained: Notify::new(),
+            settled: Notify::new(),
             closed: AtomicBool::new(false),
             close_notify: Notify::new(),
             replies: Semaphore::new(max_unacked.max(1)),
@@ -208,8 +222,63 @@ impl Conn {
         pushed
     }
 
+    /// Reserves the next reply's place (the reader does so for every client frame, in order).
+    pub fn reserve_reply(&self) -> ReplySlot {
+        let mut o = lock(&self.out);
+        let slot = ReplySlot(o.first_slot + o.slots.len() as u64);
+        o.slots.push_back(None);
+        slot
+    }
+
+    /// Fills a reserved slot; the reply is queued once every earlier slot is filled too.
+    pub fn fill_reply(&self, slot: ReplySlot, frame: Utf8Bytes) {
+        let (queued, settled) = {
+            let mut o = lock(&self.out);
+            let Some(i) = slot.0.checked_sub(o.first_slot) else {
+                return;
+            };
+            match o.slots.get_mut(i as usize) {
+                Some(s @ None) => *s = Some(frame),
+                _ => return,
+            }
+            let mut queued = false;
+            while let Some(Some(_)) = o.slots.front() {
+                let Some(Some(frame)) = o.slots.pop_front() else {
+                    break;
+                };
+                o.first_slot += 1;
+                if !o.closing {
+                    o.frames.push_back(Out::Reply(frame));
+                    queued = true;
+                }
+            }
+            (queued, o.slots.is_empty())
+        };
+        if settled {
+            self.settled.notify_waiters();
+        }
+        if queued {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A reply to the frame being read now (after every earlier reply).
     pub fn push_reply(&self, frame: Utf8Bytes) {
-        self.push(Out::Reply(frame));
+        let slot = self.reserve_reply();
+        self.fill_reply(slot, frame);
+    }
+
+    /// Waits until every reserved reply was filled (or the socket closes).
+    pub async fn replies_settled(&self) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if lock(&self.out).slots.is_empty() || self.is_closed() {
+                return;
+            }
+            settled.await;
+        }
     }
 
     pub fn push_notice(&self, frame: Utf8Bytes) {
@@ -360,6 +429,7 @@ impl Conn {
     pub fn mark_closed(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_notify.notify_waiters();
+        self.settled.notify_waiters();
         self.drained.notify_waiters();
         self.wake.notify_one();
     }
@@ -514,6 +584,18 @@ mod tests {
         assert_eq!(c.frames(), ["e41"]);
         assert!(c.written(1, &m));
         assert_eq!(c.frames(), [r#"{"type":"gap","after":"41"}"#]);
+    }
+
+    #[test]
+    fn replies_keep_frame_order_and_events_pass_them() {
+        let c = conn(10);
+        let ack = c.reserve_reply();
+        c.push_reply("error".into());
+        c.push_event(1, &ev(1));
+        assert_eq!(c.frames(), ["e1"]);
+        c.fill_reply(ack, "ack".into());
+        c.fill_reply(ack, "again".into());
+        assert_eq!(c.frames(), ["ack", "error"]);
     }
 
     #[test]

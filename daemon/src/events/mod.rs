@@ -37,11 +37,12 @@ use tokio::{
 };
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::WebSocketConfig};
 
+pub use self::writer::Stored;
 use self::{
     conn::{Conn, ConnAuth},
     dispatch::Dispatch,
     limits::Users,
-    writer::Pending,
+    writer::{Pending, ReplyTo},
 };
 use crate::{
     auth::{Auth, Principal},
@@ -238,6 +239,74 @@ impl Hub {
         })
     }
 
+    /// Publishes one message for an HTTP caller and waits for its commit: the socket's checks
+    /// (channel name, write permission, the user's message rate) and error phrases, as an
+    /// [`ApiError`]. With a `key`, a message stored before under the same (author, key) is acked
+    /// as a duplicate instead of being stored again.
+    pub async fn publish(
+        &self,
+        principal: &Principal,
+        raw_channel: &str,
+        data: String,
+        key: Option<String>,
+    ) -> ApiResult<Stored> {
+        let inner = self.inner()?;
+        let s = &inner.settings;
+        if data.len() > s.max_frame_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "message too large: {} bytes of `text` (limit {})",
+                data.len(),
+                s.max_frame_bytes
+            )));
+        }
+        let channel = Channel::parse(raw_channel)
+            .map_err(|e| ApiError::BadRequest(format!("malformed message: {e}")))?
+            .as_str()
+            .to_string();
+        if !principal.perms.event(&channel, true) {
+            return Err(ApiError::Forbidden(format!(
+                "no write permission on channel [{channel}]"
+            )));
+        }
+        if !inner
+            .users
+            .share(&principal.id, s.burst)
+            .try_send(s.messages_per_second, s.burst)
+        {
+            inner.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "rate limit exceeded: at most {} messages per second per user (burst {}); message not stored",
+                    s.messages_per_second, s.burst
+                ),
+                retry_after: 1,
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            channel,
+            author: principal.name.clone(),
+            data,
+            key,
+            reply: ReplyTo::Caller(tx),
+        };
+        let shutting_down = || ApiError::Busy {
+            message: "the server is shutting down; message not stored".into(),
+            retry_after: 5,
+        };
+        if inner.stopping.load(Ordering::SeqCst) || inner.submit(pending).is_err() {
+            return Err(shutting_down());
+        }
+        match rx.await {
+            Ok(Ok(stored)) => Ok(stored),
+            Ok(Err(message)) if message.ends_with("internal error") => Err(ApiError::internal(
+                anyhow::anyhow!("storing a message failed"),
+            )),
+            Ok(Err(message)) => Err(ApiError::Unavailable(message)),
+            Err(_) => Err(shutting_down()),
+        }
+    }
+
     /// The WebSocket settings of event sockets: small buffers, a hard cap on frames far above the
     /// configured limit (frames between the two get an error frame, not a closed socket).
     pub fn websocket_config(&self) -> WebSocketConfig {
@@ -391,6 +460,10 @@ impl Drop for Admission {
     }
 }
 
+/// The hub stops and takes no more messages.
+#[derive(Debug)]
+pub(crate) struct Stopping;
+
 /// The outcome of an interest request.
 pub(crate) struct Granted {
     pub channels: Vec<String>,
@@ -531,10 +604,10 @@ impl Inner {
     }
 
     /// Hands a message to the writer; false when the hub is stopping.
-    fn submit(&self, pending: Pending) -> Result<(), Pending> {
+    fn submit(&self, pending: Pending) -> Result<(), Stopping> {
         match read(&self.writer).as_ref() {
-            Some(tx) => tx.send(pending).map_err(|e| e.0),
-            None => Err(pending),
+            Some(tx) => tx.send(pending).map_err(|_| Stopping),
+            None => Err(Stopping),
         }
     }
 

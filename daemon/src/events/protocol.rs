@@ -17,8 +17,13 @@ pub enum Request {
         data: Vec<String>,
         since: Option<i64>,
     },
-    /// Store and broadcast `text` (compact JSON) on the raw `channel`.
-    Message { channel: String, text: String },
+    /// Store and broadcast `text` (compact JSON) on the raw `channel`; with a `key`, at most once
+    /// per (author, key) within the idempotency window.
+    Message {
+        channel: String,
+        text: String,
+        key: Option<String>,
+    },
     /// Replace the socket's token.
     Token { token: String },
 }
@@ -33,16 +38,62 @@ impl FrameError {
     }
 }
 
+/// Longest correlation id a client may send.
+pub const MAX_ID_CHARS: usize = 64;
+/// Longest idempotency key a client may send.
+pub const MAX_KEY_CHARS: usize = 128;
+
+/// A client frame with its correlation id (echoed on the reply, also on an error reply).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub id: Option<String>,
+    pub request: Result<Request, FrameError>,
+}
+
 /// Parses one text frame (the size limit is checked before).
-pub fn parse(text: &str) -> Result<Request, FrameError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| FrameError(format!("error parsing json data: {e}")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(FrameError::new(format!(
-            "a frame must be a JSON object, not {}",
-            kind(&value)
-        )));
+pub fn parse_frame(text: &str) -> Parsed {
+    let mut obj = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(obj)) => obj,
+        Ok(value) => {
+            return Parsed {
+                id: None,
+                request: Err(FrameError::new(format!(
+                    "a frame must be a JSON object, not {}",
+                    kind(&value)
+                ))),
+            };
+        }
+        Err(e) => {
+            return Parsed {
+                id: None,
+                request: Err(FrameError(format!("error parsing json data: {e}"))),
+            };
+        }
     };
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS => Some(s),
+        Some(_) => {
+            return Parsed {
+                id: None,
+                request: Err(FrameError::new(format!(
+                    "malformed frame: `id` must be a string of at most {MAX_ID_CHARS} characters"
+                ))),
+            };
+        }
+    };
+    Parsed {
+        id,
+        request: parse_object(obj),
+    }
+}
+
+/// Parses one text frame, without its correlation id.
+pub fn parse(text: &str) -> Result<Request, FrameError> {
+    parse_frame(text).request
+}
+
+fn parse_object(mut obj: Map<String, Value>) -> Result<Request, FrameError> {
     let ty = match obj.get("type") {
         None | Some(Value::Null) => {
             return Err(FrameError::new(
@@ -81,7 +132,16 @@ pub fn parse(text: &str) -> Result<Request, FrameError> {
                 }
                 Some(v) => v.to_string(),
             };
-            Ok(Request::Message { channel, text })
+            let key = match obj.get("key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) if valid_key(k) => Some(k.clone()),
+                Some(_) => {
+                    return Err(FrameError::new(format!(
+                        "malformed message: `key` must be a string of 1 to {MAX_KEY_CHARS} characters"
+                    )));
+                }
+            };
+            Ok(Request::Message { channel, text, key })
         }
         "token" => match obj.get("token") {
             Some(Value::String(s)) if !s.is_empty() => Ok(Request::Token { token: s.clone() }),
@@ -118,6 +178,11 @@ fn parse_interest(obj: &Map<String, Value>) -> Result<Request, FrameError> {
             })?),
         };
     Ok(Request::Interest { data, since })
+}
+
+/// Is `key` a valid idempotency key (1 to [`MAX_KEY_CHARS`] characters)?
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.chars().count() <= MAX_KEY_CHARS
 }
 
 /// A message id as sent by clients: a decimal string (or number), not negative.
@@ -178,15 +243,28 @@ pub fn event_frame(e: &EventRow) -> Utf8Bytes {
 }
 
 /// `{"type":"send","message_id":"<id>","message":"OK"}`, or the `interest` variant when the
-/// message also added its channel to the socket's interests (as core4 does).
-pub fn ack_frame(id: i64, added_interest: bool) -> Utf8Bytes {
+/// message also added its channel to the socket's interests (as core4 does); a keyed message
+/// that was stored before acks the original id with `"duplicate":true`.
+pub fn ack_frame(id: i64, added_interest: bool, duplicate: bool) -> Utf8Bytes {
+    let dup = if duplicate { ",\"duplicate\":true" } else { "" };
     Utf8Bytes::from(if added_interest {
         format!(
-            "{{\"type\":\"interest\",\"message_id\":\"{id}\",\"message\":\"OK, added interest in channel\"}}"
+            "{{\"type\":\"interest\",\"message_id\":\"{id}\",\"message\":\"OK, added interest in channel\"{dup}}}"
         )
     } else {
-        format!("{{\"type\":\"send\",\"message_id\":\"{id}\",\"message\":\"OK\"}}")
+        format!("{{\"type\":\"send\",\"message_id\":\"{id}\",\"message\":\"OK\"{dup}}}")
     })
+}
+
+/// The reply with the client frame's correlation `id` added (unchanged without one).
+pub fn with_id(frame: Utf8Bytes, id: Option<&str>) -> Utf8Bytes {
+    let Some(id) = id else { return frame };
+    let mut out = String::with_capacity(frame.len() + id.len() + 8);
+    out.push_str(frame.strip_suffix('}').unwrap_or(&frame));
+    out.push_str(",\"id\":");
+    push_json_str(&mut out, id);
+    out.push('}');
+    Utf8Bytes::from(out)
 }
 
 pub fn error_frame(message: &str) -> Utf8Bytes {
@@ -273,6 +351,8 @@ pub struct InterestRequestFrame {
     /// (no gap, no duplicate). On a socket that was already sent later events the replay starts
     /// after the last of those instead (the reply's `since` says where).
     pub since: Option<String>,
+    /// Correlation id (at most 64 characters), echoed on the reply.
+    pub id: Option<String>,
 }
 
 /// Client frame: store `text` on `channel` and broadcast it.
@@ -282,6 +362,13 @@ pub struct MessageRequestFrame {
     pub channel: String,
     /// Any JSON value except null and the empty string; stored as the event's `data`.
     pub text: Value,
+    /// Idempotency key (1 to 128 characters): a message with the (author, key) of one stored
+    /// within `events.idempotency_window_secs` (24 h) is not stored again; the ack names the
+    /// original `message_id` with `"duplicate": true`. Resend with the same key after a
+    /// reconnect to publish exactly once.
+    pub key: Option<String>,
+    /// Correlation id (at most 64 characters), echoed on the reply.
+    pub id: Option<String>,
 }
 
 /// Client frame: replace the socket's token (before it expires) without reconnecting.
@@ -289,6 +376,8 @@ pub struct MessageRequestFrame {
 pub struct TokenRequestFrame {
     /// A token of the same user.
     pub token: String,
+    /// Correlation id (at most 64 characters), echoed on the reply.
+    pub id: Option<String>,
 }
 
 /// Every frame a client may send: a JSON text frame, `type` picks the kind.
@@ -331,6 +420,11 @@ pub struct InterestReplyFrame {
     pub message_id: Option<String>,
     /// `processed interest in ['message', 'system']`, plus what was left out and why.
     pub message: String,
+    /// Acknowledgement only: `true` when a message with the same key was stored before and
+    /// `message_id` is that message's.
+    pub duplicate: Option<bool>,
+    /// The correlation id of the frame this answers (absent on unsolicited frames).
+    pub id: Option<String>,
     /// Requested channels that were left out, with the reason (e.g. `no read permission`).
     pub denied: Option<std::collections::BTreeMap<String, String>>,
     /// Only when the interest frame had a `since`: the id the replay starts after. It is later
@@ -346,6 +440,11 @@ pub struct SendReplyFrame {
     pub message_id: String,
     /// `OK`.
     pub message: String,
+    /// `true` when a message with the same key was stored before and `message_id` is that
+    /// message's (absent otherwise).
+    pub duplicate: Option<bool>,
+    /// The correlation id of the message frame, if it had one.
+    pub id: Option<String>,
 }
 
 /// Server frame, `type` = `error`: the client frame was refused; the socket stays open.
@@ -353,6 +452,8 @@ pub struct SendReplyFrame {
 pub struct ErrorReplyFrame {
     /// For people, e.g. `malformed message: missing \`text\``.
     pub message: String,
+    /// The correlation id of the refused frame, if it had a valid one.
+    pub id: Option<String>,
 }
 
 /// Server frame, `type` = `gap`: this socket fell behind and missed events after `after`; page
@@ -380,6 +481,8 @@ pub struct TokenReplyFrame {
     pub message: String,
     /// When the new token expires (naive UTC); the socket is closed then unless refreshed again.
     pub expires: String,
+    /// The correlation id of the token frame, if it had one.
+    pub id: Option<String>,
 }
 
 /// Every frame the server sends besides [`EventFrame`]s; `type` picks the kind.
@@ -438,7 +541,8 @@ mod tests {
             parse(r#"{"type":"message","channel":"message","text":{"b":1,"a":[true]}}"#),
             Ok(Request::Message {
                 channel: "message".into(),
-                text: r#"{"a":[true],"b":1}"#.into()
+                text: r#"{"a":[true],"b":1}"#.into(),
+                key: None,
             })
         );
         assert_eq!(
@@ -473,6 +577,43 @@ mod tests {
         assert!(err(r#"{"type":"interest","data":null}"#).contains("must be a list"));
         assert!(err(r#"{"type":"interest","data":[],"since":"x"}"#).contains("`since`"));
         assert!(err(r#"{"type":"token"}"#).contains("missing `token`"));
+        assert!(err(r#"{"type":"token","token":"t","id":5}"#).contains("`id` must be a string"));
+        let long = format!(
+            r#"{{"type":"token","token":"t","id":"{}"}}"#,
+            "x".repeat(65)
+        );
+        assert!(err(&long).contains("at most 64"));
+        let key = format!(
+            r#"{{"type":"message","channel":"c","text":"x","key":"{}"}}"#,
+            "k".repeat(129)
+        );
+        assert!(err(&key).contains("`key` must be a string of 1 to 128"));
+        assert!(err(r#"{"type":"message","channel":"c","text":"x","key":""}"#).contains("`key`"));
+    }
+
+    #[test]
+    fn correlation_ids_and_keys_are_parsed_and_echoed() {
+        let p = parse_frame(r#"{"type":"message","channel":"c","text":"x","key":"k1","id":"a"}"#);
+        assert_eq!(p.id.as_deref(), Some("a"));
+        assert_eq!(
+            p.request,
+            Ok(Request::Message {
+                channel: "c".into(),
+                text: r#""x""#.into(),
+                key: Some("k1".into())
+            })
+        );
+        // The id comes back also when the rest of the frame is refused.
+        let p = parse_frame(r#"{"type":"dance","id":"b"}"#);
+        assert_eq!(p.id.as_deref(), Some("b"));
+        assert!(p.request.is_err());
+        let v: Value =
+            serde_json::from_str(&with_id(ack_frame(3, false, false), Some("b"))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "send", "message_id": "3", "message": "OK", "id": "b"})
+        );
+        assert_eq!(&*with_id(gap_frame(1), None), &*gap_frame(1));
     }
 
     fn row() -> EventRow {
@@ -511,8 +652,10 @@ mod tests {
     #[test]
     fn replies_match_their_schemas_and_carry_no_channel() {
         let frames = [
-            ack_frame(7, false),
-            ack_frame(7, true),
+            ack_frame(7, false, false),
+            ack_frame(7, true, true),
+            with_id(ack_frame(7, false, true), Some("c-1")),
+            with_id(error_frame("x"), Some("\"quoted\"")),
             error_frame("bad \"thing\""),
             gap_frame(41),
             interest_frame(

@@ -78,10 +78,15 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
         if rounds.is_multiple_of(20) {
             inner.users.purge(s.messages_per_second, s.burst);
         }
-        if rounds.is_multiple_of((600_000 / period.as_millis().max(1) as u64).max(1))
-            && let Err(e) = storage::events::prune_batches(&inner.pool).await
-        {
-            tracing::debug!(error = %e, "pruning event batch records failed");
+        if rounds.is_multiple_of((600_000 / period.as_millis().max(1) as u64).max(1)) {
+            if let Err(e) = storage::events::prune_batches(&inner.pool).await {
+                tracing::debug!(error = %e, "pruning event batch records failed");
+            }
+            if let Err(e) =
+                storage::events::prune_keys(&inner.pool, s.idempotency_window_secs).await
+            {
+                tracing::debug!(error = %e, "pruning idempotency keys failed");
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ use super::{
     Inner,
     conn::{Conn, Out},
     protocol::{self, Request},
-    writer::Pending,
+    writer::{Pending, ReplyTo},
 };
 use crate::{domain::Channel, envelope::format_ts, metrics::Metrics, storage};
 
@@ -54,6 +54,7 @@ pub async fn run(
         since,
         subscribed: false,
         oversized: false,
+        id: None,
     };
     let server_closed = reader.read_loop(&mut stream).await;
     if server_closed {
@@ -103,6 +104,8 @@ struct Reader<'a> {
     subscribed: bool,
     /// The socket was closed for a frame over the WebSocket layer's hard cap.
     oversized: bool,
+    /// The correlation id of the frame being answered.
+    id: Option<String>,
 }
 
 impl Reader<'_> {
@@ -147,6 +150,7 @@ impl Reader<'_> {
                     Err(_) => return true,
                 },
             }
+            self.id = None;
             match text {
                 Some(text) => self.handle(text).await,
                 None => self.error("binary frames are not supported: send JSON text frames"),
@@ -154,12 +158,18 @@ impl Reader<'_> {
         }
     }
 
+    /// The reply to the current frame, with its correlation id.
+    fn reply(&self, frame: Utf8Bytes) {
+        self.conn
+            .push_reply(protocol::with_id(frame, self.id.as_deref()));
+    }
+
     fn error(&self, message: &str) {
         self.inner
             .metrics
             .frame_errors
             .fetch_add(1, Ordering::Relaxed);
-        self.conn.push_reply(protocol::error_frame(message));
+        self.reply(protocol::error_frame(message));
     }
 
     async fn handle(&mut self, text: Utf8Bytes) {
@@ -170,7 +180,9 @@ impl Reader<'_> {
                 text.len()
             ));
         }
-        match protocol::parse(&text) {
+        let parsed = protocol::parse_frame(&text);
+        self.id = parsed.id;
+        match parsed.request {
             Err(e) => self.error(&e.0),
             Ok(Request::Interest { data, since }) => {
                 if self.interest_refused(&data) {
@@ -179,7 +191,7 @@ impl Reader<'_> {
                 let since = since.or(self.since.take());
                 self.interest(&data, since).await
             }
-            Ok(Request::Message { channel, text }) => self.message(&channel, text),
+            Ok(Request::Message { channel, text, key }) => self.message(&channel, text, key),
             Ok(Request::Token { token }) => self.token(&token).await,
         }
     }
@@ -222,8 +234,13 @@ impl Reader<'_> {
             }
             other => other,
         };
+        if since.is_some() {
+            // The reply goes before the replay: let the replies of earlier frames (acks waiting
+            // for their commit) go out first.
+            self.conn.replies_settled().await;
+        }
         let granted = self.inner.set_interest(self.conn, requested, since);
-        self.conn.push_reply(protocol::interest_frame(
+        self.reply(protocol::interest_frame(
             &granted.channels,
             &granted.denied,
             granted.since,
@@ -278,7 +295,7 @@ impl Reader<'_> {
         self.conn.end_hold(false);
     }
 
-    fn message(&mut self, raw_channel: &str, data: String) {
+    fn message(&mut self, raw_channel: &str, data: String, key: Option<String>) {
         let channel = match Channel::parse(raw_channel) {
             Ok(c) => c.as_str().to_string(),
             Err(e) => return self.error(&format!("malformed message: {e}")),
@@ -301,15 +318,27 @@ impl Reader<'_> {
             ));
         }
         let added_interest = self.inner.add_interest(self.conn, &channel);
+        let slot = self.conn.reserve_reply();
         let pending = Pending {
-            conn: self.conn.clone(),
             channel,
             author,
             data,
-            added_interest,
+            key,
+            reply: ReplyTo::Socket {
+                conn: self.conn.clone(),
+                slot,
+                id: self.id.clone(),
+                added_interest,
+            },
         };
         if self.inner.submit(pending).is_err() {
-            self.error("the server is shutting down; message not stored");
+            self.inner
+                .metrics
+                .frame_errors
+                .fetch_add(1, Ordering::Relaxed);
+            let frame = protocol::error_frame("the server is shutting down; message not stored");
+            self.conn
+                .fill_reply(slot, protocol::with_id(frame, self.id.as_deref()));
         }
     }
 
@@ -331,7 +360,7 @@ impl Reader<'_> {
                 let expires = time::OffsetDateTime::from_unix_timestamp(exp)
                     .map(format_ts)
                     .unwrap_or_default();
-                self.conn.push_reply(protocol::token_frame(&expires));
+                self.reply(protocol::token_frame(&expires));
             }
         }
     }
