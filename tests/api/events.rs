@@ -73,6 +73,28 @@ impl Ws {
         self.inner.flush().await.expect("flush");
     }
 
+    /// Writes raw bytes on the connection (frames the client library would refuse to build).
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        match self.inner.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.expect("raw write"),
+            _ => panic!("raw frames only on plain sockets"),
+        }
+    }
+
+    /// Sends a close frame with `code`; returns the server's answering close frame.
+    pub(crate) async fn close_with(&mut self, code: u16) -> (u16, String) {
+        use tungstenite::protocol::CloseFrame;
+        self.inner
+            .close(Some(CloseFrame {
+                code: code.into(),
+                reason: "bye".into(),
+            }))
+            .await
+            .expect("send close");
+        self.closed().await
+    }
+
     /// The next JSON frame; panics on close or silence.
     pub(crate) async fn recv(&mut self) -> Value {
         match self.backlog.pop_front() {

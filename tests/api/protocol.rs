@@ -317,3 +317,42 @@ async fn http_publish_commits_broadcasts_and_honours_keys_and_limits() {
         .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_client_close_frame_is_answered() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    ws.interest(&["message"]).await;
+    assert_eq!(ws.close_with(1000).await.0, 1000);
+}
+
+/// A masked client frame (mask key 0) with this first byte and payload.
+fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_protocol_error_closes_with_1002() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    // FIN + RSV1 + text: a reserved bit no extension was negotiated for.
+    ws.send_raw(&raw_frame(0xC1, b"{}")).await;
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.starts_with("protocol error"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_text_frame_of_invalid_utf8_closes_with_1007() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    ws.send_raw(&raw_frame(0x81, &[b'"', 0xff, 0xfe, b'"']))
+        .await;
+    assert_eq!(ws.closed().await.0, 1007);
+}

@@ -146,7 +146,10 @@ one an `error` frame, and the socket stays open. The server pings every \
 1001 the server shuts down, or (reason `no pong`) the client sent nothing, not even a pong, for \
 two ping intervals; 1008 the token was revoked or expired, or the user deactivated or deleted \
 (the reason says which); 1009 a frame over the hard cap (16 times `events.max_frame_bytes`, at \
-least 1 MiB).";
+least 1 MiB); 1002 a WebSocket protocol error (e.g. reserved bits set); 1007 a text frame that is \
+not valid UTF-8. A client's close frame is answered with the same code. Replies go out in the \
+order of the frames they answer; any client frame may carry `id` (a string of at most 64 \
+characters) that its reply echoes.";
 
 impl ApiResponse for EventSocket {
     fn meta() -> MetaResponses {

@@ -57,6 +57,10 @@ use crate::{
 pub mod close {
     /// The server shuts down.
     pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket protocol error (reserved bits, an unmasked frame, a bad opcode ...).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// The token was revoked, expired, or the user deactivated or deleted.
     pub const POLICY: u16 = 1008;
     /// A frame over the hard cap (16 × `events.max_frame_bytes`).

@@ -56,8 +56,8 @@ pub async fn run(
         oversized: false,
         id: None,
     };
-    let server_closed = reader.read_loop(&mut stream).await;
-    if server_closed {
+    let end = reader.read_loop(&mut stream).await;
+    if end == End::Server {
         // The writer sends what is queued and the close frame; then wait briefly for the
         // client's close reply so the close handshake completes.
         let sink = match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
@@ -86,6 +86,11 @@ pub async fn run(
         }
     } else {
         conn.mark_closed();
+        if end == End::PeerClose {
+            // tungstenite queued the reply to the client's close frame (RFC 6455 §5.5.1); the
+            // next read sends it and then reports the connection closed.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.next()).await;
+        }
         if tokio::time::timeout(Duration::from_secs(2), &mut writer)
             .await
             .is_err()
@@ -93,6 +98,17 @@ pub async fn run(
             writer.abort();
         }
     }
+}
+
+/// How the read loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The server closed the socket (a close frame is queued).
+    Server,
+    /// The client sent a close frame, to be answered.
+    PeerClose,
+    /// The connection ended without a close frame.
+    Gone,
 }
 
 struct Reader<'a> {
@@ -109,12 +125,11 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Returns true when the server closed the socket, false when the client went away.
-    async fn read_loop(&mut self, stream: &mut Stream) -> bool {
+    async fn read_loop(&mut self, stream: &mut Stream) -> End {
         loop {
             let msg = tokio::select! {
                 biased;
-                _ = self.conn.closed() => return true,
+                _ = self.conn.closed() => return End::Server,
                 msg = stream.next() => msg,
             };
             if let Some(Ok(_)) = &msg {
@@ -133,9 +148,20 @@ impl Reader<'_> {
                     };
                     self.oversized = true;
                     self.conn.close(super::close::TOO_BIG, reason);
-                    return true;
+                    return End::Server;
                 }
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return false,
+                Some(Err(tungstenite::Error::Protocol(e))) => {
+                    self.conn
+                        .close(super::close::PROTOCOL, format!("protocol error: {e}"));
+                    return End::Server;
+                }
+                Some(Err(tungstenite::Error::Utf8(_))) => {
+                    self.conn
+                        .close(super::close::INVALID_DATA, "text frame is not valid UTF-8");
+                    return End::Server;
+                }
+                Some(Ok(Message::Close(_))) => return End::PeerClose,
+                None | Some(Err(_)) => return End::Gone,
                 Some(Ok(Message::Text(text))) => Some(text),
                 Some(Ok(Message::Binary(_))) => None,
                 Some(Ok(_)) => continue,
@@ -144,10 +170,10 @@ impl Reader<'_> {
             // being read.
             tokio::select! {
                 biased;
-                _ = self.conn.closed() => return true,
+                _ = self.conn.closed() => return End::Server,
                 permit = self.conn.replies.acquire() => match permit {
                     Ok(p) => p.forget(),
-                    Err(_) => return true,
+                    Err(_) => return End::Server,
                 },
             }
             self.id = None;
