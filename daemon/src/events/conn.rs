@@ -7,15 +7,17 @@
 //! received, and live delivery resumes. Replies (acks, errors) never count against the limit:
 //! each client frame takes one of `max_unacked` reply permits first, so they are bounded too.
 //!
-//! A socket gets every id at most once and in increasing order, also across re-subscriptions:
-//! `last_id` never goes below the last event the writer took (`handed`).
+//! A socket gets every id at most once, also across re-subscriptions, and live events in
+//! increasing order. A re-subscription with `since` replays, per channel, what this socket was
+//! not sent yet: for each channel the outbox remembers the id ranges in which it may have sent
+//! that channel's events (from subscribing to unsubscribing), and the replay skips them.
 //!
 //! Replies go out in the order of the client frames they answer: each frame reserves a slot, and
 //! a reply filled early (an error) waits for the slots before it (an ack waiting for its commit).
 //! Events are not replies and keep flowing in between.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -76,6 +78,27 @@ struct Outbox {
     /// Reply slots from `first_slot` on, in frame order; `None` until filled.
     slots: VecDeque<Option<Utf8Bytes>>,
     first_slot: u64,
+    /// Subscribed channels and the id after which their events may have been sent.
+    subscribed: HashMap<String, i64>,
+    /// Earlier subscriptions of channels: `(after, through]` id ranges whose events may have
+    /// been sent.
+    were_sent: HashMap<String, Vec<(i64, i64)>>,
+}
+
+/// Ranges kept per unsubscribed channel; older ones merge into one (skipping more, never less).
+const RANGES_KEPT: usize = 8;
+
+/// What a replay must skip: per channel, id ranges `(after, through]` already sent.
+#[derive(Debug, Default)]
+pub struct Sent(HashMap<String, Vec<(i64, i64)>>);
+
+impl Sent {
+    /// Was the event `id` of `channel` sent to this socket before the replay?
+    pub fn contains(&self, channel: &str, id: i64) -> bool {
+        self.0
+            .get(channel)
+            .is_some_and(|ranges| ranges.iter().any(|&(a, b)| a < id && id <= b))
+    }
 }
 
 /// The place of one client frame's reply in the socket's reply order.
@@ -296,20 +319,56 @@ impl Conn {
         self.wake.notify_one();
     }
 
-    /// Starts a resume from `since`: events queued but not yet taken by the writer are dropped
-    /// (the replay brings them again, in order), live events are held until [`Self::end_hold`].
-    /// Returns where the replay starts: after `since`, or after the last event the writer already
-    /// took if that is later (those are sent, and ids go out once each and in order).
-    pub fn begin_hold(&self, since: i64) -> i64 {
+    /// Records interest changes: events of `joined` channels may be sent after the current
+    /// position; those of `left` channels may have been sent up to it.
+    pub fn track_channels(&self, left: &[String], joined: &[String]) {
+        let mut o = lock(&self.out);
+        let at = o.last_id;
+        for ch in left {
+            if let Some(after) = o.subscribed.remove(ch)
+                && after < at
+            {
+                let ranges = o.were_sent.entry(ch.clone()).or_default();
+                ranges.push((after, at));
+                if ranges.len() > RANGES_KEPT {
+                    let (a, _) = ranges.remove(0);
+                    let (_, b) = ranges.remove(0);
+                    ranges.insert(0, (a, b));
+                }
+            }
+        }
+        for ch in joined {
+            o.subscribed.entry(ch.clone()).or_insert(at);
+        }
+    }
+
+    /// Starts a resume from `since` on `channels` (already in the interest set): events queued
+    /// but not yet taken by the writer are dropped (the replay brings them again), live events
+    /// are held until [`Self::end_hold`]. Returns what the replay must skip: per channel, the
+    /// events this socket was already sent.
+    pub fn begin_hold(&self, since: i64, channels: &[String]) -> Sent {
         let mut o = lock(&self.out);
         let before = o.frames.len();
         o.frames.retain(|f| !matches!(f, Out::Event(..)));
         let removed = before - o.frames.len();
         o.events -= removed;
-        o.last_id = since.max(o.handed);
+        let handed = o.handed;
+        o.last_id = handed;
         o.lagged = false;
         o.held = Some(VecDeque::new());
-        o.last_id
+        let mut sent = Sent::default();
+        for ch in channels {
+            let mut ranges = o.were_sent.get(ch).cloned().unwrap_or_default();
+            let after = o.subscribed.get(ch).copied().unwrap_or(handed);
+            if after < handed {
+                ranges.push((after, handed));
+            }
+            if !ranges.is_empty() {
+                sent.0.insert(ch.clone(), ranges);
+            }
+            o.subscribed.insert(ch.clone(), after.min(since));
+        }
+        sent
     }
 
     /// Is there room for another replayed event?
@@ -331,16 +390,18 @@ impl Conn {
         }
     }
 
-    /// Queues a replayed event (the caller waited for room).
+    /// Queues a replayed event the socket was not sent yet (the caller waited for room and
+    /// skipped what [`Sent`] names). Replayed ids rise; they may be below live ids sent earlier
+    /// on other channels.
     pub fn push_replayed(&self, id: i64, frame: Utf8Bytes) {
         {
             let mut o = lock(&self.out);
-            if o.closing || id <= o.last_id {
+            if o.closing {
                 return;
             }
             o.frames.push_back(Out::Event(id, frame));
             o.events += 1;
-            o.last_id = id;
+            o.last_id = o.last_id.max(id);
         }
         self.wake.notify_one();
     }
@@ -371,12 +432,15 @@ impl Conn {
     pub fn take(&self, into: &mut VecDeque<Out>) {
         let mut o = lock(&self.out);
         std::mem::swap(&mut o.frames, into);
-        // Events are queued in id order: the last one taken is the highest.
-        if let Some(id) = into.iter().rev().find_map(|f| match f {
-            Out::Event(id, _) => Some(*id),
-            _ => None,
-        }) {
-            o.handed = id;
+        if let Some(id) = into
+            .iter()
+            .filter_map(|f| match f {
+                Out::Event(id, _) => Some(*id),
+                _ => None,
+            })
+            .max()
+        {
+            o.handed = o.handed.max(id);
         }
         o.ping_queued = false;
     }
@@ -523,7 +587,7 @@ mod tests {
         let c = conn(10);
         c.push_event(1, &ev(1));
         c.push_reply("r".into());
-        c.begin_hold(0);
+        c.begin_hold(0, &[]);
         assert_eq!(c.push_event(3, &ev(3)), Pushed::Queued);
         assert_eq!(c.push_event(4, &ev(4)), Pushed::Queued);
         for id in 1..=3 {
@@ -537,7 +601,7 @@ mod tests {
     fn an_overflowing_hold_ends_in_a_gap_after_the_last_held_event() {
         let c = conn(1);
         let m = Metrics::default();
-        c.begin_hold(5);
+        c.begin_hold(5, &[]);
         c.push_event(7, &ev(7));
         assert_eq!(c.push_event(8, &ev(8)), Pushed::Dropped);
         c.push_replayed(6, ev(6));
@@ -548,26 +612,37 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_never_repeats_what_the_writer_already_took() {
-        // A fresh socket resumes from wherever it asks, also from before its admission.
-        assert_eq!(conn_at(10, 50).begin_hold(20), 20);
+    fn a_replay_skips_per_channel_what_the_socket_was_sent() {
+        let (a, b) = (
+            vec!["a".to_string()],
+            vec!["a".to_string(), "b".to_string()],
+        );
         let c = conn(10);
+        c.track_channels(&[], &a);
         for id in 1..=3 {
             c.push_event(id, &ev(id));
         }
         // The writer took 1..=3 (they are on the wire); 4 is still queued.
         assert_eq!(c.frames(), ["e1", "e2", "e3"]);
         c.push_event(4, &ev(4));
-        // Re-subscribing with an older `since` resumes after 3, not after 1.
-        assert_eq!(c.begin_hold(1), 3);
+        // Re-subscribing to a and the new b from 1: a skips what it was sent, b gets it all.
+        c.track_channels(&[], &b[1..]);
+        let sent = c.begin_hold(1, &b);
+        assert!(sent.contains("a", 2) && sent.contains("a", 3));
+        assert!(!sent.contains("a", 4) && !sent.contains("b", 2));
         assert_eq!(c.push_event(5, &ev(5)), Pushed::Queued);
         for id in 2..=5 {
-            c.push_replayed(id, ev(id));
+            if !sent.contains("a", id) {
+                c.push_replayed(id, ev(id));
+            }
         }
         c.end_hold(false);
         assert_eq!(c.frames(), ["e4", "e5"]);
-        // A `since` beyond what was taken is kept.
-        assert_eq!(c.begin_hold(9), 9);
+        // Leaving a and coming back with an old `since`: nothing of a is sent twice.
+        c.track_channels(&a, &[]);
+        c.track_channels(&[], &a);
+        let sent = c.begin_hold(0, &a);
+        assert!(sent.contains("a", 1) && sent.contains("a", 5) && !sent.contains("a", 6));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::WebSocketConfig}
 
 pub use self::writer::Stored;
 use self::{
-    conn::{Conn, ConnAuth},
+    conn::{Conn, ConnAuth, Sent},
     dispatch::Dispatch,
     limits::Users,
     writer::{Pending, ReplyTo},
@@ -472,8 +472,10 @@ pub(crate) struct Stopping;
 pub(crate) struct Granted {
     pub channels: Vec<String>,
     pub denied: Vec<(String, String)>,
-    /// With a `since`: where the replay starts (see [`Conn::begin_hold`]).
+    /// With a `since`: where the replay starts.
     pub since: Option<i64>,
+    /// With a `since`: what the replay skips (see [`Conn::begin_hold`]).
+    pub sent: Sent,
 }
 
 /// Normalises the requested names once (`Channel::parse`) and keeps those `perms` may read, up
@@ -512,12 +514,16 @@ fn grant(perms: &PermissionSet, requested: &[String], max_channels: usize) -> Gr
         channels,
         denied,
         since: None,
+        sent: Sent::default(),
     }
 }
 
 impl Inner {
     /// Moves `conn` from the `old` channels to the `new` ones in the index.
     fn set_index(&self, conn: &Arc<Conn>, old: &[String], new: &[String]) {
+        let left: Vec<String> = old.iter().filter(|c| !new.contains(c)).cloned().collect();
+        let joined: Vec<String> = new.iter().filter(|c| !old.contains(c)).cloned().collect();
+        conn.track_channels(&left, &joined);
         let mut index = write(&self.index);
         for ch in old.iter().filter(|c| !new.contains(c)) {
             if let Some(subs) = index.get_mut(ch) {
@@ -549,12 +555,15 @@ impl Inner {
     fn set_interest(&self, conn: &Arc<Conn>, requested: &[String], since: Option<i64>) -> Granted {
         let perms = conn.with_auth(|a| a.perms.clone());
         let mut granted = grant(&perms, requested, self.settings.max_channels);
-        match since {
-            Some(since) => granted.since = Some(conn.begin_hold(since)),
-            None => conn.start_live(self.last_published.load(Ordering::SeqCst)),
+        if since.is_none() {
+            conn.start_live(self.last_published.load(Ordering::SeqCst));
         }
         let old = conn.with_auth(|a| std::mem::replace(&mut a.channels, granted.channels.clone()));
         self.set_index(conn, &old, &granted.channels);
+        if let Some(since) = since {
+            granted.since = Some(since);
+            granted.sent = conn.begin_hold(since, &granted.channels);
+        }
         granted
     }
 

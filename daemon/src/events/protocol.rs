@@ -348,8 +348,9 @@ pub struct InterestRequestFrame {
     /// Missing: unsubscribe from everything.
     pub data: Option<Vec<String>>,
     /// Replay the stored messages after this id on these channels first, then continue live
-    /// (no gap, no duplicate). On a socket that was already sent later events the replay starts
-    /// after the last of those instead (the reply's `since` says where).
+    /// (no gap, no duplicate): for every granted channel, also one this frame adds, the
+    /// messages this socket was not sent yet. Replayed ids rise, but may be below ids sent
+    /// earlier on other channels.
     pub since: Option<String>,
     /// Correlation id (at most 64 characters), echoed on the reply.
     pub id: Option<String>,
@@ -427,10 +428,8 @@ pub struct InterestReplyFrame {
     pub id: Option<String>,
     /// Requested channels that were left out, with the reason (e.g. `no read permission`).
     pub denied: Option<std::collections::BTreeMap<String, String>>,
-    /// Only when the interest frame had a `since`: the id the replay starts after. It is later
-    /// than the requested one when this socket was already sent events up to it (a socket gets
-    /// each id once and in increasing order); older messages of channels just added are in
-    /// `/event/history`.
+    /// Only when the interest frame had a `since`: the id the replay starts after (messages this
+    /// socket was already sent are skipped, so none comes twice).
     pub since: Option<String>,
 }
 

@@ -274,7 +274,7 @@ impl Reader<'_> {
         ));
         let Some(since) = granted.since else { return };
         let mut cursor = since;
-        let channels = granted.channels;
+        let (channels, sent) = (granted.channels, granted.sent);
         // Messages retention deleted are reported as gone before the replay, not left as a gap.
         match storage::events::truncated(&self.inner.pool, &channels, since).await {
             Ok(cut) => {
@@ -306,8 +306,11 @@ impl Reader<'_> {
             };
             let n = rows.len() as i64;
             for row in rows {
-                self.conn.wait_for_room().await;
                 cursor = row.id;
+                if sent.contains(&row.channel, row.id) {
+                    continue;
+                }
+                self.conn.wait_for_room().await;
                 self.conn.push_replayed(row.id, protocol::event_frame(&row));
             }
             self.inner

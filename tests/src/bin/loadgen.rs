@@ -112,6 +112,9 @@ struct PublishArgs {
     duration: u64,
     #[arg(long, default_value = "bench")]
     channel: String,
+    /// Send every message with a unique idempotency key (measures the key check).
+    #[arg(long)]
+    keys: bool,
 }
 
 #[derive(Args)]
@@ -515,17 +518,25 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    for ws in sockets {
+    // Keys are unique per run, publisher and message: every keyed message takes the full check.
+    let run = micros_now();
+    for (publisher, ws) in sockets.into_iter().enumerate() {
         let (stats, measuring, stop) = (stats.clone(), measuring.clone(), stop.clone());
         let (channel, size, window) = (args.channel.clone(), args.size, args.window.max(1));
+        let keys = args.keys;
         let sink = stats.sink();
         tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let mut in_flight = std::collections::VecDeque::with_capacity(window);
+            let mut seq = 0u64;
             loop {
                 while in_flight.len() < window && !stop.load(Relaxed) {
-                    let frame =
+                    let mut frame =
                         json!({"type": "message", "channel": channel, "text": payload(size)});
+                    if keys {
+                        seq += 1;
+                        frame["key"] = json!(format!("{run}-{publisher}-{seq}"));
+                    }
                     if tx.send(Message::text(frame.to_string())).await.is_err() {
                         return;
                     }
@@ -566,9 +577,10 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let latencies = stats.latencies();
     println!(
-        "publish: {} publishers, window {}: {:.0} acknowledged messages/s, errors {}",
+        "publish: {} publishers, window {}, keys {}: {:.0} acknowledged messages/s, errors {}",
         args.publishers,
         args.window,
+        if args.keys { "on" } else { "off" },
         acked as f64 / secs,
         stats.errors.load(Relaxed)
     );
