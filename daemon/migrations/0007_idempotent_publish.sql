@@ -8,7 +8,9 @@ CREATE TABLE event_keys (
     created    timestamptz NOT NULL,
     PRIMARY KEY (author, key)
 );
-CREATE INDEX event_keys_created ON event_keys (created);
+-- Keys arrive in `created` order: a BRIN index finds the expired ones for pruning at almost no
+-- cost per insert.
+CREATE INDEX event_keys_created ON event_keys USING brin (created);
 
 -- The per-message outcome of a batch with keys (null for batches without any): a writer in doubt
 -- about its COMMIT learns which ids it acknowledges and which messages were duplicates.
@@ -39,6 +41,8 @@ DECLARE
     ts   timestamptz;
     acks bigint[];
     dups boolean[];
+    win  interval := make_interval(secs => p_window_secs::double precision);
+    fresh boolean;
 BEGIN
     IF p_keys IS NULL THEN
         UPDATE event_head SET last_id = event_head.last_id + n RETURNING event_head.last_id INTO head;
@@ -56,19 +60,53 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT last_id INTO head FROM event_head FOR UPDATE;
+    -- The head row's lock (held to the commit) makes batches of every instance check their keys
+    -- one after another. The common case, no key stored before and none twice in the batch,
+    -- takes ids in batch order; the keys' primary key is the check (a subtransaction undoes
+    -- the keys' insert otherwise).
+    UPDATE event_head SET last_id = event_head.last_id + n RETURNING event_head.last_id - n INTO head;
     ts := clock_timestamp();
+    BEGIN
+        INSERT INTO event_keys (author, key, message_id, created)
+        SELECT u.author, u.key, head + u.ord, ts
+        FROM unnest(p_authors, p_keys) WITH ORDINALITY AS u(author, key, ord)
+        WHERE u.key IS NOT NULL;
+        fresh := true;
+    EXCEPTION WHEN unique_violation THEN
+        fresh := false;
+    END;
+    IF fresh THEN
+        INSERT INTO events (id, created, name, author, channel, data)
+        SELECT head + r.ord, ts, r.name, r.author, r.channel, r.data::json
+        FROM unnest(p_names, p_authors, p_channels, p_data) WITH ORDINALITY
+             AS r(name, author, channel, data, ord);
+        INSERT INTO event_batches (batch, first_id, last_id, created)
+        VALUES (p_batch, head + 1, head + n, ts);
+        PERFORM pg_notify('core4_events', p_instance || ' ' || (head + 1) || ' ' || (head + n));
+        o_first := head + 1;
+        o_created := ts;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    -- A key stored before (within the window: a duplicate; older: the key is taken over) or twice
+    -- in the batch: each message acks its own new id, the stored one's, or the id of the batch's
+    -- first message with its key.
     WITH r AS (
         SELECT u.ord, u.author, u.key,
                CASE WHEN u.key IS NULL THEN u.ord
                     ELSE min(u.ord) OVER (PARTITION BY u.author, u.key) END AS lead
         FROM unnest(p_authors, p_keys) WITH ORDINALITY AS u(author, key, ord)
+    ), q AS (
+        -- A correlated lookup is always a primary key probe (a join's plan, cached while the
+        -- table was small, could scan it whole).
+        SELECT r.ord, r.lead,
+               (SELECT k.message_id FROM event_keys k
+                WHERE k.author = r.author AND k.key = r.key AND k.created > ts - win) AS prior
+        FROM r
     ), p AS (
-        SELECT r.ord, r.lead, k.message_id AS prior,
-               (k.message_id IS NULL AND r.lead = r.ord) AS fresh
-        FROM r LEFT JOIN event_keys k
-          ON k.author = r.author AND k.key = r.key
-         AND k.created > ts - make_interval(secs => p_window_secs::double precision)
+        SELECT q.ord, q.lead, q.prior, (q.prior IS NULL AND q.lead = q.ord) AS fresh
+        FROM q
     ), s AS (
         SELECT p.*,
                CASE WHEN p.fresh

@@ -11,4 +11,5 @@ mod roles;
 mod security;
 mod security_hashing;
 mod security_http;
+mod sse;
 mod tls_proxy;

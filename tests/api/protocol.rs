@@ -383,7 +383,7 @@ async fn a_resubscription_replays_what_the_socket_was_not_sent_on_every_channel(
     sub.interest(&["a"]).await;
     let a3 = publisher.publish("a", json!("a3")).await;
     let b3 = publisher.publish("b", json!("b3")).await;
-    assert_eq!(event_ids(&mut sub, 1).await, [a3.clone()]);
+    assert_eq!(event_ids(&mut sub, 1).await, [a3]);
     // Adding `b` with an old `since`: a's stored messages it missed and all of b's, a3 not again.
     sub.send(json!({"type": "interest", "data": ["a", "b"], "since": since}))
         .await;
@@ -399,19 +399,19 @@ async fn a_resubscription_replays_what_the_socket_was_not_sent_on_every_channel(
     assert_eq!(event_ids(&mut sub, 5).await, expected);
     // Live continues; a second replay from the same point brings nothing twice.
     let a4 = publisher.publish("a", json!("a4")).await;
-    assert_eq!(event_ids(&mut sub, 1).await, [a4.clone()]);
+    assert_eq!(event_ids(&mut sub, 1).await, [a4]);
     sub.send(json!({"type": "interest", "data": ["b", "a"], "since": since}))
         .await;
     next_reply(&mut sub).await;
     let a5 = publisher.publish("a", json!("a5")).await;
-    assert_eq!(event_ids(&mut sub, 1).await, [a5.clone()]);
+    assert_eq!(event_ids(&mut sub, 1).await, [a5]);
     // Dropping `b` and taking it back: what it was sent before does not come again.
     sub.interest(&["a"]).await;
     let b4 = publisher.publish("b", json!("b4")).await;
     sub.send(json!({"type": "interest", "data": ["a", "b"], "since": since}))
         .await;
     next_reply(&mut sub).await;
-    assert_eq!(event_ids(&mut sub, 1).await, [b4.clone()]);
+    assert_eq!(event_ids(&mut sub, 1).await, [b4]);
     sub.assert_silent(std::time::Duration::from_millis(200))
         .await;
 }

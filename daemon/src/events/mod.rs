@@ -18,6 +18,7 @@ pub mod protocol;
 mod recheck;
 pub mod retention;
 mod session;
+mod sse;
 mod writer;
 
 use std::{
@@ -68,6 +69,9 @@ pub mod close {
     /// Reason of a close with [`GOING_AWAY`] for a socket that answered no ping.
     pub const NO_PONG: &str = "no pong";
 }
+
+/// Replayed rows read per query.
+const REPLAY_PAGE: i64 = 500;
 
 /// Bytes the WebSocket reader keeps per socket (idle sockets must stay small).
 const READ_BUFFER: usize = 4 * 1024;
@@ -443,6 +447,16 @@ impl Admission {
         session::run(self.inner.clone(), self.conn.clone(), ws, since).await;
         drop(self);
     }
+
+    /// Subscribes to `channels` (replaying after `since`) and returns the Server-Sent Events
+    /// stream; the subscriber leaves the hub when the stream is dropped.
+    pub async fn into_event_stream(
+        self,
+        channels: Vec<String>,
+        since: Option<i64>,
+    ) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+        sse::stream(self, channels, since).await
+    }
 }
 
 impl Drop for Admission {
@@ -565,6 +579,68 @@ impl Inner {
             granted.sent = conn.begin_hold(since, &granted.channels);
         }
         granted
+    }
+
+    /// A `since` beyond the last stored id would hide the next live events as "already had".
+    async fn clamp_since(&self, since: Option<i64>) -> Option<i64> {
+        match since {
+            Some(s) if s > self.last_published.load(Ordering::SeqCst) => {
+                let head = storage::events::head(&self.pool)
+                    .await
+                    .unwrap_or_else(|_| self.last_published.load(Ordering::SeqCst));
+                Some(s.min(head))
+            }
+            other => other,
+        }
+    }
+
+    /// After [`Self::set_interest`] with a `since`: tells what retention pruned, queues the
+    /// stored messages the socket was not sent yet (waiting for room as its writer drains), then
+    /// releases the live events held meanwhile.
+    async fn replay(&self, conn: &Conn, granted: Granted) {
+        let Some(since) = granted.since else { return };
+        let mut cursor = since;
+        let (channels, sent) = (granted.channels, granted.sent);
+        // Messages retention deleted are reported as gone before the replay, not left as a gap.
+        match storage::events::truncated(&self.pool, &channels, since).await {
+            Ok(cut) => {
+                for (channel, first) in cut {
+                    conn.push_notice(protocol::truncated_frame(&channel, first));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading what retention pruned failed"),
+        }
+        while !channels.is_empty() && !conn.is_closed() {
+            let rows = match storage::events::replay(&self.pool, &channels, cursor, REPLAY_PAGE)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay failed");
+                    conn.end_hold(true);
+                    conn.push_notice(protocol::error_frame(
+                        "replay stopped: the database is not reachable; page the rest from /event/history",
+                    ));
+                    return;
+                }
+            };
+            let n = rows.len() as i64;
+            for row in rows {
+                cursor = row.id;
+                if sent.contains(&row.channel, row.id) {
+                    continue;
+                }
+                conn.wait_for_room().await;
+                conn.push_replayed(row.id, protocol::event_frame(&row));
+            }
+            self.metrics
+                .events_replayed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            if n < REPLAY_PAGE {
+                break;
+            }
+        }
+        conn.end_hold(false);
     }
 
     /// Adds one channel (a message sent to a readable channel not yet in the set, as core4

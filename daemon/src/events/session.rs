@@ -32,13 +32,10 @@ use super::{
     protocol::{self, Request},
     writer::{Pending, ReplyTo},
 };
-use crate::{domain::Channel, envelope::format_ts, metrics::Metrics, storage};
+use crate::{domain::Channel, envelope::format_ts, metrics::Metrics};
 
 type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
-
-/// Replayed rows read per query.
-const REPLAY_PAGE: i64 = 500;
 
 pub async fn run(
     inner: Arc<Inner>,
@@ -250,16 +247,7 @@ impl Reader<'_> {
     }
 
     async fn interest(&mut self, requested: &[String], since: Option<i64>) {
-        // A `since` beyond the last stored id would hide the next live events as "already had".
-        let since = match since {
-            Some(s) if s > self.inner.last_published.load(Ordering::SeqCst) => {
-                let head = storage::events::head(&self.inner.pool)
-                    .await
-                    .unwrap_or_else(|_| self.inner.last_published.load(Ordering::SeqCst));
-                Some(s.min(head))
-            }
-            other => other,
-        };
+        let since = self.inner.clamp_since(since).await;
         if since.is_some() {
             // The reply goes before the replay: let the replies of earlier frames (acks waiting
             // for their commit) go out first.
@@ -272,56 +260,7 @@ impl Reader<'_> {
             granted.since,
             "processed interest in",
         ));
-        let Some(since) = granted.since else { return };
-        let mut cursor = since;
-        let (channels, sent) = (granted.channels, granted.sent);
-        // Messages retention deleted are reported as gone before the replay, not left as a gap.
-        match storage::events::truncated(&self.inner.pool, &channels, since).await {
-            Ok(cut) => {
-                for (channel, first) in cut {
-                    self.conn
-                        .push_notice(protocol::truncated_frame(&channel, first));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading what retention pruned failed"),
-        }
-        while !channels.is_empty() && !self.conn.is_closed() {
-            let rows = match storage::events::replay(
-                &self.inner.pool,
-                &channels,
-                cursor,
-                REPLAY_PAGE,
-            )
-            .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "replay failed");
-                    self.conn.end_hold(true);
-                    self.conn.push_notice(protocol::error_frame(
-                            "replay stopped: the database is not reachable; page the rest from /event/history",
-                        ));
-                    return;
-                }
-            };
-            let n = rows.len() as i64;
-            for row in rows {
-                cursor = row.id;
-                if sent.contains(&row.channel, row.id) {
-                    continue;
-                }
-                self.conn.wait_for_room().await;
-                self.conn.push_replayed(row.id, protocol::event_frame(&row));
-            }
-            self.inner
-                .metrics
-                .events_replayed
-                .fetch_add(n as u64, Ordering::Relaxed);
-            if n < REPLAY_PAGE {
-                break;
-            }
-        }
-        self.conn.end_hold(false);
+        self.inner.replay(self.conn, granted).await;
     }
 
     fn message(&mut self, raw_channel: &str, data: String, key: Option<String>) {

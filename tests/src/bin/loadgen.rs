@@ -97,6 +97,10 @@ struct FanoutArgs {
     /// Run the same load against nats-server's WebSocket listener instead (e.g. ws://127.0.0.1:9222).
     #[arg(long)]
     nats: Option<String>,
+    /// Also open this many Server-Sent Events subscribers (`/event/stream`), measured apart
+    /// from the WebSocket ones in the same run.
+    #[arg(long, default_value_t = 0)]
+    sse: usize,
 }
 
 #[derive(Args)]
@@ -434,6 +438,33 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         });
     }
 
+    let sse_stats = Arc::new(Stats::default());
+    if args.sse > 0 {
+        let opened = Instant::now();
+        let http = reqwest::Client::new();
+        let url = format!(
+            "{sub_base}/core4/api/v1/event/stream?channel={}",
+            args.channel
+        );
+        let streams: Vec<reqwest::Response> = stream::iter(0..args.sse)
+            .map(|_| sse_subscriber(&http, &url, &tokens.reader))
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()
+            .context("opening the SSE subscribers")?;
+        println!(
+            "{} SSE subscribers in {:.1} s",
+            streams.len(),
+            opened.elapsed().as_secs_f64()
+        );
+        for resp in streams {
+            let (stats, measuring) = (sse_stats.clone(), measuring.clone());
+            tokio::spawn(read_sse(resp, stats, measuring));
+        }
+    }
+
     let pub_url = ws_url(&cli.url, &tokens.writer);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -492,6 +523,19 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         stats.errors.load(Relaxed),
     );
     println!("{}", latency_line("publish-to-receive", latencies));
+    if args.sse > 0 {
+        println!(
+            "sse: {} subscribers: {:.0} deliveries/s ({:.0} expected), gaps {}",
+            args.sse,
+            sse_stats.received.load(Relaxed) as f64 / secs,
+            sent_n as f64 * args.sse as f64 / secs,
+            sse_stats.gaps.load(Relaxed),
+        );
+        println!(
+            "{}",
+            latency_line("sse publish-to-receive", sse_stats.latencies())
+        );
+    }
     println!("{}", writer_summary(&metrics_before, &metrics_after));
     if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
         println!(
@@ -501,6 +545,44 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens an event stream; returns once its headers arrived.
+async fn sse_subscriber(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Result<reqwest::Response> {
+    let resp = http.get(url).bearer_auth(token).send().await?;
+    if !resp.status().is_success() {
+        bail!("event stream refused: {}", resp.status());
+    }
+    Ok(resp)
+}
+
+/// Reads an event stream, recording each event's publish-to-receive time.
+async fn read_sse(mut resp: reqwest::Response, stats: Arc<Stats>, measuring: Arc<AtomicBool>) {
+    let sink = stats.sink();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        buf.extend_from_slice(&chunk);
+        let Some(end) = buf.windows(2).rposition(|w| w == b"\n\n") else {
+            continue;
+        };
+        for line in buf[..end].split(|b| *b == b'\n') {
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                if let Some(sent) = sent_at(data, b"\"data\":\"") {
+                    if measuring.load(Relaxed) {
+                        Stats::record(&sink, micros_now().saturating_sub(sent));
+                        stats.received.fetch_add(1, Relaxed);
+                    }
+                } else if data.starts_with(b"{\"type\":\"gap\"") {
+                    stats.gaps.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        buf.drain(..end + 2);
+    }
 }
 
 // ---- publish ----
@@ -519,7 +601,9 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
         .into_iter()
         .collect::<Result<_>>()?;
     // Keys are unique per run, publisher and message: every keyed message takes the full check.
-    let run = micros_now();
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
     for (publisher, ws) in sockets.into_iter().enumerate() {
         let (stats, measuring, stop) = (stats.clone(), measuring.clone(), stop.clone());
         let (channel, size, window) = (args.channel.clone(), args.size, args.window.max(1));
@@ -545,8 +629,11 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
                 if in_flight.is_empty() {
                     break;
                 }
-                let Some(Ok(Message::Text(t))) = rx.next().await else {
-                    break;
+                // The server's pings (every 30 s) are answered by the library: skip them.
+                let t = match rx.next().await {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
                 };
                 let Some(sent) = in_flight.pop_front() else {
                     continue;
