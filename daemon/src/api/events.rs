@@ -22,7 +22,10 @@ use crate::{
     error::{ApiError, ApiResult},
     events::{
         Admission, Refused,
-        protocol::{ClientFrame, ServerFrame, TruncatedFrame, parse_id_str, valid_key},
+        protocol::{
+            ClientFrame, PublishRequest, Published, ServerFrame, TruncatedFrame, parse_id_str,
+            valid_key,
+        },
     },
     storage::{
         self,
@@ -370,27 +373,6 @@ pub struct ChannelStatsOut {
     pub pruned_through: Option<String>,
 }
 
-/// A message to publish over HTTP: the fields of the socket's message frame.
-#[derive(Object)]
-pub struct PublishIn {
-    /// The channel (trimmed and lowercased). Needs `event://<channel>/w`.
-    pub channel: String,
-    /// Any JSON value except null and the empty string; stored as the event's `data`.
-    pub text: Value,
-    /// Idempotency key (1 to 128 characters); the `Idempotency-Key` header does the same.
-    pub key: Option<String>,
-}
-
-/// A committed message.
-#[derive(Object)]
-pub struct PublishedOut {
-    /// The stored message's id, or for a `duplicate` the id of the message stored before.
-    pub message_id: String,
-    /// `true` when a message with the same (author, key) was stored within
-    /// `events.idempotency_window_secs` and this one was not stored again.
-    pub duplicate: bool,
-}
-
 /// A page of history.
 #[derive(Object)]
 pub struct HistoryPage {
@@ -566,17 +548,17 @@ impl EventsApi {
     async fn publish(
         &self,
         auth: TokenAuth,
-        body: Json<PublishIn>,
+        body: Json<PublishRequest>,
         /// Idempotency key (1 to 128 characters), used when the body has no `key`.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
-    ) -> ApiResult<Json<Envelope<PublishedOut>>> {
+    ) -> ApiResult<Json<Envelope<Published>>> {
         let principal = self
             .state
             .auth
             .require(&auth, qual::EVENT, Method::Read)
             .await?;
-        let PublishIn { channel, text, key } = body.0;
+        let PublishRequest { channel, text, key } = body.0;
         let data = match text {
             Value::Null => {
                 return Err(ApiError::BadRequest(
@@ -602,7 +584,7 @@ impl EventsApi {
             .hub
             .publish(&principal, &channel, data, key)
             .await?;
-        Ok(ok(PublishedOut {
+        Ok(ok(Published {
             message_id: stored.message_id.to_string(),
             duplicate: stored.duplicate,
         }))

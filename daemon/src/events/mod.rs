@@ -54,21 +54,8 @@ use crate::{
     storage,
 };
 
-/// Close codes the server uses.
-pub mod close {
-    /// The server shuts down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A WebSocket protocol error (reserved bits, an unmasked frame, a bad opcode ...).
-    pub const PROTOCOL: u16 = 1002;
-    /// A text frame that is not valid UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
-    /// The token was revoked, expired, or the user deactivated or deleted.
-    pub const POLICY: u16 = 1008;
-    /// A frame over the hard cap (16 × `events.max_frame_bytes`).
-    pub const TOO_BIG: u16 = 1009;
-    /// Reason of a close with [`GOING_AWAY`] for a socket that answered no ping.
-    pub const NO_PONG: &str = "no pong";
-}
+/// Close codes the server uses (defined with the frames in core4-proto).
+pub use core4_proto::close;
 
 /// Replayed rows read per query.
 const REPLAY_PAGE: i64 = 500;
@@ -307,10 +294,10 @@ impl Hub {
         }
         match rx.await {
             Ok(Ok(stored)) => Ok(stored),
-            Ok(Err(message)) if message.ends_with("internal error") => Err(ApiError::internal(
+            Ok(Err((protocol::ErrorKind::Internal, _))) => Err(ApiError::internal(
                 anyhow::anyhow!("storing a message failed"),
             )),
-            Ok(Err(message)) => Err(ApiError::Unavailable(message)),
+            Ok(Err((_, message))) => Err(ApiError::Unavailable(message)),
             Err(_) => Err(shutting_down()),
         }
     }
@@ -619,6 +606,7 @@ impl Inner {
                     tracing::warn!(error = %e, "replay failed");
                     conn.end_hold(true);
                     conn.push_notice(protocol::error_frame(
+                        protocol::ErrorKind::ReplayStopped,
                         "replay stopped: the database is not reachable; page the rest from /event/history",
                     ));
                     return;

@@ -3,7 +3,6 @@
 //!
 //! Only event frames carry a `channel` key: core4's `chat.py` prints every frame that has one.
 
-use poem_openapi::{Object, Union};
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -28,7 +27,8 @@ pub enum Request {
     Token { token: String },
 }
 
-/// Why a client frame was refused; the text goes into an `error` frame.
+/// Why a client frame was refused (always [`ErrorKind::Malformed`]); the text goes into an
+/// `error` frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameError(pub String);
 
@@ -38,10 +38,7 @@ impl FrameError {
     }
 }
 
-/// Longest correlation id a client may send.
-pub const MAX_ID_CHARS: usize = 64;
-/// Longest idempotency key a client may send.
-pub const MAX_KEY_CHARS: usize = 128;
+pub use core4_proto::{MAX_ID_CHARS, MAX_KEY_CHARS};
 
 /// A client frame with its correlation id (echoed on the reply, also on an error reply).
 #[derive(Debug, Clone, PartialEq)]
@@ -267,8 +264,10 @@ pub fn with_id(frame: Utf8Bytes, id: Option<&str>) -> Utf8Bytes {
     Utf8Bytes::from(out)
 }
 
-pub fn error_frame(message: &str) -> Utf8Bytes {
-    let mut out = String::from("{\"type\":\"error\",\"message\":");
+pub fn error_frame(kind: ErrorKind, message: &str) -> Utf8Bytes {
+    let mut out = String::from("{\"type\":\"error\",\"kind\":\"");
+    out.push_str(kind.as_str());
+    out.push_str("\",\"message\":");
     push_json_str(&mut out, message);
     out.push('}');
     Utf8Bytes::from(out)
@@ -336,178 +335,12 @@ pub fn token_frame(expires: &str) -> Utf8Bytes {
     ))
 }
 
-// ---- JSON Schemas (registered in the API document's components by the `/event` response) ----
-
-/// Client frame: replace this socket's channel set. A list of more than 4 × `max_channels`
-/// names (default 256) is refused with an `error` frame and the set stays as it was; of the
-/// rest, the first `max_channels` (default 64) readable ones are granted. Every interest frame
-/// after a socket's first takes a token from the user's message rate limit.
-#[derive(Object)]
-pub struct InterestRequestFrame {
-    /// Channel names; trimmed and lowercased, duplicates, empty names and non-strings dropped.
-    /// Missing: unsubscribe from everything.
-    pub data: Option<Vec<String>>,
-    /// Replay the stored messages after this id on these channels first, then continue live
-    /// (no gap, no duplicate): for every granted channel, also one this frame adds, the
-    /// messages this socket was not sent yet. Replayed ids rise, but may be below ids sent
-    /// earlier on other channels.
-    pub since: Option<String>,
-    /// Correlation id (at most 64 characters), echoed on the reply.
-    pub id: Option<String>,
-}
-
-/// Client frame: store `text` on `channel` and broadcast it.
-#[derive(Object)]
-pub struct MessageRequestFrame {
-    /// The channel (normalised like interests). Needs `event://<channel>/w`.
-    pub channel: String,
-    /// Any JSON value except null and the empty string; stored as the event's `data`.
-    pub text: Value,
-    /// Idempotency key (1 to 128 characters): a message with the (author, key) of one stored
-    /// within `events.idempotency_window_secs` (24 h) is not stored again; the ack names the
-    /// original `message_id` with `"duplicate": true`. Resend with the same key after a
-    /// reconnect to publish exactly once.
-    pub key: Option<String>,
-    /// Correlation id (at most 64 characters), echoed on the reply.
-    pub id: Option<String>,
-}
-
-/// Client frame: replace the socket's token (before it expires) without reconnecting.
-#[derive(Object)]
-pub struct TokenRequestFrame {
-    /// A token of the same user.
-    pub token: String,
-    /// Correlation id (at most 64 characters), echoed on the reply.
-    pub id: Option<String>,
-}
-
-/// Every frame a client may send: a JSON text frame, `type` picks the kind.
-#[derive(Union)]
-#[oai(discriminator_name = "type")]
-pub enum ClientFrame {
-    #[oai(mapping = "interest")]
-    Interest(InterestRequestFrame),
-    #[oai(mapping = "message")]
-    Message(MessageRequestFrame),
-    #[oai(mapping = "token")]
-    Token(TokenRequestFrame),
-}
-
-/// Server frame: a stored event, delivered to every socket interested in its channel (the
-/// sender's too). The only frame with a `channel` key.
-#[derive(Object)]
-pub struct EventFrame {
-    /// The message id: a per-deployment increasing sequence, as a decimal string.
-    #[oai(rename = "_id")]
-    pub id: String,
-    /// Commit time, naive UTC with microseconds (`2018-10-31T06:37:15.734609`).
-    pub created: String,
-    /// `message` for chat messages.
-    pub name: String,
-    /// The sender's user name.
-    pub author: String,
-    pub channel: String,
-    /// The `text` the sender sent.
-    pub data: Value,
-}
-
-/// Server frame, `type` = `interest`: the reply to an interest frame (with `data`), or the
-/// acknowledgement of a message that also added its channel (with `message_id`).
-#[derive(Object)]
-pub struct InterestReplyFrame {
-    /// The channels this socket now receives.
-    pub data: Option<Vec<String>>,
-    /// The stored message's id (acknowledgement only).
-    pub message_id: Option<String>,
-    /// `processed interest in ['message', 'system']`, plus what was left out and why.
-    pub message: String,
-    /// Acknowledgement only: `true` when a message with the same key was stored before and
-    /// `message_id` is that message's.
-    pub duplicate: Option<bool>,
-    /// The correlation id of the frame this answers (absent on unsolicited frames).
-    pub id: Option<String>,
-    /// Requested channels that were left out, with the reason (e.g. `no read permission`).
-    pub denied: Option<std::collections::BTreeMap<String, String>>,
-    /// Only when the interest frame had a `since`: the id the replay starts after (messages this
-    /// socket was already sent are skipped, so none comes twice).
-    pub since: Option<String>,
-}
-
-/// Server frame, `type` = `send`: the message is committed in PostgreSQL under `message_id`.
-#[derive(Object)]
-pub struct SendReplyFrame {
-    pub message_id: String,
-    /// `OK`.
-    pub message: String,
-    /// `true` when a message with the same key was stored before and `message_id` is that
-    /// message's (absent otherwise).
-    pub duplicate: Option<bool>,
-    /// The correlation id of the message frame, if it had one.
-    pub id: Option<String>,
-}
-
-/// Server frame, `type` = `error`: the client frame was refused; the socket stays open.
-#[derive(Object)]
-pub struct ErrorReplyFrame {
-    /// For people, e.g. `malformed message: missing \`text\``.
-    pub message: String,
-    /// The correlation id of the refused frame, if it had a valid one.
-    pub id: Option<String>,
-}
-
-/// Server frame, `type` = `gap`: this socket fell behind and missed events after `after`; page
-/// them from `/event/history?after=<after>`. Live delivery continues after this frame.
-#[derive(Object)]
-pub struct GapFrame {
-    /// The id of the last event this socket received before the gap.
-    pub after: String,
-}
-
-/// Server frame, `type` = `truncated`: a resume reached below the oldest message retention kept
-/// on `channel`; messages before `first` are gone (pruned), not missed. Sent before the replay.
-#[derive(Object, Clone, Debug)]
-pub struct TruncatedFrame {
-    /// The channel.
-    pub channel: String,
-    /// The oldest retained message id of the channel (the next id, if none is left).
-    pub first: String,
-}
-
-/// Server frame, `type` = `token`: a token frame was accepted.
-#[derive(Object)]
-pub struct TokenReplyFrame {
-    /// `token accepted`.
-    pub message: String,
-    /// When the new token expires (naive UTC); the socket is closed then unless refreshed again.
-    pub expires: String,
-    /// The correlation id of the token frame, if it had one.
-    pub id: Option<String>,
-}
-
-/// Every frame the server sends besides [`EventFrame`]s; `type` picks the kind.
-#[derive(Union)]
-#[oai(discriminator_name = "type")]
-pub enum ServerReply {
-    #[oai(mapping = "interest")]
-    Interest(InterestReplyFrame),
-    #[oai(mapping = "send")]
-    Send(SendReplyFrame),
-    #[oai(mapping = "error")]
-    Error(ErrorReplyFrame),
-    #[oai(mapping = "gap")]
-    Gap(GapFrame),
-    #[oai(mapping = "truncated")]
-    Truncated(TruncatedFrame),
-    #[oai(mapping = "token")]
-    Token(TokenReplyFrame),
-}
-
-/// Every frame the server sends: events and replies.
-#[derive(Union)]
-pub enum ServerFrame {
-    Event(EventFrame),
-    Reply(ServerReply),
-}
+// The frames' types and JSON Schemas are defined once, in core4-proto; the encoders above are
+// tested against them below.
+pub use core4_proto::{
+    ClientFrame, ErrorKind, EventFrame, PublishRequest, Published, ServerFrame, ServerReply,
+    TruncatedFrame,
+};
 
 #[cfg(test)]
 mod tests {
@@ -654,8 +487,8 @@ mod tests {
             ack_frame(7, false, false),
             ack_frame(7, true, true),
             with_id(ack_frame(7, false, true), Some("c-1")),
-            with_id(error_frame("x"), Some("\"quoted\"")),
-            error_frame("bad \"thing\""),
+            with_id(error_frame(ErrorKind::Malformed, "x"), Some("\"quoted\"")),
+            error_frame(ErrorKind::RateLimited, "bad \"thing\""),
             gap_frame(41),
             interest_frame(
                 &["message".into()],
@@ -687,6 +520,77 @@ mod tests {
                 .ends_with("'c7' (no) and 12 more")
         );
         assert_eq!(value["denied"].as_object().unwrap().len(), 20);
+    }
+
+    #[test]
+    fn hand_written_encoders_decode_into_the_shared_types() {
+        use core4_proto::{ErrorReplyFrame, GapFrame, SendReplyFrame, TokenReplyFrame};
+        let reply = |frame: Utf8Bytes| serde_json::from_str::<ServerReply>(&frame).unwrap();
+        assert_eq!(
+            reply(with_id(ack_frame(7, false, true), Some("c"))),
+            ServerReply::Send(SendReplyFrame {
+                message_id: "7".into(),
+                message: "OK".into(),
+                duplicate: Some(true),
+                id: Some("c".into()),
+            })
+        );
+        assert_eq!(
+            reply(error_frame(ErrorKind::InDoubt, "may \"not\"")),
+            ServerReply::Error(ErrorReplyFrame {
+                kind: ErrorKind::InDoubt,
+                message: "may \"not\"".into(),
+                id: None,
+            })
+        );
+        assert_eq!(
+            reply(gap_frame(41)),
+            ServerReply::Gap(GapFrame { after: "41".into() })
+        );
+        assert_eq!(
+            reply(truncated_frame("c", 3)),
+            ServerReply::Truncated(TruncatedFrame {
+                channel: "c".into(),
+                first: "3".into(),
+            })
+        );
+        assert_eq!(
+            reply(token_frame("2030-01-01T00:00:00.000000")),
+            ServerReply::Token(TokenReplyFrame {
+                message: "token accepted".into(),
+                expires: "2030-01-01T00:00:00.000000".into(),
+                id: None,
+            })
+        );
+        match reply(interest_frame(&["a".into()], &[], Some(5), "x")) {
+            ServerReply::Interest(i) => {
+                assert_eq!(i.data, Some(vec!["a".to_string()]));
+                assert_eq!(i.since.as_deref(), Some("5"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let event: EventFrame = serde_json::from_str(&event_frame(&row())).unwrap();
+        assert_eq!(
+            (event.id.as_str(), &event.data),
+            ("42", &serde_json::json!({"a": "hi"}))
+        );
+        // What the daemon parses, a client builds from the same types.
+        let frame = ClientFrame::Message(core4_proto::MessageRequestFrame {
+            channel: "c".into(),
+            text: Value::String("x".into()),
+            key: Some("k".into()),
+            id: Some("i".into()),
+        });
+        let parsed = parse_frame(&frame.to_text());
+        assert_eq!(parsed.id.as_deref(), Some("i"));
+        assert_eq!(
+            parsed.request,
+            Ok(Request::Message {
+                channel: "c".into(),
+                text: r#""x""#.into(),
+                key: Some("k".into()),
+            })
+        );
     }
 
     #[test]

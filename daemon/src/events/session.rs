@@ -29,7 +29,7 @@ use tokio_tungstenite::{
 use super::{
     Inner,
     conn::{Conn, Out},
-    protocol::{self, Request},
+    protocol::{self, ErrorKind, Request},
     writer::{Pending, ReplyTo},
 };
 use crate::{domain::Channel, envelope::format_ts, metrics::Metrics};
@@ -176,7 +176,10 @@ impl Reader<'_> {
             self.id = None;
             match text {
                 Some(text) => self.handle(text).await,
-                None => self.error("binary frames are not supported: send JSON text frames"),
+                None => self.error(
+                    ErrorKind::Malformed,
+                    "binary frames are not supported: send JSON text frames",
+                ),
             }
         }
     }
@@ -187,26 +190,26 @@ impl Reader<'_> {
             .push_reply(protocol::with_id(frame, self.id.as_deref()));
     }
 
-    fn error(&self, message: &str) {
+    fn error(&self, kind: ErrorKind, message: &str) {
         self.inner
             .metrics
             .frame_errors
             .fetch_add(1, Ordering::Relaxed);
-        self.reply(protocol::error_frame(message));
+        self.reply(protocol::error_frame(kind, message));
     }
 
     async fn handle(&mut self, text: Utf8Bytes) {
         let limit = self.inner.settings.max_frame_bytes;
         if text.len() > limit {
-            return self.error(&format!(
-                "frame too large: {} bytes (limit {limit})",
-                text.len()
-            ));
+            return self.error(
+                ErrorKind::TooLarge,
+                &format!("frame too large: {} bytes (limit {limit})", text.len()),
+            );
         }
         let parsed = protocol::parse_frame(&text);
         self.id = parsed.id;
         match parsed.request {
-            Err(e) => self.error(&e.0),
+            Err(e) => self.error(ErrorKind::Malformed, &e.0),
             Ok(Request::Interest { data, since }) => {
                 if self.interest_refused(&data) {
                     return;
@@ -228,7 +231,7 @@ impl Reader<'_> {
                 .metrics
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
-            self.error(&format!(
+            self.error(ErrorKind::RateLimited, &format!(
                 "rate limit exceeded: interest frames count against the limit of {} messages per second per user (burst {}); interest unchanged",
                 s.messages_per_second, s.burst
             ));
@@ -236,7 +239,7 @@ impl Reader<'_> {
         }
         let most = s.max_channels.saturating_mul(4).max(1);
         if requested.len() > most {
-            self.error(&format!(
+            self.error(ErrorKind::Malformed, &format!(
                 "malformed interest: {} channel names, at most {most} per frame (and {} are granted); interest unchanged",
                 requested.len(),
                 s.max_channels
@@ -266,13 +269,16 @@ impl Reader<'_> {
     fn message(&mut self, raw_channel: &str, data: String, key: Option<String>) {
         let channel = match Channel::parse(raw_channel) {
             Ok(c) => c.as_str().to_string(),
-            Err(e) => return self.error(&format!("malformed message: {e}")),
+            Err(e) => return self.error(ErrorKind::Malformed, &format!("malformed message: {e}")),
         };
         let (may_write, author) = self
             .conn
             .with_auth(|a| (a.perms.event(&channel, true), a.name.clone()));
         if !may_write {
-            return self.error(&format!("no write permission on channel [{channel}]"));
+            return self.error(
+                ErrorKind::Forbidden,
+                &format!("no write permission on channel [{channel}]"),
+            );
         }
         let s = &self.inner.settings;
         if !self.conn.user.try_send(s.messages_per_second, s.burst) {
@@ -280,7 +286,7 @@ impl Reader<'_> {
                 .metrics
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
-            return self.error(&format!(
+            return self.error(ErrorKind::RateLimited, &format!(
                 "rate limit exceeded: at most {} messages per second per user (burst {}); message not stored",
                 s.messages_per_second, s.burst
             ));
@@ -304,7 +310,10 @@ impl Reader<'_> {
                 .metrics
                 .frame_errors
                 .fetch_add(1, Ordering::Relaxed);
-            let frame = protocol::error_frame("the server is shutting down; message not stored");
+            let frame = protocol::error_frame(
+                ErrorKind::Unavailable,
+                "the server is shutting down; message not stored",
+            );
             self.conn
                 .fill_reply(slot, protocol::with_id(frame, self.id.as_deref()));
         }
@@ -312,10 +321,11 @@ impl Reader<'_> {
 
     async fn token(&mut self, token: &str) {
         match self.inner.auth.verify_token(token).await {
-            Err(e) => self.error(&format!("token rejected: {e}")),
-            Ok(p) if p.id != self.conn.user_id => {
-                self.error("token rejected: it belongs to another user")
-            }
+            Err(e) => self.error(ErrorKind::Unauthorized, &format!("token rejected: {e}")),
+            Ok(p) if p.id != self.conn.user_id => self.error(
+                ErrorKind::Unauthorized,
+                "token rejected: it belongs to another user",
+            ),
             Ok(p) => {
                 let exp = p.claims.exp;
                 self.conn.with_auth(|a| {

@@ -18,7 +18,7 @@ use super::{
     Inner,
     conn::{Conn, ReplySlot},
     dispatch::Dispatch,
-    protocol,
+    protocol::{self, ErrorKind},
 };
 use crate::storage::{
     self,
@@ -47,8 +47,11 @@ pub enum ReplyTo {
         added_interest: bool,
     },
     /// An HTTP request.
-    Caller(oneshot::Sender<Result<Stored, String>>),
+    Caller(oneshot::Sender<Result<Stored, Failed>>),
 }
+
+/// Why a message was not (or perhaps not) stored.
+pub type Failed = (ErrorKind, String);
 
 /// A committed message: its id, or the original's for a duplicate key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +61,7 @@ pub struct Stored {
 }
 
 impl ReplyTo {
-    fn send(self, outcome: Result<Stored, &str>) {
+    fn send(self, outcome: Result<Stored, &Failed>) {
         match self {
             Self::Socket {
                 conn,
@@ -68,12 +71,12 @@ impl ReplyTo {
             } => {
                 let frame = match outcome {
                     Ok(s) => protocol::ack_frame(s.message_id, added_interest, s.duplicate),
-                    Err(message) => protocol::error_frame(message),
+                    Err((kind, message)) => protocol::error_frame(*kind, message),
                 };
                 conn.fill_reply(slot, protocol::with_id(frame, id.as_deref()));
             }
             Self::Caller(tx) => {
-                let _ = tx.send(outcome.map_err(str::to_owned));
+                let _ = tx.send(outcome.map_err(Clone::clone));
             }
         }
     }
@@ -126,9 +129,9 @@ async fn commit(inner: &Inner, batch: &mut Vec<Pending>) {
                 let _ = inner.dispatch.send(Dispatch::Local(events));
             }
         }
-        Err(message) => {
+        Err(failed) => {
             for p in batch.drain(..) {
-                p.reply.send(Err(&message));
+                p.reply.send(Err(&failed));
             }
         }
     }
@@ -186,7 +189,7 @@ fn maybe_sent(e: &sqlx::Error) -> bool {
     !matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
-async fn store(inner: &Inner, rows: &NewBatch) -> Result<Appended, String> {
+async fn store(inner: &Inner, rows: &NewBatch) -> Result<Appended, Failed> {
     let batch = Uuid::new_v4();
     let deadline = Instant::now() + Duration::from_millis(inner.settings.commit_timeout_ms);
     let mut in_doubt = false;
@@ -218,14 +221,23 @@ async fn store(inner: &Inner, rows: &NewBatch) -> Result<Appended, String> {
         };
         if !transient(&e) {
             tracing::error!(error = %e, "storing a batch of events failed");
-            return Err("message not stored: internal error".into());
+            return Err((
+                ErrorKind::Internal,
+                "message not stored: internal error".into(),
+            ));
         }
         if Instant::now() + delay > deadline {
             tracing::warn!(error = %e, in_doubt, "giving up on a batch of events");
             return Err(if in_doubt {
-                "message may not have been stored: the database is not reachable; check the history before sending it again".into()
+                (
+                    ErrorKind::InDoubt,
+                    "message may not have been stored: the database is not reachable; send it again with the same key, or check the history".into(),
+                )
             } else {
-                "message not stored: the database is not reachable".into()
+                (
+                    ErrorKind::Unavailable,
+                    "message not stored: the database is not reachable".into(),
+                )
             });
         }
         tracing::debug!(error = %e, in_doubt, "batch commit failed; retrying");

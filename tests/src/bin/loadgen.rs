@@ -25,6 +25,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use core4_proto::{ClientFrame, InterestRequestFrame, MessageRequestFrame, paths};
 use futures_util::{SinkExt, StreamExt, stream};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -230,7 +231,7 @@ fn ws_url(http_url: &str, token: &str) -> String {
     let base = http_url
         .replacen("http://", "ws://", 1)
         .replacen("https://", "wss://", 1);
-    format!("{base}/core4/api/v1/event?token={token}")
+    format!("{base}{}?token={token}", paths::EVENT)
 }
 
 /// Client sockets with small buffers (tungstenite's default 128 KiB read buffer is zero-filled
@@ -263,7 +264,11 @@ async fn next_text(ws: &mut Ws) -> Result<String> {
 async fn subscriber(url: &str, channel: &str) -> Result<Ws> {
     let mut ws = connect(url).await?;
     ws.send(Message::text(
-        json!({"type": "interest", "data": [channel]}).to_string(),
+        ClientFrame::Interest(InterestRequestFrame {
+            data: Some(vec![channel.to_owned()]),
+            ..Default::default()
+        })
+        .to_text(),
     ))
     .await?;
     let reply: Value = serde_json::from_str(&next_text(&mut ws).await?)?;
@@ -442,10 +447,7 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
     if args.sse > 0 {
         let opened = Instant::now();
         let http = reqwest::Client::new();
-        let url = format!(
-            "{sub_base}/core4/api/v1/event/stream?channel={}",
-            args.channel
-        );
+        let url = format!("{sub_base}{}?channel={}", paths::EVENT_STREAM, args.channel);
         let streams: Vec<reqwest::Response> = stream::iter(0..args.sse)
             .map(|_| sse_subscriber(&http, &url, &tokens.reader))
             .buffer_unordered(64)
@@ -489,8 +491,8 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while !stop.load(Relaxed) {
                 tick.tick().await;
-                let frame = json!({"type": "message", "channel": channel, "text": payload(size)});
-                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                let frame = message(&channel, payload(size), None);
+                if tx.send(Message::text(frame.to_text())).await.is_err() {
                     break;
                 }
                 sent.fetch_add(1, Relaxed);
@@ -545,6 +547,16 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A message frame, built with the shared wire types.
+fn message(channel: &str, text: String, key: Option<String>) -> ClientFrame {
+    ClientFrame::Message(MessageRequestFrame {
+        channel: channel.to_owned(),
+        text: Value::String(text),
+        key,
+        id: None,
+    })
 }
 
 /// Opens an event stream; returns once its headers arrived.
@@ -615,13 +627,10 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
             let mut seq = 0u64;
             loop {
                 while in_flight.len() < window && !stop.load(Relaxed) {
-                    let mut frame =
-                        json!({"type": "message", "channel": channel, "text": payload(size)});
-                    if keys {
-                        seq += 1;
-                        frame["key"] = json!(format!("{run}-{publisher}-{seq}"));
-                    }
-                    if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    seq += 1;
+                    let key = keys.then(|| format!("{run}-{publisher}-{seq}"));
+                    let frame = message(&channel, payload(size), key);
+                    if tx.send(Message::text(frame.to_text())).await.is_err() {
                         return;
                     }
                     in_flight.push_back(micros_now());
@@ -921,7 +930,7 @@ async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<()> {
         // Publish with one message in flight; every ack is stamped with its arrival.
         let acks = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
         let closed_at = Arc::new(AtomicU64::new(0));
-        let frame = json!({"type": "message", "channel": args.channel, "text": "x"}).to_string();
+        let frame = message(&args.channel, "x".into(), None).to_text();
         let publisher = {
             let (acks, closed_at) = (acks.clone(), closed_at.clone());
             tokio::spawn(async move {
