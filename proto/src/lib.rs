@@ -326,10 +326,13 @@ impl ServerFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(Object))]
 pub struct PublishRequest {
-    /// The channel (trimmed and lowercased). Needs `event://<channel>/w`.
-    pub channel: String,
-    /// Any JSON value except null and the empty string; stored as the event's `data`.
-    pub text: Value,
+    /// Required: the channel (trimmed and lowercased). Needs `event://<channel>/w`.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Required: any JSON value except null and the empty string; stored as the event's
+    /// `data`. (Both are checked after the credentials, with the socket's error phrases.)
+    #[serde(default)]
+    pub text: Option<Value>,
     /// Idempotency key (1 to 128 characters); the `Idempotency-Key` header does the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,

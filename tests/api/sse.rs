@@ -211,3 +211,23 @@ async fn a_python_client_reads_and_resumes_the_stream_with_requests() {
     );
     assert!(stdout.starts_with("OK: "), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_quiet_stream_outlives_the_idle_timeout_with_keepalive_comments() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.http.idle_timeout_secs = 2;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut s = Stream::open(&app, "channel=message", &admin, None).await;
+    // Three keepalives span more than the idle timeout of silence.
+    let mut keepalives = 0;
+    while keepalives < 3 {
+        let e = s.next().await.expect("the stream stays open");
+        if e.comment && e.data == "keepalive" {
+            keepalives += 1;
+        }
+    }
+    let id = post(&app, &admin, "message", "still here").await;
+    assert_eq!(s.message().await.id, Some(id));
+}

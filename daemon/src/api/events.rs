@@ -117,8 +117,8 @@ requested channels is one event: `id: <message id>` and `data: <the event frame,
 as on the WebSocket>`. The stream starts with an `interest` event (the granted channels, and \
 what was left out and why); a subscriber that falls behind gets a `gap` event (page the rest from \
 history), a resume below what retention kept a `truncated` event, and a permission change an \
-`interest` event. A comment line (`: ping`) every `events.ping_interval_secs` keeps proxies from \
-closing an idle stream. When the server ends the stream (token revoked or expired: code 1008; \
+`interest` event. Comment lines (`: ping` every `events.ping_interval_secs`, `: keepalive` after \
+half of `http.idle_timeout_secs` of silence) keep proxies from closing an idle stream. When the server ends the stream (token revoked or expired: code 1008; \
 shutdown: 1001) it sends `event: close` with `{\"code\": …, \"reason\": …}` first.";
 
 impl ApiResponse for EventStream {
@@ -521,7 +521,12 @@ impl EventsApi {
                 )));
             }
         };
-        let stream = admission.into_event_stream(channel.0, since).await;
+        // Half the idle timeout: a quiet stream must never look like a dead connection.
+        let keepalive =
+            std::time::Duration::from_secs(self.state.settings.http.idle_timeout_secs) / 2;
+        let stream = admission
+            .into_event_stream(channel.0, since, keepalive)
+            .await;
         Ok(EventStream::Streaming(Body::from_bytes_stream(stream)))
     }
 
@@ -559,18 +564,20 @@ impl EventsApi {
             .require(&auth, qual::EVENT, Method::Read)
             .await?;
         let PublishRequest { channel, text, key } = body.0;
+        let channel = channel
+            .ok_or_else(|| ApiError::BadRequest("malformed message: missing `channel`".into()))?;
         let data = match text {
-            Value::Null => {
+            None | Some(Value::Null) => {
                 return Err(ApiError::BadRequest(
                     "malformed message: missing `text`".into(),
                 ));
             }
-            Value::String(s) if s.is_empty() => {
+            Some(Value::String(s)) if s.is_empty() => {
                 return Err(ApiError::BadRequest(
                     "malformed message: `text` is empty".into(),
                 ));
             }
-            v => v.to_string(),
+            Some(v) => v.to_string(),
         };
         let key = key.or(idempotency_key.0);
         if key.as_deref().is_some_and(|k| !valid_key(k)) {

@@ -437,12 +437,14 @@ impl Admission {
 
     /// Subscribes to `channels` (replaying after `since`) and returns the Server-Sent Events
     /// stream; the subscriber leaves the hub when the stream is dropped.
+    /// `keepalive`: the longest silence on the stream (a comment breaks it).
     pub async fn into_event_stream(
         self,
         channels: Vec<String>,
         since: Option<i64>,
+        keepalive: Duration,
     ) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
-        sse::stream(self, channels, since).await
+        sse::stream(self, channels, since, keepalive).await
     }
 }
 

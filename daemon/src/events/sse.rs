@@ -2,10 +2,10 @@
 //! bounded queue, gap rule, replay and re-checks), whose queue is written as an event stream
 //! instead of WebSocket frames. Events are `id: <message id>` + `data: <event frame>`; the other
 //! frames go out as events of their `type` (`interest`, `gap`, `truncated`, `error`), the
-//! server's pings as comments, and a close as `event: close` with its code and reason, after
+//! server's pings (and keepalives during silence) as comments, and a close as `event: close` with its code and reason, after
 //! which the stream ends.
 
-use std::{collections::VecDeque, fmt::Write, sync::Arc};
+use std::{collections::VecDeque, fmt::Write, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 use serde_json::Value;
@@ -19,6 +19,7 @@ pub async fn stream(
     admission: Admission,
     channels: Vec<String>,
     since: Option<i64>,
+    keepalive: Duration,
 ) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static {
     let (inner, conn) = (admission.inner.clone(), admission.conn.clone());
     let since = inner.clamp_since(since).await;
@@ -36,6 +37,7 @@ pub async fn stream(
         queue: VecDeque::new(),
         unaccounted: 0,
         done: false,
+        keepalive: keepalive.max(Duration::from_secs(1)),
     };
     futures_util::stream::unfold(state, |mut state| async move {
         let chunk = state.next_chunk().await?;
@@ -49,6 +51,9 @@ struct State {
     /// Events of the last chunk, freed from the queue limit once the next one is asked for.
     unaccounted: usize,
     done: bool,
+    /// A comment goes out after this much silence, so that the server's own idle timeout (and
+    /// proxies') never takes a quiet stream for a dead connection.
+    keepalive: Duration,
 }
 
 impl State {
@@ -72,7 +77,13 @@ impl State {
             if conn.is_closed() {
                 return None;
             }
-            conn.wait_for_frames().await;
+            if tokio::time::timeout(self.keepalive, conn.wait_for_frames())
+                .await
+                .is_err()
+            {
+                conn.seen(inner.now_ms());
+                return Some(": keepalive\n\n".into());
+            }
         }
         // The client takes what we write: that is its sign of life (it sends nothing else).
         conn.seen(inner.now_ms());
