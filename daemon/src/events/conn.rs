@@ -3,7 +3,7 @@
 //!
 //! The queue holds at most `outbound_queue` event frames (queued or being written). When an event
 //! finds it full, the socket is marked lagged and every further event is dropped for it, until
-//! the writer has written everything queued; then it gets one `gap` frame naming the last id it
+//! the sender has written everything queued; then it gets one `gap` frame naming the last id it
 //! received, and live delivery resumes. Replies (acks, errors) never count against the limit:
 //! each client frame takes one of `max_unacked` reply permits first, so they are bounded too.
 //!
@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::{limits::UserShare, protocol};
 use crate::{domain::PermissionSet, metrics::Metrics};
 
-/// A frame waiting for the socket's writer task.
+/// A frame waiting for the subscriber's sender (the task that writes it to the transport).
 #[derive(Debug)]
 pub enum Out {
     /// An event and its id (counts against the queue limit).
@@ -66,7 +66,7 @@ struct Outbox {
     /// Id of the last event queued for this socket (or the position it subscribed at); events
     /// with ids up to it are skipped.
     last_id: i64,
-    /// Id of the last event the writer took from the queue: it is on its way to the client and
+    /// Id of the last event the sender took from the queue: it is on its way to the client and
     /// cannot be called back, so a replay must start after it.
     handed: i64,
     lagged: bool,
@@ -122,9 +122,9 @@ pub struct Conn {
     cap: usize,
     auth: Mutex<ConnAuth>,
     out: Mutex<Outbox>,
-    /// Wakes the writer task.
+    /// Wakes the sender.
     wake: Notify,
-    /// The writer finished a round (room for replay frames).
+    /// The sender finished a round (room for replay frames).
     drained: Notify,
     /// Every reserved reply slot was filled.
     settled: Notify,
@@ -184,7 +184,7 @@ impl Conn {
         self.last_seen.load(Ordering::Relaxed)
     }
 
-    /// Queues a keepalive ping unless one is still waiting for the writer.
+    /// Queues a keepalive ping unless one is still waiting for the sender.
     pub fn push_ping(&self) {
         {
             let mut o = lock(&self.out);
@@ -343,7 +343,7 @@ impl Conn {
     }
 
     /// Starts a resume from `since` on `channels` (already in the interest set): events queued
-    /// but not yet taken by the writer are dropped (the replay brings them again), live events
+    /// but not yet taken by the sender are dropped (the replay brings them again), live events
     /// are held until [`Self::end_hold`]. Returns what the replay must skip: per channel, the
     /// events this socket was already sent.
     pub fn begin_hold(&self, since: i64, channels: &[String]) -> Sent {
@@ -377,7 +377,7 @@ impl Conn {
         o.closing || o.events < self.cap
     }
 
-    /// Waits until the writer made room (or the socket closes).
+    /// Waits until the sender made room (or the socket closes).
     pub async fn wait_for_room(&self) {
         loop {
             let drained = self.drained.notified();
@@ -423,12 +423,12 @@ impl Conn {
                     }
                 }
             }
-            // An empty queue with a pending gap: the writer must look now.
+            // An empty queue with a pending gap: the sender must look now.
         }
         self.wake.notify_one();
     }
 
-    /// For the writer: takes every queued frame (swapped into `into`, which must be empty).
+    /// For the sender: takes every queued frame (swapped into `into`, which must be empty).
     pub fn take(&self, into: &mut VecDeque<Out>) {
         let mut o = lock(&self.out);
         std::mem::swap(&mut o.frames, into);
@@ -445,7 +445,7 @@ impl Conn {
         o.ping_queued = false;
     }
 
-    /// For the writer, after writing `events` event frames: frees their room and, if the socket
+    /// For the sender, after writing `events` event frames: frees their room and, if the socket
     /// is lagged and now fully drained, queues its gap frame. Returns true when it queued one.
     pub fn written(&self, events: usize, metrics: &Metrics) -> bool {
         let gap = {
@@ -474,7 +474,7 @@ impl Conn {
         self.wake.notified().await
     }
 
-    /// Asks the writer to close the socket after what is queued, and the reader to stop.
+    /// Asks the sender to close the socket after what is queued, and the reader to stop.
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         {
             let mut o = lock(&self.out);
@@ -622,7 +622,7 @@ mod tests {
         for id in 1..=3 {
             c.push_event(id, &ev(id));
         }
-        // The writer took 1..=3 (they are on the wire); 4 is still queued.
+        // The sender took 1..=3 (they are on the wire); 4 is still queued.
         assert_eq!(c.frames(), ["e1", "e2", "e3"]);
         c.push_event(4, &ev(4));
         // Re-subscribing to a and the new b from 1: a skips what it was sent, b gets it all.

@@ -1,18 +1,22 @@
-//! The event hub: interest sets, fan-out, the batched writer and the cross-instance listener.
+//! The event hub: interest index, fan-out, the batched writer and the cross-instance listener.
 //!
 //! ```text
-//! socket reader ──Pending──▶ writer (group commit, one NOTIFY per batch) ──ack──▶ socket queue
+//! socket reader / POST /event ──Pending──▶ writer (group commit, one NOTIFY per batch) ──ack──▶ reply slot
 //!                                  │ committed batch
 //!                                  ▼
-//! LISTEN core4_events ──────▶ dispatcher (strictly in id order, once each) ──frame──▶ socket queues
+//! LISTEN core4_events ──────▶ dispatcher (strictly in id order, once each) ──frame──▶ subscriber queues
 //! poll (epoch, head) ───────▶ re-check principals, expire tokens, catch-up hint
-//! keepalive ────────────────▶ one task pings every socket, closes the silent ones
+//! keepalive ────────────────▶ one task pings every subscriber, closes the silent ones
 //! ```
-//! Ids are gapless and commit in order (see `migrations/0002_events.sql`), so the dispatcher only
-//! keeps the last id it published: anything it has not seen is read from the table by id range.
+//! A subscriber ([`conn::Conn`]) does not depend on its transport: its queue is drained by a
+//! sender that writes WebSocket frames (`session`) or Server-Sent Events (`sse`). "Writer" is
+//! only the group commit (`writer`). Ids are gapless and commit in order (see
+//! `migrations/0002_events.sql`), so the dispatcher only keeps the last id it published:
+//! anything it has not seen is read from the table by id range.
 
 mod conn;
 mod dispatch;
+mod index;
 mod limits;
 pub mod protocol;
 mod recheck;
@@ -65,10 +69,10 @@ const READ_BUFFER: usize = 4 * 1024;
 
 #[derive(Clone)]
 pub struct Hub {
-    inner: Option<Arc<Inner>>,
+    inner: Option<Arc<Shared>>,
 }
 
-pub(crate) struct Inner {
+pub(crate) struct Shared {
     pool: PgPool,
     auth: Auth,
     settings: EventSettings,
@@ -76,7 +80,8 @@ pub(crate) struct Inner {
     /// Tags this instance's NOTIFYs, so its listener can skip them.
     instance: String,
     /// channel -> sockets interested in it.
-    index: RwLock<HashMap<String, HashMap<u64, Arc<Conn>>>>,
+    /// channel -> subscribers.
+    index: index::Index,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     users: Users,
     writer: RwLock<Option<mpsc::UnboundedSender<Pending>>>,
@@ -123,13 +128,13 @@ impl Hub {
         let (epoch, _) = storage::events::poll_state(&pool).await?;
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(Shared {
             pool,
             auth,
             settings,
             metrics,
             instance: uuid::Uuid::new_v4().simple().to_string(),
-            index: RwLock::default(),
+            index: index::Index::default(),
             conns: Mutex::default(),
             users: Users::default(),
             writer: RwLock::new(Some(writer_tx)),
@@ -165,7 +170,7 @@ impl Hub {
         Self { inner: None }
     }
 
-    fn inner(&self) -> ApiResult<&Arc<Inner>> {
+    fn inner(&self) -> ApiResult<&Arc<Shared>> {
         self.inner
             .as_ref()
             .ok_or_else(|| ApiError::Unavailable("the event hub is not running".into()))
@@ -388,7 +393,7 @@ impl From<ApiError> for Refused {
 /// Pings every open socket each `ping_interval_secs` (one task for all of them: idle sockets
 /// get no timer of their own) and closes those that sent nothing, not even a pong, for two
 /// intervals: 1001 `no pong`. Interval 0 turns this off.
-async fn keepalive(inner: Arc<Inner>) {
+async fn keepalive(inner: Arc<Shared>) {
     let secs = inner.settings.ping_interval_secs;
     if secs == 0 {
         return;
@@ -424,7 +429,7 @@ async fn keepalive(inner: Arc<Inner>) {
 /// A socket admitted before its upgrade; dropping it (socket ended or upgrade failed) removes it
 /// from the hub.
 pub struct Admission {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
     conn: Arc<Conn>,
 }
 
@@ -521,28 +526,13 @@ fn grant(perms: &PermissionSet, requested: &[String], max_channels: usize) -> Gr
     }
 }
 
-impl Inner {
+impl Shared {
     /// Moves `conn` from the `old` channels to the `new` ones in the index.
     fn set_index(&self, conn: &Arc<Conn>, old: &[String], new: &[String]) {
         let left: Vec<String> = old.iter().filter(|c| !new.contains(c)).cloned().collect();
         let joined: Vec<String> = new.iter().filter(|c| !old.contains(c)).cloned().collect();
         conn.track_channels(&left, &joined);
-        let mut index = write(&self.index);
-        for ch in old.iter().filter(|c| !new.contains(c)) {
-            if let Some(subs) = index.get_mut(ch) {
-                subs.remove(&conn.id);
-                if subs.is_empty() {
-                    index.remove(ch);
-                }
-            }
-        }
-        for ch in new.iter().filter(|c| !old.contains(c)) {
-            index
-                .entry(ch.clone())
-                .or_default()
-                .insert(conn.id, conn.clone());
-        }
-        drop(index);
+        self.index.move_conn(conn, &left, &joined);
         let delta = new.len() as i64 - old.len() as i64;
         self.metrics
             .subscriptions
@@ -584,7 +574,7 @@ impl Inner {
     }
 
     /// After [`Self::set_interest`] with a `since`: tells what retention pruned, queues the
-    /// stored messages the socket was not sent yet (waiting for room as its writer drains), then
+    /// stored messages the socket was not sent yet (waiting for room as its sender drains), then
     /// releases the live events held meanwhile.
     async fn replay(&self, conn: &Conn, granted: Granted) {
         let Some(since) = granted.since else { return };

@@ -1,5 +1,5 @@
 //! One socket's two tasks: the reader answers client frames (every frame gets exactly one reply,
-//! malformed ones an `error` frame, and the socket stays open), the writer drains the socket's
+//! malformed ones an `error` frame, and the socket stays open), the sender drains the socket's
 //! queue, several frames per flush.
 //!
 //! Interest frames are bounded like messages: at most 4 × `max_channels` names each, and every
@@ -27,7 +27,7 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    Inner,
+    Shared,
     conn::{Conn, Out},
     protocol::{self, ErrorKind, Request},
     writer::{Pending, ReplyTo},
@@ -38,13 +38,13 @@ type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
 
 pub async fn run(
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
     conn: Arc<Conn>,
     ws: WebSocketStream<Upgraded>,
     since: Option<i64>,
 ) {
     let (sink, mut stream) = ws.split();
-    let mut writer = tokio::spawn(write_loop(conn.clone(), sink, inner.metrics.clone()));
+    let mut sender = tokio::spawn(send_loop(conn.clone(), sink, inner.metrics.clone()));
     let mut reader = Reader {
         inner: &inner,
         conn: &conn,
@@ -55,12 +55,12 @@ pub async fn run(
     };
     let end = reader.read_loop(&mut stream).await;
     if end == End::Server {
-        // The writer sends what is queued and the close frame; then wait briefly for the
+        // The sender sends what is queued and the close frame; then wait briefly for the
         // client's close reply so the close handshake completes.
-        let sink = match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
+        let sink = match tokio::time::timeout(Duration::from_secs(5), &mut sender).await {
             Ok(Ok(sink)) => sink,
             _ => {
-                writer.abort();
+                sender.abort();
                 None
             }
         };
@@ -88,11 +88,11 @@ pub async fn run(
             // next read sends it and then reports the connection closed.
             let _ = tokio::time::timeout(Duration::from_secs(2), stream.next()).await;
         }
-        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        if tokio::time::timeout(Duration::from_secs(2), &mut sender)
             .await
             .is_err()
         {
-            writer.abort();
+            sender.abort();
         }
     }
 }
@@ -109,7 +109,7 @@ enum End {
 }
 
 struct Reader<'a> {
-    inner: &'a Arc<Inner>,
+    inner: &'a Arc<Shared>,
     conn: &'a Arc<Conn>,
     /// `?since=` of the connect: applies to the first interest frame without its own.
     since: Option<i64>,
@@ -347,7 +347,7 @@ impl Reader<'_> {
 /// Writes queued frames until the socket closes; every frame taken in one round goes out with a
 /// single flush.
 /// Returns the sink after it sent a close frame.
-async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) -> Option<Sink> {
+async fn send_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) -> Option<Sink> {
     let mut queue = VecDeque::new();
     loop {
         conn.take(&mut queue);

@@ -10,7 +10,7 @@ use std::{collections::VecDeque, fmt::Write, sync::Arc, time::Duration};
 use futures_util::Stream;
 use serde_json::Value;
 
-use super::{Admission, Inner, conn::Out, protocol};
+use super::{Admission, Shared, conn::Out, protocol};
 
 /// The event stream of an admitted subscriber: subscribes to `channels` (replaying after
 /// `since`), then yields chunks of the stream until the hub closes it or the client leaves
@@ -61,7 +61,7 @@ impl State {
         if self.done {
             return None;
         }
-        let (inner, conn): (&Arc<Inner>, _) = (&self.admission.inner, &self.admission.conn);
+        let (inner, conn): (&Arc<Shared>, _) = (&self.admission.inner, &self.admission.conn);
         if self.unaccounted > 0 {
             inner.metrics.messages_delivered.fetch_add(
                 self.unaccounted as u64,

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    Inner,
+    Shared,
     conn::{Conn, ReplySlot},
     dispatch::Dispatch,
     protocol::{self, ErrorKind},
@@ -82,7 +82,7 @@ impl ReplyTo {
     }
 }
 
-pub async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let max = inner.settings.batch_max.max(1);
     let mut batch = Vec::with_capacity(max);
     while rx.recv_many(&mut batch, max).await > 0 {
@@ -91,7 +91,7 @@ pub async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     tracing::debug!("event writer flushed and stopped");
 }
 
-async fn commit(inner: &Inner, batch: &mut Vec<Pending>) {
+async fn commit(inner: &Shared, batch: &mut Vec<Pending>) {
     let started = Instant::now();
     let mut rows = NewBatch::default();
     let keyed = batch.iter().any(|p| p.key.is_some());
@@ -189,7 +189,7 @@ fn maybe_sent(e: &sqlx::Error) -> bool {
     !matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
-async fn store(inner: &Inner, rows: &NewBatch) -> Result<Appended, Failed> {
+async fn store(inner: &Shared, rows: &NewBatch) -> Result<Appended, Failed> {
     let batch = Uuid::new_v4();
     let deadline = Instant::now() + Duration::from_millis(inner.settings.commit_timeout_ms);
     let mut in_doubt = false;
