@@ -13,6 +13,11 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
 
+use core4_proto::{
+    ClientFrame, ErrorKind, InterestReplyFrame, InterestRequestFrame, MessageRequestFrame,
+    ServerFrame, ServerReply, TokenRequestFrame,
+};
+
 use crate::{
     context::ConfigStore,
     error::{CliError, Result},
@@ -547,7 +552,7 @@ pub enum Frame {
         granted: Vec<String>,
         denied: Vec<(String, String)>,
     },
-    /// A sent message is durably stored under this id.
+    /// A sent message is durably stored under this id (or was before, for a duplicate key).
     Ack(String),
     /// The server skipped messages after this id (slow consumer): fill from history.
     Gap(String),
@@ -556,76 +561,85 @@ pub enum Frame {
         channel: String,
         first: String,
     },
-    Error(String),
+    /// A refused frame: decide on `kind` (absent from servers that predate it), show `message`.
+    Error {
+        kind: Option<ErrorKind>,
+        message: String,
+    },
     Other(Value),
 }
 
 impl Frame {
+    /// Parses a server frame with the shared wire types; frames they do not describe (an error
+    /// without `kind` from an older server) are read leniently.
     pub fn parse(text: &str) -> Frame {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(_) => return Frame::Error(sanitize(text).into_owned()),
-        };
-        let str_field = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
-        if value.get("type").and_then(Value::as_str) == Some("truncated") {
-            return Frame::Truncated {
-                channel: sanitize(&str_field("channel").unwrap_or_default()).into_owned(),
-                first: sanitize(&str_field("first").unwrap_or_default()).into_owned(),
-            };
-        }
-        if value.get("channel").is_some() {
-            return match serde_json::from_value(value.clone()) {
-                Ok(event) => Frame::Event(event),
-                Err(_) => Frame::Other(value),
-            };
-        }
-        match value.get("type").and_then(Value::as_str) {
-            Some("send" | "interest") if value.get("message_id").is_some() => {
-                Frame::Ack(match value.get("message_id") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => unreachable!(),
-                })
-            }
-            Some("interest") => Frame::Interest {
-                granted: value
-                    .get("data")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                denied: value
-                    .get("denied")
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .map(|(ch, why)| {
-                                let why = why.as_str().unwrap_or("refused");
-                                (sanitize(ch).into_owned(), sanitize(why).into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+        let clean = |s: &str| sanitize(s).into_owned();
+        match ServerFrame::parse(text) {
+            Ok(ServerFrame::Event(e)) => Frame::Event(Event {
+                id: Some(e.id),
+                created: Some(e.created),
+                name: Some(e.name),
+                author: Some(e.author),
+                channel: e.channel,
+                data: e.data,
+            }),
+            Ok(ServerFrame::Reply(reply)) => match reply {
+                ServerReply::Send(ack) => Frame::Ack(ack.message_id),
+                ServerReply::Interest(InterestReplyFrame {
+                    message_id: Some(id),
+                    ..
+                }) => Frame::Ack(id),
+                ServerReply::Interest(i) => Frame::Interest {
+                    granted: i.data.unwrap_or_default(),
+                    denied: i
+                        .denied
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|(ch, why)| (clean(ch), clean(why)))
+                        .collect(),
+                },
+                ServerReply::Error(e) => Frame::Error {
+                    kind: Some(e.kind),
+                    message: clean(&e.message),
+                },
+                ServerReply::Gap(g) => Frame::Gap(g.after),
+                ServerReply::Truncated(t) => Frame::Truncated {
+                    channel: clean(&t.channel),
+                    first: clean(&t.first),
+                },
+                ServerReply::Token(t) => Frame::Other(serde_json::to_value(t).unwrap_or_default()),
             },
-            Some("gap") => match str_field("after") {
-                Some(after) => Frame::Gap(after),
-                None => Frame::Other(value),
+            Err(_) => match serde_json::from_str::<Value>(text) {
+                Ok(value) if value.get("type").and_then(Value::as_str) == Some("error") => {
+                    Frame::Error {
+                        kind: None,
+                        message: clean(
+                            value
+                                .get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("error"),
+                        ),
+                    }
+                }
+                Ok(value) if value.get("channel").is_some() => {
+                    match serde_json::from_value(value.clone()) {
+                        Ok(event) => Frame::Event(event),
+                        Err(_) => Frame::Other(value),
+                    }
+                }
+                Ok(value) => Frame::Other(value),
+                Err(_) => Frame::Error {
+                    kind: None,
+                    message: clean(text),
+                },
             },
-            Some("error") => Frame::Error(
-                sanitize(&str_field("message").unwrap_or_else(|| "error".into())).into_owned(),
-            ),
-            _ => Frame::Other(value),
         }
     }
 }
 
 /// WebSocket close code core4d uses when the token expired or was revoked, or the user was
 /// deactivated: reconnecting with the same token cannot help.
-const CLOSE_POLICY: u16 = 1008;
+const CLOSE_POLICY: u16 = core4_proto::close::POLICY;
 
 /// An open event WebSocket; `token` frames are handled here and never surface.
 pub struct EventSocket<'a> {
@@ -634,31 +648,42 @@ pub struct EventSocket<'a> {
 }
 
 impl EventSocket<'_> {
-    async fn send_json(&mut self, value: &Value) -> Result<()> {
+    async fn send_frame(&mut self, frame: &ClientFrame) -> Result<()> {
         self.ws
-            .send(tungstenite::Message::text(value.to_string()))
+            .send(tungstenite::Message::text(frame.to_text()))
             .await
             .map_err(|e| self.lost(e))
     }
 
     /// Replaces this socket's interests; with `since`, stored messages after that id come first.
     pub async fn interest(&mut self, channels: &[String], since: Option<&str>) -> Result<()> {
-        let mut frame = serde_json::json!({"type": "interest", "data": channels});
-        if let Some(since) = since {
-            frame["since"] = Value::String(since.to_owned());
-        }
-        self.send_json(&frame).await
+        self.send_frame(&ClientFrame::Interest(InterestRequestFrame {
+            data: Some(channels.to_vec()),
+            since: since.map(str::to_owned),
+            id: None,
+        }))
+        .await
     }
 
     /// Hands the socket a fresh token before the old one expires (the server closes it then).
     pub async fn send_token(&mut self, token: &str) -> Result<()> {
-        self.send_json(&serde_json::json!({"type": "token", "token": token}))
-            .await
+        self.send_frame(&ClientFrame::Token(TokenRequestFrame {
+            token: token.to_owned(),
+            id: None,
+        }))
+        .await
     }
 
-    pub async fn send_message(&mut self, channel: &str, text: &Value) -> Result<()> {
-        self.send_json(&serde_json::json!({"type": "message", "channel": channel, "text": text}))
-            .await
+    /// Sends a message with its idempotency `key`: sent again with the same key (after a
+    /// reconnect, say) it is stored once.
+    pub async fn send_message(&mut self, channel: &str, text: &Value, key: &str) -> Result<()> {
+        self.send_frame(&ClientFrame::Message(MessageRequestFrame {
+            channel: channel.to_owned(),
+            text: text.clone(),
+            key: Some(key.to_owned()),
+            id: None,
+        }))
+        .await
     }
 
     /// The next frame; `Ok(None)` when the server closed the connection.
@@ -855,13 +880,32 @@ mod tests {
             }
         );
         assert_eq!(
+            Frame::parse(r#"{"type":"error","kind":"rate_limited","message":"slow\u001b down"}"#),
+            Frame::Error {
+                kind: Some(ErrorKind::RateLimited),
+                message: "slow\\u{1b} down".into()
+            }
+        );
+        // Servers before error kinds, and text that is not JSON.
+        assert_eq!(
             Frame::parse(r#"{"type":"error","message":"malformed message"}"#),
-            Frame::Error("malformed message".into())
+            Frame::Error {
+                kind: None,
+                message: "malformed message".into()
+            }
         );
         assert_eq!(
             Frame::parse("error parsing json data"),
-            Frame::Error("error parsing json data".into())
+            Frame::Error {
+                kind: None,
+                message: "error parsing json data".into()
+            }
         );
+        // An event with fields missing is still an event.
+        assert!(matches!(
+            Frame::parse(r#"{"channel":"message","data":"x"}"#),
+            Frame::Event(_)
+        ));
     }
 
     #[test]

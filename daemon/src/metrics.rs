@@ -12,7 +12,7 @@ use std::{
 };
 
 #[derive(Clone, Default)]
-pub struct Metrics(Arc<Inner>);
+pub struct Metrics(Arc<Counters>);
 
 /// A Prometheus histogram over fixed upper bounds (the last one is +Inf).
 pub struct Histogram<const N: usize> {
@@ -86,7 +86,7 @@ impl Default for Histogram<13> {
 type HttpSeries = (&'static str, Arc<str>, &'static str);
 
 #[derive(Default)]
-pub struct Inner {
+pub struct Counters {
     pub connections_open: AtomicI64,
     pub subscriptions: AtomicI64,
     pub messages_published: AtomicU64,
@@ -114,8 +114,8 @@ pub struct Inner {
 }
 
 impl std::ops::Deref for Metrics {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
+    type Target = Counters;
+    fn deref(&self) -> &Counters {
         &self.0
     }
 }

@@ -162,6 +162,9 @@ pub struct EventSettings {
     pub commit_timeout_ms: u64,
     /// Seconds between retention rounds.
     pub retention_interval_secs: u64,
+    /// How long a message `key` is remembered: a message with the same (author, key) within it
+    /// is not stored again and is acknowledged with the original id (`"duplicate": true`).
+    pub idempotency_window_secs: u64,
     /// Which stored messages to keep, per channel: the first rule whose `channel` glob matches
     /// applies; a channel no rule matches keeps everything. TOML only (`[[events.retention]]`).
     pub retention: Vec<RetentionRule>,
@@ -265,6 +268,7 @@ impl Default for EventSettings {
             max_unacked: 256,
             commit_timeout_ms: 10_000,
             retention_interval_secs: 60,
+            idempotency_window_secs: 86_400,
             retention: Vec::new(),
         }
     }

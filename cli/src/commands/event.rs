@@ -10,6 +10,8 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use core4_proto::ErrorKind;
+
 use crate::{
     client::{ApiClient, Event, EventSocket, Frame, parse_seq},
     commands::{interactive, login::Profile},
@@ -251,16 +253,18 @@ async fn send(args: &SendArgs, ctx: &Context) -> Result<()> {
         .then(|| message_text(&args.text, args.json))
         .transpose()?;
     let client = ctx.client()?;
+    let mut keys = Keys::new();
     let mut socket = Some(client.connect_events().await?);
     if let Some(text) = single {
-        let id = send_reconnecting(&client, &mut socket, &channel, &text).await?;
+        let id = send_reconnecting(&client, &mut socket, &channel, &text, &keys.next()).await?;
         if let Some(socket) = socket {
             socket.close().await;
         }
         return print_ack(ctx, &channel, &id);
     }
-    // One at a time: the server's replies carry no correlation id, and this way a line refused
-    // by the rate limit can be sent again. The rate limit, not the round trip, bounds the pace.
+    // One at a time, so that a line refused by the rate limit is sent again before the next
+    // one and lines are stored in input order. The rate limit, not the round trip, bounds the
+    // pace. Every line has its own key: resent after a reconnect, it is stored once.
     // While waiting for the next line the socket is read too, so that pings are answered and
     // a close is noticed (and the next line goes over a new connection).
     let mut lines = stdin_lines();
@@ -287,7 +291,7 @@ async fn send(args: &SendArgs, ctx: &Context) -> Result<()> {
             continue;
         }
         let text = message_text(line, args.json)?;
-        let id = send_reconnecting(&client, &mut socket, &channel, &text).await?;
+        let id = send_reconnecting(&client, &mut socket, &channel, &text, &keys.next()).await?;
         print_ack(ctx, &channel, &id)?;
     }
     if let Some(socket) = socket {
@@ -296,13 +300,39 @@ async fn send(args: &SendArgs, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// Idempotency keys for the messages of this run: unique per process and message, so a
+/// message sent again after a reconnect is stored once.
+struct Keys {
+    prefix: String,
+    next: u64,
+}
+
+impl Keys {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            prefix: format!("core4ctl-{:x}-{nanos:x}", std::process::id()),
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> String {
+        self.next += 1;
+        format!("{}-{}", self.prefix, self.next)
+    }
+}
+
 /// Sends one message over `socket`, (re)connecting with backoff when there is none or the
-/// message could not be handed over; returns its id once stored.
+/// connection was lost before the ack (the key makes sending it again safe); returns its id
+/// once stored.
 async fn send_reconnecting<'c>(
     client: &'c ApiClient,
     socket: &mut Option<EventSocket<'c>>,
     channel: &str,
     text: &Value,
+    key: &str,
 ) -> Result<String> {
     let mut backoff = Backoff::new();
     loop {
@@ -317,7 +347,7 @@ async fn send_reconnecting<'c>(
                 Err(e) => return Err(e),
             },
         };
-        match send_one(open, channel, text).await? {
+        match send_one(open, channel, text, key).await? {
             Sent::Stored(id) => return Ok(id),
             Sent::NotSent(why) => {
                 *socket = None;
@@ -329,15 +359,21 @@ async fn send_reconnecting<'c>(
 
 enum Sent {
     Stored(String),
-    /// Certainly not stored (the socket was gone, or the server said so): send it again.
+    /// Not acknowledged (the socket was gone, or the server could not store it): send it again,
+    /// with the same key.
     NotSent(CliError),
 }
 
 /// Sends one message and waits until it is stored; waits and retries when rate-limited.
-async fn send_one(socket: &mut EventSocket<'_>, channel: &str, text: &Value) -> Result<Sent> {
+async fn send_one(
+    socket: &mut EventSocket<'_>,
+    channel: &str,
+    text: &Value,
+    key: &str,
+) -> Result<Sent> {
     let mut pause = Duration::from_millis(50);
     loop {
-        if let Err(e) = socket.send_message(channel, text).await {
+        if let Err(e) = socket.send_message(channel, text, key).await {
             return if retryable(&e) {
                 Ok(Sent::NotSent(e))
             } else {
@@ -345,21 +381,27 @@ async fn send_one(socket: &mut EventSocket<'_>, channel: &str, text: &Value) -> 
             };
         }
         loop {
-            match socket.next_frame().await? {
-                Some(Frame::Ack(id)) => return Ok(Sent::Stored(id)),
-                Some(Frame::Error(message)) if message.starts_with("rate limit exceeded") => break,
-                Some(Frame::Error(message)) if message.contains("message not stored") => {
-                    return Ok(Sent::NotSent(CliError::Other(message)));
+            match socket.next_frame().await {
+                Ok(Some(Frame::Ack(id))) => return Ok(Sent::Stored(id)),
+                Ok(Some(Frame::Error {
+                    kind: Some(ErrorKind::RateLimited),
+                    ..
+                })) => break,
+                Ok(Some(Frame::Error {
+                    kind: Some(ErrorKind::Unavailable | ErrorKind::InDoubt),
+                    message,
+                })) => return Ok(Sent::NotSent(CliError::Other(message))),
+                Ok(Some(Frame::Error { kind, message })) => {
+                    return Err(send_error(kind, channel, &message));
                 }
-                Some(Frame::Error(message)) => return Err(send_error(channel, &message)),
-                Some(_) => {}
-                None => {
-                    return Err(CliError::Other(
-                        "the connection closed before the message was acknowledged: it may or may \
-                         not be stored — check with `core4ctl event history`"
-                            .into(),
-                    ));
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Ok(Sent::NotSent(CliError::Other(
+                        "the connection closed before the message was acknowledged".into(),
+                    )));
                 }
+                Err(e) if retryable(&e) => return Ok(Sent::NotSent(e)),
+                Err(e) => return Err(e),
             }
         }
         tokio::time::sleep(pause).await;
@@ -367,8 +409,8 @@ async fn send_one(socket: &mut EventSocket<'_>, channel: &str, text: &Value) -> 
     }
 }
 
-fn send_error(channel: &str, message: &str) -> CliError {
-    if message.starts_with("no write permission") {
+fn send_error(kind: Option<ErrorKind>, channel: &str, message: &str) -> CliError {
+    if kind == Some(ErrorKind::Forbidden) {
         CliError::Auth(format!(
             "{message}: your account may not send to {} — ask an administrator for event://{}/w",
             sanitize(channel),
@@ -632,7 +674,21 @@ async fn tail(args: &TailArgs, ctx: &Context) -> Result<()> {
                 sanitize(since)
             ))
         })?;
-        printer.last = Some(seq);
+        // An id beyond the newest stored one starts at the newest: what comes next is printed
+        // (the printer skips ids up to where it starts). Unreadable channels are the socket's
+        // to refuse.
+        let mut newest: Option<u64> = None;
+        for channel in &channels {
+            if let Ok(latest) = history_after(&client, channel, None, Some(1), None).await {
+                newest = Some(
+                    latest
+                        .iter()
+                        .filter_map(Event::seq)
+                        .fold(newest.unwrap_or(0), u64::max),
+                );
+            }
+        }
+        printer.last = Some(newest.map_or(seq, |n| seq.min(n)));
     } else if let Some(n) = args.last {
         let limit = Some(n.max(1));
         let recent = history_merged(&channels, None, |channel, after, below| {
@@ -685,19 +741,75 @@ async fn reconnecting(
     }
 }
 
-/// Outgoing chat lines: those sent and not yet acknowledged, in order, and those to send
-/// again after the reconnect (certainly not stored).
+/// Outgoing chat lines, in input order, each with its idempotency key. One is in flight at a
+/// time, so a line the rate limit refused goes out again before the next and lines are stored
+/// in order; after a reconnect the line in flight is sent again with its key (stored once).
 struct Outbox<'a> {
     channel: &'a str,
     lines: mpsc::Receiver<std::io::Result<String>>,
     eof: bool,
-    unacked: VecDeque<String>,
-    resend: VecDeque<String>,
+    keys: Keys,
+    /// (key, line) not yet acknowledged; the first is on its way when `in_flight`.
+    queue: VecDeque<(String, String)>,
+    in_flight: bool,
+    /// After a refusal worth retrying (rate limit, database away): when to send again.
+    retry_at: Option<tokio::time::Instant>,
+    pause: Duration,
 }
 
 impl Outbox<'_> {
+    fn new<'a>(channel: &'a str, lines: mpsc::Receiver<std::io::Result<String>>) -> Outbox<'a> {
+        Outbox {
+            channel,
+            lines,
+            eof: false,
+            keys: Keys::new(),
+            queue: VecDeque::new(),
+            in_flight: false,
+            retry_at: None,
+            pause: Duration::from_millis(50),
+        }
+    }
+
     fn done(&self) -> bool {
-        self.eof && self.unacked.is_empty() && self.resend.is_empty()
+        self.eof && self.queue.is_empty()
+    }
+
+    /// Sends the first queued line unless one is in flight or a retry is not due yet.
+    async fn send_next(&mut self, socket: &mut EventSocket<'_>) -> Result<()> {
+        if self.in_flight || self.retry_at.is_some() {
+            return Ok(());
+        }
+        if let Some((key, line)) = self.queue.front() {
+            socket
+                .send_message(self.channel, &Value::String(line.clone()), key)
+                .await?;
+            self.in_flight = true;
+        }
+        Ok(())
+    }
+
+    /// The line in flight was stored.
+    fn acked(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            self.queue.pop_front();
+            self.pause = Duration::from_millis(50);
+        }
+    }
+
+    /// The line in flight was refused for now: it goes out again after a pause.
+    fn retry_later(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            self.retry_at = Some(tokio::time::Instant::now() + self.pause);
+            self.pause = (self.pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The line in flight was refused for good.
+    fn refused(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            self.queue.pop_front();
+        }
     }
 }
 
@@ -756,30 +868,17 @@ async fn follow(
     let mut readable: Vec<String> = channels.to_vec();
     socket.interest(channels, Some(&printer.since())).await?;
     if let Some(out) = outbox.as_deref_mut() {
-        if !out.unacked.is_empty() {
-            eprintln!(
-                "core4ctl: {} message(s) sent before the reconnect may not have been stored",
-                out.unacked.len()
-            );
-            out.unacked.clear();
-        }
-        while let Some(line) = out.resend.pop_front() {
-            if let Err(e) = socket
-                .send_message(out.channel, &Value::String(line.clone()))
-                .await
-            {
-                out.resend.push_front(line);
-                return Err(e);
-            }
-            out.unacked.push_back(line);
-        }
+        // The line in flight when the last connection ended goes out again with its key.
+        out.in_flight = false;
         if out.done() {
             socket.close().await;
             return Ok(SessionEnd::Done);
         }
+        out.send_next(&mut socket).await?;
     }
     loop {
         let reading = outbox.as_deref().is_some_and(|o| !o.eof);
+        let retry_at = outbox.as_deref().and_then(|o| o.retry_at);
         tokio::select! {
             line = async { outbox.as_deref_mut().expect("reading implies an outbox").lines.recv().await }, if reading => {
                 let out = outbox.as_deref_mut().expect("reading implies an outbox");
@@ -795,16 +894,17 @@ async fn follow(
                         let line = line?;
                         let line = line.trim_end_matches('\r');
                         if !line.trim().is_empty() {
-                            let line = line.to_owned();
-                            if let Err(e) = socket.send_message(out.channel, &Value::String(line.clone())).await {
-                                // Not handed over: it goes out after the reconnect.
-                                out.resend.push_back(line);
-                                return Err(e);
-                            }
-                            out.unacked.push_back(line);
+                            let key = out.keys.next();
+                            out.queue.push_back((key, line.to_owned()));
+                            out.send_next(&mut socket).await?;
                         }
                     }
                 }
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                let out = outbox.as_deref_mut().expect("a retry implies an outbox");
+                out.retry_at = None;
+                out.send_next(&mut socket).await?;
             }
             _ = tokio::time::sleep_until(keeper.next_check) => {
                 keeper.check(client).await?;
@@ -849,33 +949,36 @@ async fn follow(
                 }
                 Some(Frame::Ack(_)) => {
                     if let Some(out) = outbox.as_deref_mut() {
-                        out.unacked.pop_front();
+                        out.acked();
                         if out.done() {
                             socket.close().await;
                             return Ok(SessionEnd::Done);
                         }
+                        out.send_next(&mut socket).await?;
                     }
                 }
-                Some(Frame::Error(message)) if message.starts_with("replay stopped") => {
+                Some(Frame::Error { kind: Some(ErrorKind::ReplayStopped), .. }) => {
                     // The server could not finish replaying: the rest comes from history.
                     let after = printer.since();
                     fill_gap(client, &readable, printer, &after).await?;
                 }
-                Some(Frame::Error(message)) if message.contains("message not stored") => {
-                    // The server is shutting down: the line goes out again after the reconnect.
-                    if let Some(out) = outbox.as_deref_mut()
-                        && let Some(line) = out.unacked.pop_front()
-                    {
-                        out.resend.push_back(line);
+                Some(Frame::Error {
+                    kind: Some(ErrorKind::RateLimited | ErrorKind::Unavailable | ErrorKind::InDoubt),
+                    ..
+                }) => {
+                    // Not stored (or perhaps not): the same line, with its key, after a pause.
+                    if let Some(out) = outbox.as_deref_mut() {
+                        out.retry_later();
                     }
                 }
-                Some(Frame::Error(message)) => {
+                Some(Frame::Error { kind, message }) => {
                     // A refused chat line or token is worth a word, not the end of the session.
                     eprintln!("core4ctl: core4d: {message}");
                     if let Some(out) = outbox.as_deref_mut()
-                        && !message.starts_with("token rejected")
+                        && kind != Some(ErrorKind::Unauthorized)
                     {
-                        out.unacked.pop_front();
+                        out.refused();
+                        out.send_next(&mut socket).await?;
                     }
                 }
                 Some(Frame::Other(_)) => {}
@@ -915,13 +1018,7 @@ async fn chat_inner(args: &ChatArgs, ctx: &Context) -> Result<()> {
             sanitize(&me.name)
         );
     }
-    let mut outbox = Outbox {
-        channel: &channel,
-        lines: stdin_lines(),
-        eof: false,
-        unacked: VecDeque::new(),
-        resend: VecDeque::new(),
-    };
+    let mut outbox = Outbox::new(&channel, stdin_lines());
     let wanted = [channel.clone()];
     reconnecting(&client, &channels, &wanted, &mut printer, Some(&mut outbox)).await
 }

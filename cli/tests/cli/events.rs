@@ -749,3 +749,53 @@ fn retention_shows_in_stats_history_and_tail() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains(&gone), "{stderr}");
 }
+
+#[test]
+fn chat_waits_out_the_rate_limit_and_keeps_the_lines_in_order() {
+    let server = TestServer::spawn_with(|s| {
+        s.events.messages_per_second = 10;
+        s.events.burst = 3;
+    });
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let mut chat = cli.spawn(&["chat"], true);
+    for i in 1..=12 {
+        chat.write_line(&format!("c{i}"));
+    }
+    let (code, stderr) = chat.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("rate limit"), "{stderr}");
+    let history = cli
+        .run(&[
+            "event",
+            "history",
+            "message",
+            "--per-page",
+            "100",
+            "-o",
+            "json",
+        ])
+        .success()
+        .json();
+    let mut texts: Vec<String> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap().to_owned())
+        .collect();
+    texts.reverse();
+    let expected: Vec<String> = (1..=12).map(|i| format!("c{i}")).collect();
+    assert_eq!(texts, expected, "every line once, in input order");
+}
+
+#[test]
+fn tail_since_beyond_the_newest_id_prints_new_messages() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    cli.run(&["event", "send", "message", "old"]).success();
+    let mut tail = cli.spawn(&["event", "tail", "message", "--since", "4711"], false);
+    synced(&mut tail, &cli, "message");
+    cli.run(&["event", "send", "message", "new"]).success();
+    assert_eq!(text(&tail.line(WAIT)), "new");
+}

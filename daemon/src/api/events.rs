@@ -6,7 +6,7 @@ use poem::{
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::Query,
+    param::{Header, Query},
     payload::Json,
     registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
@@ -22,7 +22,10 @@ use crate::{
     error::{ApiError, ApiResult},
     events::{
         Admission, Refused,
-        protocol::{ClientFrame, ServerFrame, TruncatedFrame, parse_id_str},
+        protocol::{
+            ClientFrame, PublishRequest, Published, ServerFrame, TruncatedFrame, parse_id_str,
+            valid_key,
+        },
     },
     storage::{
         self,
@@ -86,6 +89,67 @@ pub struct Accepted {
     handshake_timeout: std::time::Duration,
 }
 
+/// The answer to an event stream request that passed authentication.
+pub enum EventStream {
+    /// 200, then Server-Sent Events until the hub closes the stream or the client leaves.
+    Streaming(Body),
+    /// 503: this instance is at `events.max_connections` or shutting down.
+    Busy(ErrorEnvelope),
+}
+
+impl IntoResponse for EventStream {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Streaming(body) => Response::builder()
+                .status(StatusCode::OK)
+                .content_type("text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                // nginx would otherwise buffer the stream.
+                .header("x-accel-buffering", "no")
+                .body(body),
+            Self::Busy(envelope) => busy(envelope),
+        }
+    }
+}
+
+const STREAM_DOC: &str = "Server-Sent Events (`text/event-stream`). Each stored message of the \
+requested channels is one event: `id: <message id>` and `data: <the event frame, the same JSON \
+as on the WebSocket>`. The stream starts with an `interest` event (the granted channels, and \
+what was left out and why); a subscriber that falls behind gets a `gap` event (page the rest from \
+history), a resume below what retention kept a `truncated` event, and a permission change an \
+`interest` event. Comment lines (`: ping` every `events.ping_interval_secs`, `: keepalive` after \
+half of `http.idle_timeout_secs` of silence) keep proxies from closing an idle stream. When the server ends the stream (token revoked or expired: code 1008; \
+shutdown: 1001) it sends `event: close` with `{\"code\": …, \"reason\": …}` first.";
+
+impl ApiResponse for EventStream {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: STREAM_DOC,
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: "text/event-stream",
+                    schema: ServerFrame::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ServerFrame::register(registry);
+    }
+}
+
+fn busy(envelope: ErrorEnvelope) -> Response {
+    let mut resp = Json(envelope).into_response();
+    resp.set_status(StatusCode::SERVICE_UNAVAILABLE);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, BUSY_RETRY_AFTER.into());
+    resp
+}
+
 /// Seconds a client refused with 503 is asked to wait.
 const BUSY_RETRY_AFTER: u32 = 5;
 
@@ -93,13 +157,7 @@ impl IntoResponse for EventSocket {
     fn into_response(self) -> Response {
         let accepted = match self {
             Self::Accepted(a) => a,
-            Self::Busy(envelope) => {
-                let mut resp = Json(envelope).into_response();
-                resp.set_status(StatusCode::SERVICE_UNAVAILABLE);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, BUSY_RETRY_AFTER.into());
-                return resp;
-            }
+            Self::Busy(envelope) => return busy(envelope),
         };
         let Accepted {
             accept,
@@ -146,7 +204,10 @@ one an `error` frame, and the socket stays open. The server pings every \
 1001 the server shuts down, or (reason `no pong`) the client sent nothing, not even a pong, for \
 two ping intervals; 1008 the token was revoked or expired, or the user deactivated or deleted \
 (the reason says which); 1009 a frame over the hard cap (16 times `events.max_frame_bytes`, at \
-least 1 MiB).";
+least 1 MiB); 1002 a WebSocket protocol error (e.g. reserved bits set); 1007 a text frame that is \
+not valid UTF-8. A client's close frame is answered with the same code. Replies go out in the \
+order of the frames they answer; any client frame may carry `id` (a string of at most 64 \
+characters) that its reply echoes.";
 
 impl ApiResponse for EventSocket {
     fn meta() -> MetaResponses {
@@ -390,6 +451,149 @@ impl EventsApi {
             handshake_timeout: std::time::Duration::from_secs(
                 self.state.settings.http.websocket_handshake_timeout_secs,
             ),
+        }))
+    }
+
+    /// Stream events (Server-Sent Events)
+    ///
+    /// The event channels for clients without a WebSocket: a browser's `EventSource`, `curl
+    /// -N`, any HTTP library that reads a streamed body. Credentials as for the socket (Bearer,
+    /// `?token=` or the `token` cookie, whose use from a page of another origin is refused with
+    /// 403); the same permissions, per-user and per-instance connection limits, queue and gap
+    /// rule, and re-checks: a revoked or expired token ends the stream. `Last-Event-ID` (which
+    /// `EventSource` sends by itself when it reconnects) or `?since=` resumes after that id with
+    /// no gap and no duplicate, on this or any other instance.
+    ///
+    /// ```text
+    /// GET /core4/api/v1/event/stream?channel=message&channel=system
+    ///
+    /// event: interest
+    /// data: {"data":["message","system"],"denied":{},"message":"processed interest in ['message', 'system']","type":"interest"}
+    ///
+    /// id: 17
+    /// data: {"_id":"17","created":"2026-11-27T10:00:00.123456","name":"message","author":"user1","channel":"message","data":"hello"}
+    ///
+    /// : ping
+    /// ```
+    #[oai(path = "/event/stream", method = "get", operation_id = "event_stream")]
+    async fn event_stream(
+        &self,
+        auth: TokenAuth,
+        /// A channel to receive; repeat for several (`channel=a&channel=b`).
+        channel: Query<Vec<String>>,
+        /// Replay the stored messages after this id first, then continue live.
+        since: Query<Option<String>>,
+        /// The id of the last event received (sent by `EventSource` when it reconnects); used
+        /// when `since` is not given.
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<String>>,
+    ) -> ApiResult<EventStream> {
+        let principal = self
+            .state
+            .auth
+            .require(&auth, qual::EVENT, Method::Read)
+            .await?;
+        let since = match since.0.or(last_event_id.0) {
+            None => None,
+            Some(s) => Some(parse_id_str(&s).ok_or_else(|| {
+                ApiError::BadRequest("parameter [since] must be a message id".into())
+            })?),
+        };
+        let hub = &self.state.hub;
+        let most = hub
+            .settings()
+            .map_or(256, |s| s.max_channels.saturating_mul(4).max(1));
+        if channel.0.len() > most {
+            return Err(ApiError::BadRequest(format!(
+                "parameter [channel]: {} channel names, at most {most}",
+                channel.0.len()
+            )));
+        }
+        let token = auth.token().unwrap_or_default().to_string();
+        let admission = match hub.admit(principal, &token) {
+            Ok(a) => a,
+            Err(Refused::Api(e)) => return Err(e),
+            Err(Refused::Busy(message)) => {
+                tracing::warn!(%message, "event stream refused");
+                return Ok(EventStream::Busy(ErrorEnvelope::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                )));
+            }
+        };
+        // Half the idle timeout: a quiet stream must never look like a dead connection.
+        let keepalive =
+            std::time::Duration::from_secs(self.state.settings.http.idle_timeout_secs) / 2;
+        let stream = admission
+            .into_event_stream(channel.0, since, keepalive)
+            .await;
+        Ok(EventStream::Streaming(Body::from_bytes_stream(stream)))
+    }
+
+    /// Publish a message
+    ///
+    /// Stores `text` on `channel` and broadcasts it to every subscriber, as the socket's message
+    /// frame does, and replies once the message is committed in PostgreSQL. The same permissions
+    /// as the socket (`api://core4.api.v1.request.standard.event.EventHandler` and
+    /// `event://<channel>/w`), the same per-user message rate (shared with the user's sockets)
+    /// and the same error phrases. With a key (`key` in the body or the `Idempotency-Key`
+    /// header), a message whose (author, key) was stored within `events.idempotency_window_secs`
+    /// (24 h) is not stored again: the reply names the original `message_id` with
+    /// `duplicate: true`, so a request that timed out can be sent again safely.
+    ///
+    /// ```text
+    /// POST /core4/api/v1/event
+    /// Idempotency-Key: nightly-report-2026-11-27
+    /// {"channel": "message", "text": {"report": "done"}}
+    ///
+    /// 200 {"_id": "…", "code": 200, "message": "OK", …,
+    ///      "data": {"message_id": "4711", "duplicate": false}}
+    /// ```
+    #[oai(path = "/event", method = "post", operation_id = "event_publish")]
+    async fn publish(
+        &self,
+        auth: TokenAuth,
+        body: Json<PublishRequest>,
+        /// Idempotency key (1 to 128 characters), used when the body has no `key`.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<Json<Envelope<Published>>> {
+        let principal = self
+            .state
+            .auth
+            .require(&auth, qual::EVENT, Method::Read)
+            .await?;
+        let PublishRequest { channel, text, key } = body.0;
+        let channel = channel
+            .ok_or_else(|| ApiError::BadRequest("malformed message: missing `channel`".into()))?;
+        let data = match text {
+            None | Some(Value::Null) => {
+                return Err(ApiError::BadRequest(
+                    "malformed message: missing `text`".into(),
+                ));
+            }
+            Some(Value::String(s)) if s.is_empty() => {
+                return Err(ApiError::BadRequest(
+                    "malformed message: `text` is empty".into(),
+                ));
+            }
+            Some(v) => v.to_string(),
+        };
+        let key = key.or(idempotency_key.0);
+        if key.as_deref().is_some_and(|k| !valid_key(k)) {
+            return Err(ApiError::BadRequest(format!(
+                "malformed message: `key` must be a string of 1 to {} characters",
+                crate::events::protocol::MAX_KEY_CHARS
+            )));
+        }
+        let stored = self
+            .state
+            .hub
+            .publish(&principal, &channel, data, key)
+            .await?;
+        Ok(ok(Published {
+            message_id: stored.message_id.to_string(),
+            duplicate: stored.duplicate,
         }))
     }
 

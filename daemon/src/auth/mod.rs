@@ -49,10 +49,10 @@ pub struct Principal {
 
 #[derive(Clone)]
 pub struct Auth {
-    inner: Arc<Inner>,
+    inner: Arc<AuthState>,
 }
 
-struct Inner {
+struct AuthState {
     pool: PgPool,
     keys: TokenKeys,
     hasher: Hasher,
@@ -65,7 +65,7 @@ struct Inner {
 impl Auth {
     pub fn new(pool: PgPool, secret: &[u8], hasher: Hasher, settings: &Settings) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(AuthState {
                 pool,
                 keys: TokenKeys::new(secret, settings.token_expiration),
                 hasher,

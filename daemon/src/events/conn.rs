@@ -3,15 +3,21 @@
 //!
 //! The queue holds at most `outbound_queue` event frames (queued or being written). When an event
 //! finds it full, the socket is marked lagged and every further event is dropped for it, until
-//! the writer has written everything queued; then it gets one `gap` frame naming the last id it
+//! the sender has written everything queued; then it gets one `gap` frame naming the last id it
 //! received, and live delivery resumes. Replies (acks, errors) never count against the limit:
 //! each client frame takes one of `max_unacked` reply permits first, so they are bounded too.
 //!
-//! A socket gets every id at most once and in increasing order, also across re-subscriptions:
-//! `last_id` never goes below the last event the writer took (`handed`).
+//! A socket gets every id at most once, also across re-subscriptions, and live events in
+//! increasing order. A re-subscription with `since` replays, per channel, what this socket was
+//! not sent yet: for each channel the outbox remembers the id ranges in which it may have sent
+//! that channel's events (from subscribing to unsubscribing), and the replay skips them.
+//!
+//! Replies go out in the order of the client frames they answer: each frame reserves a slot, and
+//! a reply filled early (an error) waits for the slots before it (an ack waiting for its commit).
+//! Events are not replies and keep flowing in between.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -24,7 +30,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::{limits::UserShare, protocol};
 use crate::{domain::PermissionSet, metrics::Metrics};
 
-/// A frame waiting for the socket's writer task.
+/// A frame waiting for the subscriber's sender (the task that writes it to the transport).
 #[derive(Debug)]
 pub enum Out {
     /// An event and its id (counts against the queue limit).
@@ -60,7 +66,7 @@ struct Outbox {
     /// Id of the last event queued for this socket (or the position it subscribed at); events
     /// with ids up to it are skipped.
     last_id: i64,
-    /// Id of the last event the writer took from the queue: it is on its way to the client and
+    /// Id of the last event the sender took from the queue: it is on its way to the client and
     /// cannot be called back, so a replay must start after it.
     handed: i64,
     lagged: bool,
@@ -69,7 +75,35 @@ struct Outbox {
     /// While a replay runs: live events wait here.
     held: Option<VecDeque<(i64, Utf8Bytes)>>,
     closing: bool,
+    /// Reply slots from `first_slot` on, in frame order; `None` until filled.
+    slots: VecDeque<Option<Utf8Bytes>>,
+    first_slot: u64,
+    /// Subscribed channels and the id after which their events may have been sent.
+    subscribed: HashMap<String, i64>,
+    /// Earlier subscriptions of channels: `(after, through]` id ranges whose events may have
+    /// been sent.
+    were_sent: HashMap<String, Vec<(i64, i64)>>,
 }
+
+/// Ranges kept per unsubscribed channel; older ones merge into one (skipping more, never less).
+const RANGES_KEPT: usize = 8;
+
+/// What a replay must skip: per channel, id ranges `(after, through]` already sent.
+#[derive(Debug, Default)]
+pub struct Sent(HashMap<String, Vec<(i64, i64)>>);
+
+impl Sent {
+    /// Was the event `id` of `channel` sent to this socket before the replay?
+    pub fn contains(&self, channel: &str, id: i64) -> bool {
+        self.0
+            .get(channel)
+            .is_some_and(|ranges| ranges.iter().any(|&(a, b)| a < id && id <= b))
+    }
+}
+
+/// The place of one client frame's reply in the socket's reply order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplySlot(u64);
 
 /// What happened to an event offered to a socket.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,10 +122,12 @@ pub struct Conn {
     cap: usize,
     auth: Mutex<ConnAuth>,
     out: Mutex<Outbox>,
-    /// Wakes the writer task.
+    /// Wakes the sender.
     wake: Notify,
-    /// The writer finished a round (room for replay frames).
+    /// The sender finished a round (room for replay frames).
     drained: Notify,
+    /// Every reserved reply slot was filled.
+    settled: Notify,
     closed: AtomicBool,
     close_notify: Notify,
     /// Replies still to be written; the reader takes one per client frame.
@@ -131,6 +167,7 @@ impl Conn {
             }),
             wake: Notify::new(),
             drained: Notify::new(),
+            settled: Notify::new(),
             closed: AtomicBool::new(false),
             close_notify: Notify::new(),
             replies: Semaphore::new(max_unacked.max(1)),
@@ -147,7 +184,7 @@ impl Conn {
         self.last_seen.load(Ordering::Relaxed)
     }
 
-    /// Queues a keepalive ping unless one is still waiting for the writer.
+    /// Queues a keepalive ping unless one is still waiting for the sender.
     pub fn push_ping(&self) {
         {
             let mut o = lock(&self.out);
@@ -208,8 +245,63 @@ impl Conn {
         pushed
     }
 
+    /// Reserves the next reply's place (the reader does so for every client frame, in order).
+    pub fn reserve_reply(&self) -> ReplySlot {
+        let mut o = lock(&self.out);
+        let slot = ReplySlot(o.first_slot + o.slots.len() as u64);
+        o.slots.push_back(None);
+        slot
+    }
+
+    /// Fills a reserved slot; the reply is queued once every earlier slot is filled too.
+    pub fn fill_reply(&self, slot: ReplySlot, frame: Utf8Bytes) {
+        let (queued, settled) = {
+            let mut o = lock(&self.out);
+            let Some(i) = slot.0.checked_sub(o.first_slot) else {
+                return;
+            };
+            match o.slots.get_mut(i as usize) {
+                Some(s @ None) => *s = Some(frame),
+                _ => return,
+            }
+            let mut queued = false;
+            while let Some(Some(_)) = o.slots.front() {
+                let Some(Some(frame)) = o.slots.pop_front() else {
+                    break;
+                };
+                o.first_slot += 1;
+                if !o.closing {
+                    o.frames.push_back(Out::Reply(frame));
+                    queued = true;
+                }
+            }
+            (queued, o.slots.is_empty())
+        };
+        if settled {
+            self.settled.notify_waiters();
+        }
+        if queued {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A reply to the frame being read now (after every earlier reply).
     pub fn push_reply(&self, frame: Utf8Bytes) {
-        self.push(Out::Reply(frame));
+        let slot = self.reserve_reply();
+        self.fill_reply(slot, frame);
+    }
+
+    /// Waits until every reserved reply was filled (or the socket closes).
+    pub async fn replies_settled(&self) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if lock(&self.out).slots.is_empty() || self.is_closed() {
+                return;
+            }
+            settled.await;
+        }
     }
 
     pub fn push_notice(&self, frame: Utf8Bytes) {
@@ -227,20 +319,56 @@ impl Conn {
         self.wake.notify_one();
     }
 
-    /// Starts a resume from `since`: events queued but not yet taken by the writer are dropped
-    /// (the replay brings them again, in order), live events are held until [`Self::end_hold`].
-    /// Returns where the replay starts: after `since`, or after the last event the writer already
-    /// took if that is later (those are sent, and ids go out once each and in order).
-    pub fn begin_hold(&self, since: i64) -> i64 {
+    /// Records interest changes: events of `joined` channels may be sent after the current
+    /// position; those of `left` channels may have been sent up to it.
+    pub fn track_channels(&self, left: &[String], joined: &[String]) {
+        let mut o = lock(&self.out);
+        let at = o.last_id;
+        for ch in left {
+            if let Some(after) = o.subscribed.remove(ch)
+                && after < at
+            {
+                let ranges = o.were_sent.entry(ch.clone()).or_default();
+                ranges.push((after, at));
+                if ranges.len() > RANGES_KEPT {
+                    let (a, _) = ranges.remove(0);
+                    let (_, b) = ranges.remove(0);
+                    ranges.insert(0, (a, b));
+                }
+            }
+        }
+        for ch in joined {
+            o.subscribed.entry(ch.clone()).or_insert(at);
+        }
+    }
+
+    /// Starts a resume from `since` on `channels` (already in the interest set): events queued
+    /// but not yet taken by the sender are dropped (the replay brings them again), live events
+    /// are held until [`Self::end_hold`]. Returns what the replay must skip: per channel, the
+    /// events this socket was already sent.
+    pub fn begin_hold(&self, since: i64, channels: &[String]) -> Sent {
         let mut o = lock(&self.out);
         let before = o.frames.len();
         o.frames.retain(|f| !matches!(f, Out::Event(..)));
         let removed = before - o.frames.len();
         o.events -= removed;
-        o.last_id = since.max(o.handed);
+        let handed = o.handed;
+        o.last_id = handed;
         o.lagged = false;
         o.held = Some(VecDeque::new());
-        o.last_id
+        let mut sent = Sent::default();
+        for ch in channels {
+            let mut ranges = o.were_sent.get(ch).cloned().unwrap_or_default();
+            let after = o.subscribed.get(ch).copied().unwrap_or(handed);
+            if after < handed {
+                ranges.push((after, handed));
+            }
+            if !ranges.is_empty() {
+                sent.0.insert(ch.clone(), ranges);
+            }
+            o.subscribed.insert(ch.clone(), after.min(since));
+        }
+        sent
     }
 
     /// Is there room for another replayed event?
@@ -249,7 +377,7 @@ impl Conn {
         o.closing || o.events < self.cap
     }
 
-    /// Waits until the writer made room (or the socket closes).
+    /// Waits until the sender made room (or the socket closes).
     pub async fn wait_for_room(&self) {
         loop {
             let drained = self.drained.notified();
@@ -262,16 +390,18 @@ impl Conn {
         }
     }
 
-    /// Queues a replayed event (the caller waited for room).
+    /// Queues a replayed event the socket was not sent yet (the caller waited for room and
+    /// skipped what [`Sent`] names). Replayed ids rise; they may be below live ids sent earlier
+    /// on other channels.
     pub fn push_replayed(&self, id: i64, frame: Utf8Bytes) {
         {
             let mut o = lock(&self.out);
-            if o.closing || id <= o.last_id {
+            if o.closing {
                 return;
             }
             o.frames.push_back(Out::Event(id, frame));
             o.events += 1;
-            o.last_id = id;
+            o.last_id = o.last_id.max(id);
         }
         self.wake.notify_one();
     }
@@ -293,26 +423,29 @@ impl Conn {
                     }
                 }
             }
-            // An empty queue with a pending gap: the writer must look now.
+            // An empty queue with a pending gap: the sender must look now.
         }
         self.wake.notify_one();
     }
 
-    /// For the writer: takes every queued frame (swapped into `into`, which must be empty).
+    /// For the sender: takes every queued frame (swapped into `into`, which must be empty).
     pub fn take(&self, into: &mut VecDeque<Out>) {
         let mut o = lock(&self.out);
         std::mem::swap(&mut o.frames, into);
-        // Events are queued in id order: the last one taken is the highest.
-        if let Some(id) = into.iter().rev().find_map(|f| match f {
-            Out::Event(id, _) => Some(*id),
-            _ => None,
-        }) {
-            o.handed = id;
+        if let Some(id) = into
+            .iter()
+            .filter_map(|f| match f {
+                Out::Event(id, _) => Some(*id),
+                _ => None,
+            })
+            .max()
+        {
+            o.handed = o.handed.max(id);
         }
         o.ping_queued = false;
     }
 
-    /// For the writer, after writing `events` event frames: frees their room and, if the socket
+    /// For the sender, after writing `events` event frames: frees their room and, if the socket
     /// is lagged and now fully drained, queues its gap frame. Returns true when it queued one.
     pub fn written(&self, events: usize, metrics: &Metrics) -> bool {
         let gap = {
@@ -341,7 +474,7 @@ impl Conn {
         self.wake.notified().await
     }
 
-    /// Asks the writer to close the socket after what is queued, and the reader to stop.
+    /// Asks the sender to close the socket after what is queued, and the reader to stop.
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         {
             let mut o = lock(&self.out);
@@ -360,6 +493,7 @@ impl Conn {
     pub fn mark_closed(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_notify.notify_waiters();
+        self.settled.notify_waiters();
         self.drained.notify_waiters();
         self.wake.notify_one();
     }
@@ -453,7 +587,7 @@ mod tests {
         let c = conn(10);
         c.push_event(1, &ev(1));
         c.push_reply("r".into());
-        c.begin_hold(0);
+        c.begin_hold(0, &[]);
         assert_eq!(c.push_event(3, &ev(3)), Pushed::Queued);
         assert_eq!(c.push_event(4, &ev(4)), Pushed::Queued);
         for id in 1..=3 {
@@ -467,7 +601,7 @@ mod tests {
     fn an_overflowing_hold_ends_in_a_gap_after_the_last_held_event() {
         let c = conn(1);
         let m = Metrics::default();
-        c.begin_hold(5);
+        c.begin_hold(5, &[]);
         c.push_event(7, &ev(7));
         assert_eq!(c.push_event(8, &ev(8)), Pushed::Dropped);
         c.push_replayed(6, ev(6));
@@ -478,26 +612,37 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_never_repeats_what_the_writer_already_took() {
-        // A fresh socket resumes from wherever it asks, also from before its admission.
-        assert_eq!(conn_at(10, 50).begin_hold(20), 20);
+    fn a_replay_skips_per_channel_what_the_socket_was_sent() {
+        let (a, b) = (
+            vec!["a".to_string()],
+            vec!["a".to_string(), "b".to_string()],
+        );
         let c = conn(10);
+        c.track_channels(&[], &a);
         for id in 1..=3 {
             c.push_event(id, &ev(id));
         }
-        // The writer took 1..=3 (they are on the wire); 4 is still queued.
+        // The sender took 1..=3 (they are on the wire); 4 is still queued.
         assert_eq!(c.frames(), ["e1", "e2", "e3"]);
         c.push_event(4, &ev(4));
-        // Re-subscribing with an older `since` resumes after 3, not after 1.
-        assert_eq!(c.begin_hold(1), 3);
+        // Re-subscribing to a and the new b from 1: a skips what it was sent, b gets it all.
+        c.track_channels(&[], &b[1..]);
+        let sent = c.begin_hold(1, &b);
+        assert!(sent.contains("a", 2) && sent.contains("a", 3));
+        assert!(!sent.contains("a", 4) && !sent.contains("b", 2));
         assert_eq!(c.push_event(5, &ev(5)), Pushed::Queued);
         for id in 2..=5 {
-            c.push_replayed(id, ev(id));
+            if !sent.contains("a", id) {
+                c.push_replayed(id, ev(id));
+            }
         }
         c.end_hold(false);
         assert_eq!(c.frames(), ["e4", "e5"]);
-        // A `since` beyond what was taken is kept.
-        assert_eq!(c.begin_hold(9), 9);
+        // Leaving a and coming back with an old `since`: nothing of a is sent twice.
+        c.track_channels(&a, &[]);
+        c.track_channels(&[], &a);
+        let sent = c.begin_hold(0, &a);
+        assert!(sent.contains("a", 1) && sent.contains("a", 5) && !sent.contains("a", 6));
     }
 
     #[test]
@@ -514,6 +659,18 @@ mod tests {
         assert_eq!(c.frames(), ["e41"]);
         assert!(c.written(1, &m));
         assert_eq!(c.frames(), [r#"{"type":"gap","after":"41"}"#]);
+    }
+
+    #[test]
+    fn replies_keep_frame_order_and_events_pass_them() {
+        let c = conn(10);
+        let ack = c.reserve_reply();
+        c.push_reply("error".into());
+        c.push_event(1, &ev(1));
+        assert_eq!(c.frames(), ["e1"]);
+        c.fill_reply(ack, "ack".into());
+        c.fill_reply(ack, "again".into());
+        assert_eq!(c.frames(), ["ack", "error"]);
     }
 
     #[test]

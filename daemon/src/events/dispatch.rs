@@ -11,7 +11,7 @@ use std::{
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 
-use super::{Inner, conn::Pushed, protocol, read};
+use super::{Shared, conn::Pushed, protocol};
 use crate::storage::{self, events::EventRow};
 
 /// The NOTIFY channel of committed batches (payload `<instance> <first id> <last id>`).
@@ -32,7 +32,7 @@ pub enum Dispatch {
     Stop,
 }
 
-pub async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Dispatch>, head: i64) {
+pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Dispatch>, head: i64) {
     let mut last = head;
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -74,7 +74,7 @@ pub async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Dispatch>, h
 
 /// Reads and publishes every event after `last` up to `upto`; retries while the database is away
 /// (ids up to `upto` are committed, so they must come).
-async fn fetch_until(inner: &Inner, last: &mut i64, upto: i64) {
+async fn fetch_until(inner: &Shared, last: &mut i64, upto: i64) {
     let mut delay = Duration::from_millis(50);
     while *last < upto {
         match storage::events::range(&inner.pool, *last, upto, FETCH).await {
@@ -96,14 +96,14 @@ async fn fetch_until(inner: &Inner, last: &mut i64, upto: i64) {
 }
 
 /// Encodes each event once and offers the shared bytes to every interested socket.
-fn publish(inner: &Inner, last: &mut i64, events: &[EventRow]) {
+fn publish(inner: &Shared, last: &mut i64, events: &[EventRow]) {
     let mut dropped = 0u64;
     {
-        let index = read(&inner.index);
+        let index = inner.index.view();
         for e in events {
-            if let Some(subs) = index.get(&e.channel) {
+            if index.has_subscribers(&e.channel) {
                 let frame = protocol::event_frame(e);
-                for conn in subs.values() {
+                for conn in index.subscribers(&e.channel) {
                     if conn.push_event(e.id, &frame) == Pushed::Dropped {
                         dropped += 1;
                     }
@@ -123,7 +123,7 @@ fn publish(inner: &Inner, last: &mut i64, events: &[EventRow]) {
 
 /// One LISTEN connection per instance, on a pool of its own (a listening connection must never go
 /// back to the shared pool).
-pub async fn listen(inner: Arc<Inner>) {
+pub async fn listen(inner: Arc<Shared>) {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)

@@ -73,6 +73,19 @@ impl Users {
         Some(share)
     }
 
+    /// The user's share without counting a socket (HTTP publish takes from the same bucket).
+    pub fn share(&self, user: &str, burst: u32) -> Arc<UserShare> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(user.to_string())
+            .or_insert_with(|| {
+                Arc::new(UserShare {
+                    bucket: Mutex::new(TokenBucket::new(burst, Instant::now())),
+                    connections: Mutex::new(0),
+                })
+            })
+            .clone()
+    }
+
     pub fn release(share: &UserShare) {
         if let Ok(mut n) = share.connections.lock() {
             *n = n.saturating_sub(1);

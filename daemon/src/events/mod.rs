@@ -1,23 +1,28 @@
-//! The event hub: interest sets, fan-out, the batched writer and the cross-instance listener.
+//! The event hub: interest index, fan-out, the batched writer and the cross-instance listener.
 //!
 //! ```text
-//! socket reader ──Pending──▶ writer (group commit, one NOTIFY per batch) ──ack──▶ socket queue
+//! socket reader / POST /event ──Pending──▶ writer (group commit, one NOTIFY per batch) ──ack──▶ reply slot
 //!                                  │ committed batch
 //!                                  ▼
-//! LISTEN core4_events ──────▶ dispatcher (strictly in id order, once each) ──frame──▶ socket queues
+//! LISTEN core4_events ──────▶ dispatcher (strictly in id order, once each) ──frame──▶ subscriber queues
 //! poll (epoch, head) ───────▶ re-check principals, expire tokens, catch-up hint
-//! keepalive ────────────────▶ one task pings every socket, closes the silent ones
+//! keepalive ────────────────▶ one task pings every subscriber, closes the silent ones
 //! ```
-//! Ids are gapless and commit in order (see `migrations/0002_events.sql`), so the dispatcher only
-//! keeps the last id it published: anything it has not seen is read from the table by id range.
+//! A subscriber ([`conn::Conn`]) does not depend on its transport: its queue is drained by a
+//! sender that writes WebSocket frames (`session`) or Server-Sent Events (`sse`). "Writer" is
+//! only the group commit (`writer`). Ids are gapless and commit in order (see
+//! `migrations/0002_events.sql`), so the dispatcher only keeps the last id it published:
+//! anything it has not seen is read from the table by id range.
 
 mod conn;
 mod dispatch;
+mod index;
 mod limits;
 pub mod protocol;
 mod recheck;
 pub mod retention;
 mod session;
+mod sse;
 mod writer;
 
 use std::{
@@ -37,11 +42,12 @@ use tokio::{
 };
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::WebSocketConfig};
 
+pub use self::writer::Stored;
 use self::{
-    conn::{Conn, ConnAuth},
+    conn::{Conn, ConnAuth, Sent},
     dispatch::Dispatch,
     limits::Users,
-    writer::Pending,
+    writer::{Pending, ReplyTo},
 };
 use crate::{
     auth::{Auth, Principal},
@@ -52,27 +58,21 @@ use crate::{
     storage,
 };
 
-/// Close codes the server uses.
-pub mod close {
-    /// The server shuts down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// The token was revoked, expired, or the user deactivated or deleted.
-    pub const POLICY: u16 = 1008;
-    /// A frame over the hard cap (16 × `events.max_frame_bytes`).
-    pub const TOO_BIG: u16 = 1009;
-    /// Reason of a close with [`GOING_AWAY`] for a socket that answered no ping.
-    pub const NO_PONG: &str = "no pong";
-}
+/// Close codes the server uses (defined with the frames in core4-proto).
+pub use core4_proto::close;
+
+/// Replayed rows read per query.
+const REPLAY_PAGE: i64 = 500;
 
 /// Bytes the WebSocket reader keeps per socket (idle sockets must stay small).
 const READ_BUFFER: usize = 4 * 1024;
 
 #[derive(Clone)]
 pub struct Hub {
-    inner: Option<Arc<Inner>>,
+    inner: Option<Arc<Shared>>,
 }
 
-pub(crate) struct Inner {
+pub(crate) struct Shared {
     pool: PgPool,
     auth: Auth,
     settings: EventSettings,
@@ -80,7 +80,8 @@ pub(crate) struct Inner {
     /// Tags this instance's NOTIFYs, so its listener can skip them.
     instance: String,
     /// channel -> sockets interested in it.
-    index: RwLock<HashMap<String, HashMap<u64, Arc<Conn>>>>,
+    /// channel -> subscribers.
+    index: index::Index,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     users: Users,
     writer: RwLock<Option<mpsc::UnboundedSender<Pending>>>,
@@ -127,13 +128,13 @@ impl Hub {
         let (epoch, _) = storage::events::poll_state(&pool).await?;
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(Shared {
             pool,
             auth,
             settings,
             metrics,
             instance: uuid::Uuid::new_v4().simple().to_string(),
-            index: RwLock::default(),
+            index: index::Index::default(),
             conns: Mutex::default(),
             users: Users::default(),
             writer: RwLock::new(Some(writer_tx)),
@@ -169,7 +170,7 @@ impl Hub {
         Self { inner: None }
     }
 
-    fn inner(&self) -> ApiResult<&Arc<Inner>> {
+    fn inner(&self) -> ApiResult<&Arc<Shared>> {
         self.inner
             .as_ref()
             .ok_or_else(|| ApiError::Unavailable("the event hub is not running".into()))
@@ -236,6 +237,74 @@ impl Hub {
             inner: inner.clone(),
             conn,
         })
+    }
+
+    /// Publishes one message for an HTTP caller and waits for its commit: the socket's checks
+    /// (channel name, write permission, the user's message rate) and error phrases, as an
+    /// [`ApiError`]. With a `key`, a message stored before under the same (author, key) is acked
+    /// as a duplicate instead of being stored again.
+    pub async fn publish(
+        &self,
+        principal: &Principal,
+        raw_channel: &str,
+        data: String,
+        key: Option<String>,
+    ) -> ApiResult<Stored> {
+        let inner = self.inner()?;
+        let s = &inner.settings;
+        if data.len() > s.max_frame_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "message too large: {} bytes of `text` (limit {})",
+                data.len(),
+                s.max_frame_bytes
+            )));
+        }
+        let channel = Channel::parse(raw_channel)
+            .map_err(|e| ApiError::BadRequest(format!("malformed message: {e}")))?
+            .as_str()
+            .to_string();
+        if !principal.perms.event(&channel, true) {
+            return Err(ApiError::Forbidden(format!(
+                "no write permission on channel [{channel}]"
+            )));
+        }
+        if !inner
+            .users
+            .share(&principal.id, s.burst)
+            .try_send(s.messages_per_second, s.burst)
+        {
+            inner.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "rate limit exceeded: at most {} messages per second per user (burst {}); message not stored",
+                    s.messages_per_second, s.burst
+                ),
+                retry_after: 1,
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            channel,
+            author: principal.name.clone(),
+            data,
+            key,
+            reply: ReplyTo::Caller(tx),
+        };
+        let shutting_down = || ApiError::Busy {
+            message: "the server is shutting down; message not stored".into(),
+            retry_after: 5,
+        };
+        if inner.stopping.load(Ordering::SeqCst) || inner.submit(pending).is_err() {
+            return Err(shutting_down());
+        }
+        match rx.await {
+            Ok(Ok(stored)) => Ok(stored),
+            Ok(Err((protocol::ErrorKind::Internal, _))) => Err(ApiError::internal(
+                anyhow::anyhow!("storing a message failed"),
+            )),
+            Ok(Err((_, message))) => Err(ApiError::Unavailable(message)),
+            Err(_) => Err(shutting_down()),
+        }
     }
 
     /// The WebSocket settings of event sockets: small buffers, a hard cap on frames far above the
@@ -324,7 +393,7 @@ impl From<ApiError> for Refused {
 /// Pings every open socket each `ping_interval_secs` (one task for all of them: idle sockets
 /// get no timer of their own) and closes those that sent nothing, not even a pong, for two
 /// intervals: 1001 `no pong`. Interval 0 turns this off.
-async fn keepalive(inner: Arc<Inner>) {
+async fn keepalive(inner: Arc<Shared>) {
     let secs = inner.settings.ping_interval_secs;
     if secs == 0 {
         return;
@@ -360,7 +429,7 @@ async fn keepalive(inner: Arc<Inner>) {
 /// A socket admitted before its upgrade; dropping it (socket ended or upgrade failed) removes it
 /// from the hub.
 pub struct Admission {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
     conn: Arc<Conn>,
 }
 
@@ -369,6 +438,18 @@ impl Admission {
     pub async fn serve(self, ws: WebSocketStream<Upgraded>, since: Option<i64>) {
         session::run(self.inner.clone(), self.conn.clone(), ws, since).await;
         drop(self);
+    }
+
+    /// Subscribes to `channels` (replaying after `since`) and returns the Server-Sent Events
+    /// stream; the subscriber leaves the hub when the stream is dropped.
+    /// `keepalive`: the longest silence on the stream (a comment breaks it).
+    pub async fn into_event_stream(
+        self,
+        channels: Vec<String>,
+        since: Option<i64>,
+        keepalive: Duration,
+    ) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+        sse::stream(self, channels, since, keepalive).await
     }
 }
 
@@ -391,12 +472,18 @@ impl Drop for Admission {
     }
 }
 
+/// The hub stops and takes no more messages.
+#[derive(Debug)]
+pub(crate) struct Stopping;
+
 /// The outcome of an interest request.
 pub(crate) struct Granted {
     pub channels: Vec<String>,
     pub denied: Vec<(String, String)>,
-    /// With a `since`: where the replay starts (see [`Conn::begin_hold`]).
+    /// With a `since`: where the replay starts.
     pub since: Option<i64>,
+    /// With a `since`: what the replay skips (see [`Conn::begin_hold`]).
+    pub sent: Sent,
 }
 
 /// Normalises the requested names once (`Channel::parse`) and keeps those `perms` may read, up
@@ -435,28 +522,17 @@ fn grant(perms: &PermissionSet, requested: &[String], max_channels: usize) -> Gr
         channels,
         denied,
         since: None,
+        sent: Sent::default(),
     }
 }
 
-impl Inner {
+impl Shared {
     /// Moves `conn` from the `old` channels to the `new` ones in the index.
     fn set_index(&self, conn: &Arc<Conn>, old: &[String], new: &[String]) {
-        let mut index = write(&self.index);
-        for ch in old.iter().filter(|c| !new.contains(c)) {
-            if let Some(subs) = index.get_mut(ch) {
-                subs.remove(&conn.id);
-                if subs.is_empty() {
-                    index.remove(ch);
-                }
-            }
-        }
-        for ch in new.iter().filter(|c| !old.contains(c)) {
-            index
-                .entry(ch.clone())
-                .or_default()
-                .insert(conn.id, conn.clone());
-        }
-        drop(index);
+        let left: Vec<String> = old.iter().filter(|c| !new.contains(c)).cloned().collect();
+        let joined: Vec<String> = new.iter().filter(|c| !old.contains(c)).cloned().collect();
+        conn.track_channels(&left, &joined);
+        self.index.move_conn(conn, &left, &joined);
         let delta = new.len() as i64 - old.len() as i64;
         self.metrics
             .subscriptions
@@ -472,13 +548,79 @@ impl Inner {
     fn set_interest(&self, conn: &Arc<Conn>, requested: &[String], since: Option<i64>) -> Granted {
         let perms = conn.with_auth(|a| a.perms.clone());
         let mut granted = grant(&perms, requested, self.settings.max_channels);
-        match since {
-            Some(since) => granted.since = Some(conn.begin_hold(since)),
-            None => conn.start_live(self.last_published.load(Ordering::SeqCst)),
+        if since.is_none() {
+            conn.start_live(self.last_published.load(Ordering::SeqCst));
         }
         let old = conn.with_auth(|a| std::mem::replace(&mut a.channels, granted.channels.clone()));
         self.set_index(conn, &old, &granted.channels);
+        if let Some(since) = since {
+            granted.since = Some(since);
+            granted.sent = conn.begin_hold(since, &granted.channels);
+        }
         granted
+    }
+
+    /// A `since` beyond the last stored id would hide the next live events as "already had".
+    async fn clamp_since(&self, since: Option<i64>) -> Option<i64> {
+        match since {
+            Some(s) if s > self.last_published.load(Ordering::SeqCst) => {
+                let head = storage::events::head(&self.pool)
+                    .await
+                    .unwrap_or_else(|_| self.last_published.load(Ordering::SeqCst));
+                Some(s.min(head))
+            }
+            other => other,
+        }
+    }
+
+    /// After [`Self::set_interest`] with a `since`: tells what retention pruned, queues the
+    /// stored messages the socket was not sent yet (waiting for room as its sender drains), then
+    /// releases the live events held meanwhile.
+    async fn replay(&self, conn: &Conn, granted: Granted) {
+        let Some(since) = granted.since else { return };
+        let mut cursor = since;
+        let (channels, sent) = (granted.channels, granted.sent);
+        // Messages retention deleted are reported as gone before the replay, not left as a gap.
+        match storage::events::truncated(&self.pool, &channels, since).await {
+            Ok(cut) => {
+                for (channel, first) in cut {
+                    conn.push_notice(protocol::truncated_frame(&channel, first));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading what retention pruned failed"),
+        }
+        while !channels.is_empty() && !conn.is_closed() {
+            let rows = match storage::events::replay(&self.pool, &channels, cursor, REPLAY_PAGE)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay failed");
+                    conn.end_hold(true);
+                    conn.push_notice(protocol::error_frame(
+                        protocol::ErrorKind::ReplayStopped,
+                        "replay stopped: the database is not reachable; page the rest from /event/history",
+                    ));
+                    return;
+                }
+            };
+            let n = rows.len() as i64;
+            for row in rows {
+                cursor = row.id;
+                if sent.contains(&row.channel, row.id) {
+                    continue;
+                }
+                conn.wait_for_room().await;
+                conn.push_replayed(row.id, protocol::event_frame(&row));
+            }
+            self.metrics
+                .events_replayed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            if n < REPLAY_PAGE {
+                break;
+            }
+        }
+        conn.end_hold(false);
     }
 
     /// Adds one channel (a message sent to a readable channel not yet in the set, as core4
@@ -531,10 +673,10 @@ impl Inner {
     }
 
     /// Hands a message to the writer; false when the hub is stopping.
-    fn submit(&self, pending: Pending) -> Result<(), Pending> {
+    fn submit(&self, pending: Pending) -> Result<(), Stopping> {
         match read(&self.writer).as_ref() {
-            Some(tx) => tx.send(pending).map_err(|e| e.0),
-            None => Err(pending),
+            Some(tx) => tx.send(pending).map_err(|_| Stopping),
+            None => Err(Stopping),
         }
     }
 

@@ -3,7 +3,6 @@
 //!
 //! Only event frames carry a `channel` key: core4's `chat.py` prints every frame that has one.
 
-use poem_openapi::{Object, Union};
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -17,13 +16,19 @@ pub enum Request {
         data: Vec<String>,
         since: Option<i64>,
     },
-    /// Store and broadcast `text` (compact JSON) on the raw `channel`.
-    Message { channel: String, text: String },
+    /// Store and broadcast `text` (compact JSON) on the raw `channel`; with a `key`, at most once
+    /// per (author, key) within the idempotency window.
+    Message {
+        channel: String,
+        text: String,
+        key: Option<String>,
+    },
     /// Replace the socket's token.
     Token { token: String },
 }
 
-/// Why a client frame was refused; the text goes into an `error` frame.
+/// Why a client frame was refused (always [`ErrorKind::Malformed`]); the text goes into an
+/// `error` frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameError(pub String);
 
@@ -33,16 +38,59 @@ impl FrameError {
     }
 }
 
+pub use core4_proto::{MAX_ID_CHARS, MAX_KEY_CHARS};
+
+/// A client frame with its correlation id (echoed on the reply, also on an error reply).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub id: Option<String>,
+    pub request: Result<Request, FrameError>,
+}
+
 /// Parses one text frame (the size limit is checked before).
-pub fn parse(text: &str) -> Result<Request, FrameError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| FrameError(format!("error parsing json data: {e}")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(FrameError::new(format!(
-            "a frame must be a JSON object, not {}",
-            kind(&value)
-        )));
+pub fn parse_frame(text: &str) -> Parsed {
+    let mut obj = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(obj)) => obj,
+        Ok(value) => {
+            return Parsed {
+                id: None,
+                request: Err(FrameError::new(format!(
+                    "a frame must be a JSON object, not {}",
+                    kind(&value)
+                ))),
+            };
+        }
+        Err(e) => {
+            return Parsed {
+                id: None,
+                request: Err(FrameError(format!("error parsing json data: {e}"))),
+            };
+        }
     };
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS => Some(s),
+        Some(_) => {
+            return Parsed {
+                id: None,
+                request: Err(FrameError::new(format!(
+                    "malformed frame: `id` must be a string of at most {MAX_ID_CHARS} characters"
+                ))),
+            };
+        }
+    };
+    Parsed {
+        id,
+        request: parse_object(obj),
+    }
+}
+
+/// Parses one text frame, without its correlation id.
+pub fn parse(text: &str) -> Result<Request, FrameError> {
+    parse_frame(text).request
+}
+
+fn parse_object(mut obj: Map<String, Value>) -> Result<Request, FrameError> {
     let ty = match obj.get("type") {
         None | Some(Value::Null) => {
             return Err(FrameError::new(
@@ -81,7 +129,16 @@ pub fn parse(text: &str) -> Result<Request, FrameError> {
                 }
                 Some(v) => v.to_string(),
             };
-            Ok(Request::Message { channel, text })
+            let key = match obj.get("key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) if valid_key(k) => Some(k.clone()),
+                Some(_) => {
+                    return Err(FrameError::new(format!(
+                        "malformed message: `key` must be a string of 1 to {MAX_KEY_CHARS} characters"
+                    )));
+                }
+            };
+            Ok(Request::Message { channel, text, key })
         }
         "token" => match obj.get("token") {
             Some(Value::String(s)) if !s.is_empty() => Ok(Request::Token { token: s.clone() }),
@@ -118,6 +175,11 @@ fn parse_interest(obj: &Map<String, Value>) -> Result<Request, FrameError> {
             })?),
         };
     Ok(Request::Interest { data, since })
+}
+
+/// Is `key` a valid idempotency key (1 to [`MAX_KEY_CHARS`] characters)?
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.chars().count() <= MAX_KEY_CHARS
 }
 
 /// A message id as sent by clients: a decimal string (or number), not negative.
@@ -178,19 +240,34 @@ pub fn event_frame(e: &EventRow) -> Utf8Bytes {
 }
 
 /// `{"type":"send","message_id":"<id>","message":"OK"}`, or the `interest` variant when the
-/// message also added its channel to the socket's interests (as core4 does).
-pub fn ack_frame(id: i64, added_interest: bool) -> Utf8Bytes {
+/// message also added its channel to the socket's interests (as core4 does); a keyed message
+/// that was stored before acks the original id with `"duplicate":true`.
+pub fn ack_frame(id: i64, added_interest: bool, duplicate: bool) -> Utf8Bytes {
+    let dup = if duplicate { ",\"duplicate\":true" } else { "" };
     Utf8Bytes::from(if added_interest {
         format!(
-            "{{\"type\":\"interest\",\"message_id\":\"{id}\",\"message\":\"OK, added interest in channel\"}}"
+            "{{\"type\":\"interest\",\"message_id\":\"{id}\",\"message\":\"OK, added interest in channel\"{dup}}}"
         )
     } else {
-        format!("{{\"type\":\"send\",\"message_id\":\"{id}\",\"message\":\"OK\"}}")
+        format!("{{\"type\":\"send\",\"message_id\":\"{id}\",\"message\":\"OK\"{dup}}}")
     })
 }
 
-pub fn error_frame(message: &str) -> Utf8Bytes {
-    let mut out = String::from("{\"type\":\"error\",\"message\":");
+/// The reply with the client frame's correlation `id` added (unchanged without one).
+pub fn with_id(frame: Utf8Bytes, id: Option<&str>) -> Utf8Bytes {
+    let Some(id) = id else { return frame };
+    let mut out = String::with_capacity(frame.len() + id.len() + 8);
+    out.push_str(frame.strip_suffix('}').unwrap_or(&frame));
+    out.push_str(",\"id\":");
+    push_json_str(&mut out, id);
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+pub fn error_frame(kind: ErrorKind, message: &str) -> Utf8Bytes {
+    let mut out = String::from("{\"type\":\"error\",\"kind\":\"");
+    out.push_str(kind.as_str());
+    out.push_str("\",\"message\":");
     push_json_str(&mut out, message);
     out.push('}');
     Utf8Bytes::from(out)
@@ -258,154 +335,12 @@ pub fn token_frame(expires: &str) -> Utf8Bytes {
     ))
 }
 
-// ---- JSON Schemas (registered in the API document's components by the `/event` response) ----
-
-/// Client frame: replace this socket's channel set. A list of more than 4 × `max_channels`
-/// names (default 256) is refused with an `error` frame and the set stays as it was; of the
-/// rest, the first `max_channels` (default 64) readable ones are granted. Every interest frame
-/// after a socket's first takes a token from the user's message rate limit.
-#[derive(Object)]
-pub struct InterestRequestFrame {
-    /// Channel names; trimmed and lowercased, duplicates, empty names and non-strings dropped.
-    /// Missing: unsubscribe from everything.
-    pub data: Option<Vec<String>>,
-    /// Replay the stored messages after this id on these channels first, then continue live
-    /// (no gap, no duplicate). On a socket that was already sent later events the replay starts
-    /// after the last of those instead (the reply's `since` says where).
-    pub since: Option<String>,
-}
-
-/// Client frame: store `text` on `channel` and broadcast it.
-#[derive(Object)]
-pub struct MessageRequestFrame {
-    /// The channel (normalised like interests). Needs `event://<channel>/w`.
-    pub channel: String,
-    /// Any JSON value except null and the empty string; stored as the event's `data`.
-    pub text: Value,
-}
-
-/// Client frame: replace the socket's token (before it expires) without reconnecting.
-#[derive(Object)]
-pub struct TokenRequestFrame {
-    /// A token of the same user.
-    pub token: String,
-}
-
-/// Every frame a client may send: a JSON text frame, `type` picks the kind.
-#[derive(Union)]
-#[oai(discriminator_name = "type")]
-pub enum ClientFrame {
-    #[oai(mapping = "interest")]
-    Interest(InterestRequestFrame),
-    #[oai(mapping = "message")]
-    Message(MessageRequestFrame),
-    #[oai(mapping = "token")]
-    Token(TokenRequestFrame),
-}
-
-/// Server frame: a stored event, delivered to every socket interested in its channel (the
-/// sender's too). The only frame with a `channel` key.
-#[derive(Object)]
-pub struct EventFrame {
-    /// The message id: a per-deployment increasing sequence, as a decimal string.
-    #[oai(rename = "_id")]
-    pub id: String,
-    /// Commit time, naive UTC with microseconds (`2018-10-31T06:37:15.734609`).
-    pub created: String,
-    /// `message` for chat messages.
-    pub name: String,
-    /// The sender's user name.
-    pub author: String,
-    pub channel: String,
-    /// The `text` the sender sent.
-    pub data: Value,
-}
-
-/// Server frame, `type` = `interest`: the reply to an interest frame (with `data`), or the
-/// acknowledgement of a message that also added its channel (with `message_id`).
-#[derive(Object)]
-pub struct InterestReplyFrame {
-    /// The channels this socket now receives.
-    pub data: Option<Vec<String>>,
-    /// The stored message's id (acknowledgement only).
-    pub message_id: Option<String>,
-    /// `processed interest in ['message', 'system']`, plus what was left out and why.
-    pub message: String,
-    /// Requested channels that were left out, with the reason (e.g. `no read permission`).
-    pub denied: Option<std::collections::BTreeMap<String, String>>,
-    /// Only when the interest frame had a `since`: the id the replay starts after. It is later
-    /// than the requested one when this socket was already sent events up to it (a socket gets
-    /// each id once and in increasing order); older messages of channels just added are in
-    /// `/event/history`.
-    pub since: Option<String>,
-}
-
-/// Server frame, `type` = `send`: the message is committed in PostgreSQL under `message_id`.
-#[derive(Object)]
-pub struct SendReplyFrame {
-    pub message_id: String,
-    /// `OK`.
-    pub message: String,
-}
-
-/// Server frame, `type` = `error`: the client frame was refused; the socket stays open.
-#[derive(Object)]
-pub struct ErrorReplyFrame {
-    /// For people, e.g. `malformed message: missing \`text\``.
-    pub message: String,
-}
-
-/// Server frame, `type` = `gap`: this socket fell behind and missed events after `after`; page
-/// them from `/event/history?after=<after>`. Live delivery continues after this frame.
-#[derive(Object)]
-pub struct GapFrame {
-    /// The id of the last event this socket received before the gap.
-    pub after: String,
-}
-
-/// Server frame, `type` = `truncated`: a resume reached below the oldest message retention kept
-/// on `channel`; messages before `first` are gone (pruned), not missed. Sent before the replay.
-#[derive(Object, Clone, Debug)]
-pub struct TruncatedFrame {
-    /// The channel.
-    pub channel: String,
-    /// The oldest retained message id of the channel (the next id, if none is left).
-    pub first: String,
-}
-
-/// Server frame, `type` = `token`: a token frame was accepted.
-#[derive(Object)]
-pub struct TokenReplyFrame {
-    /// `token accepted`.
-    pub message: String,
-    /// When the new token expires (naive UTC); the socket is closed then unless refreshed again.
-    pub expires: String,
-}
-
-/// Every frame the server sends besides [`EventFrame`]s; `type` picks the kind.
-#[derive(Union)]
-#[oai(discriminator_name = "type")]
-pub enum ServerReply {
-    #[oai(mapping = "interest")]
-    Interest(InterestReplyFrame),
-    #[oai(mapping = "send")]
-    Send(SendReplyFrame),
-    #[oai(mapping = "error")]
-    Error(ErrorReplyFrame),
-    #[oai(mapping = "gap")]
-    Gap(GapFrame),
-    #[oai(mapping = "truncated")]
-    Truncated(TruncatedFrame),
-    #[oai(mapping = "token")]
-    Token(TokenReplyFrame),
-}
-
-/// Every frame the server sends: events and replies.
-#[derive(Union)]
-pub enum ServerFrame {
-    Event(EventFrame),
-    Reply(ServerReply),
-}
+// The frames' types and JSON Schemas are defined once, in core4-proto; the encoders above are
+// tested against them below.
+pub use core4_proto::{
+    ClientFrame, ErrorKind, EventFrame, PublishRequest, Published, ServerFrame, ServerReply,
+    TruncatedFrame,
+};
 
 #[cfg(test)]
 mod tests {
@@ -438,7 +373,8 @@ mod tests {
             parse(r#"{"type":"message","channel":"message","text":{"b":1,"a":[true]}}"#),
             Ok(Request::Message {
                 channel: "message".into(),
-                text: r#"{"a":[true],"b":1}"#.into()
+                text: r#"{"a":[true],"b":1}"#.into(),
+                key: None,
             })
         );
         assert_eq!(
@@ -473,6 +409,43 @@ mod tests {
         assert!(err(r#"{"type":"interest","data":null}"#).contains("must be a list"));
         assert!(err(r#"{"type":"interest","data":[],"since":"x"}"#).contains("`since`"));
         assert!(err(r#"{"type":"token"}"#).contains("missing `token`"));
+        assert!(err(r#"{"type":"token","token":"t","id":5}"#).contains("`id` must be a string"));
+        let long = format!(
+            r#"{{"type":"token","token":"t","id":"{}"}}"#,
+            "x".repeat(65)
+        );
+        assert!(err(&long).contains("at most 64"));
+        let key = format!(
+            r#"{{"type":"message","channel":"c","text":"x","key":"{}"}}"#,
+            "k".repeat(129)
+        );
+        assert!(err(&key).contains("`key` must be a string of 1 to 128"));
+        assert!(err(r#"{"type":"message","channel":"c","text":"x","key":""}"#).contains("`key`"));
+    }
+
+    #[test]
+    fn correlation_ids_and_keys_are_parsed_and_echoed() {
+        let p = parse_frame(r#"{"type":"message","channel":"c","text":"x","key":"k1","id":"a"}"#);
+        assert_eq!(p.id.as_deref(), Some("a"));
+        assert_eq!(
+            p.request,
+            Ok(Request::Message {
+                channel: "c".into(),
+                text: r#""x""#.into(),
+                key: Some("k1".into())
+            })
+        );
+        // The id comes back also when the rest of the frame is refused.
+        let p = parse_frame(r#"{"type":"dance","id":"b"}"#);
+        assert_eq!(p.id.as_deref(), Some("b"));
+        assert!(p.request.is_err());
+        let v: Value =
+            serde_json::from_str(&with_id(ack_frame(3, false, false), Some("b"))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "send", "message_id": "3", "message": "OK", "id": "b"})
+        );
+        assert_eq!(&*with_id(gap_frame(1), None), &*gap_frame(1));
     }
 
     fn row() -> EventRow {
@@ -511,9 +484,11 @@ mod tests {
     #[test]
     fn replies_match_their_schemas_and_carry_no_channel() {
         let frames = [
-            ack_frame(7, false),
-            ack_frame(7, true),
-            error_frame("bad \"thing\""),
+            ack_frame(7, false, false),
+            ack_frame(7, true, true),
+            with_id(ack_frame(7, false, true), Some("c-1")),
+            with_id(error_frame(ErrorKind::Malformed, "x"), Some("\"quoted\"")),
+            error_frame(ErrorKind::RateLimited, "bad \"thing\""),
             gap_frame(41),
             interest_frame(
                 &["message".into()],
@@ -545,6 +520,77 @@ mod tests {
                 .ends_with("'c7' (no) and 12 more")
         );
         assert_eq!(value["denied"].as_object().unwrap().len(), 20);
+    }
+
+    #[test]
+    fn hand_written_encoders_decode_into_the_shared_types() {
+        use core4_proto::{ErrorReplyFrame, GapFrame, SendReplyFrame, TokenReplyFrame};
+        let reply = |frame: Utf8Bytes| serde_json::from_str::<ServerReply>(&frame).unwrap();
+        assert_eq!(
+            reply(with_id(ack_frame(7, false, true), Some("c"))),
+            ServerReply::Send(SendReplyFrame {
+                message_id: "7".into(),
+                message: "OK".into(),
+                duplicate: Some(true),
+                id: Some("c".into()),
+            })
+        );
+        assert_eq!(
+            reply(error_frame(ErrorKind::InDoubt, "may \"not\"")),
+            ServerReply::Error(ErrorReplyFrame {
+                kind: ErrorKind::InDoubt,
+                message: "may \"not\"".into(),
+                id: None,
+            })
+        );
+        assert_eq!(
+            reply(gap_frame(41)),
+            ServerReply::Gap(GapFrame { after: "41".into() })
+        );
+        assert_eq!(
+            reply(truncated_frame("c", 3)),
+            ServerReply::Truncated(TruncatedFrame {
+                channel: "c".into(),
+                first: "3".into(),
+            })
+        );
+        assert_eq!(
+            reply(token_frame("2030-01-01T00:00:00.000000")),
+            ServerReply::Token(TokenReplyFrame {
+                message: "token accepted".into(),
+                expires: "2030-01-01T00:00:00.000000".into(),
+                id: None,
+            })
+        );
+        match reply(interest_frame(&["a".into()], &[], Some(5), "x")) {
+            ServerReply::Interest(i) => {
+                assert_eq!(i.data, Some(vec!["a".to_string()]));
+                assert_eq!(i.since.as_deref(), Some("5"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let event: EventFrame = serde_json::from_str(&event_frame(&row())).unwrap();
+        assert_eq!(
+            (event.id.as_str(), &event.data),
+            ("42", &serde_json::json!({"a": "hi"}))
+        );
+        // What the daemon parses, a client builds from the same types.
+        let frame = ClientFrame::Message(core4_proto::MessageRequestFrame {
+            channel: "c".into(),
+            text: Value::String("x".into()),
+            key: Some("k".into()),
+            id: Some("i".into()),
+        });
+        let parsed = parse_frame(&frame.to_text());
+        assert_eq!(parsed.id.as_deref(), Some("i"));
+        assert_eq!(
+            parsed.request,
+            Ok(Request::Message {
+                channel: "c".into(),
+                text: r#""x""#.into(),
+                key: Some("k".into()),
+            })
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 use futures_util::{StreamExt, stream};
 use time::OffsetDateTime;
 
-use super::{Inner, close, conn::Conn, dispatch::Dispatch};
+use super::{Shared, close, conn::Conn, dispatch::Dispatch};
 use crate::{
     auth::{Method, qual},
     error::ApiError,
@@ -32,7 +32,7 @@ const MIN_GAP: Duration = Duration::from_millis(100);
 /// Distinct tokens verified at once after an epoch change.
 const CONCURRENCY: usize = 8;
 
-pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
+pub async fn run(inner: Arc<Shared>, mut seen_epoch: i64) {
     let period = Duration::from_millis(inner.settings.recheck_interval_ms.max(10));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,15 +87,20 @@ pub async fn run(inner: Arc<Inner>, mut seen_epoch: i64) {
         if rounds.is_multiple_of(20) {
             inner.users.purge(s.messages_per_second, s.burst);
         }
-        if rounds.is_multiple_of((600_000 / period.as_millis().max(1) as u64).max(1))
-            && let Err(e) = storage::events::prune_batches(&inner.pool).await
-        {
-            tracing::debug!(error = %e, "pruning event batch records failed");
+        if rounds.is_multiple_of((600_000 / period.as_millis().max(1) as u64).max(1)) {
+            if let Err(e) = storage::events::prune_batches(&inner.pool).await {
+                tracing::debug!(error = %e, "pruning event batch records failed");
+            }
+            if let Err(e) =
+                storage::events::prune_keys(&inner.pool, s.idempotency_window_secs).await
+            {
+                tracing::debug!(error = %e, "pruning idempotency keys failed");
+            }
         }
     }
 }
 
-fn expire(inner: &Inner) {
+fn expire(inner: &Shared) {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     for conn in inner.conns() {
         if conn.with_auth(|a| a.exp <= now) {
@@ -108,7 +113,7 @@ fn expire(inner: &Inner) {
 }
 
 /// Closes the sockets whose token belongs to one of the revoked sessions.
-fn close_revoked(inner: &Inner, sids: &[String]) {
+fn close_revoked(inner: &Shared, sids: &[String]) {
     let mut session_of: HashMap<Arc<str>, Option<String>> = HashMap::new();
     for conn in inner.conns() {
         if conn.is_closed() {
@@ -127,7 +132,7 @@ fn close_revoked(inner: &Inner, sids: &[String]) {
 
 /// Re-verifies every distinct token of the open sockets. False when the database could not
 /// answer for some token (the next round tries again).
-async fn recheck_all(inner: &Arc<Inner>) -> bool {
+async fn recheck_all(inner: &Arc<Shared>) -> bool {
     let mut by_token: HashMap<Arc<str>, Vec<Arc<Conn>>> = HashMap::new();
     for conn in inner.conns() {
         if conn.is_closed() {

@@ -1,5 +1,5 @@
 //! One socket's two tasks: the reader answers client frames (every frame gets exactly one reply,
-//! malformed ones an `error` frame, and the socket stays open), the writer drains the socket's
+//! malformed ones an `error` frame, and the socket stays open), the sender drains the socket's
 //! queue, several frames per flush.
 //!
 //! Interest frames are bounded like messages: at most 4 × `max_channels` names each, and every
@@ -27,42 +27,40 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    Inner,
+    Shared,
     conn::{Conn, Out},
-    protocol::{self, Request},
-    writer::Pending,
+    protocol::{self, ErrorKind, Request},
+    writer::{Pending, ReplyTo},
 };
-use crate::{domain::Channel, envelope::format_ts, metrics::Metrics, storage};
+use crate::{domain::Channel, envelope::format_ts, metrics::Metrics};
 
 type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
 
-/// Replayed rows read per query.
-const REPLAY_PAGE: i64 = 500;
-
 pub async fn run(
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
     conn: Arc<Conn>,
     ws: WebSocketStream<Upgraded>,
     since: Option<i64>,
 ) {
     let (sink, mut stream) = ws.split();
-    let mut writer = tokio::spawn(write_loop(conn.clone(), sink, inner.metrics.clone()));
+    let mut sender = tokio::spawn(send_loop(conn.clone(), sink, inner.metrics.clone()));
     let mut reader = Reader {
         inner: &inner,
         conn: &conn,
         since,
         subscribed: false,
         oversized: false,
+        id: None,
     };
-    let server_closed = reader.read_loop(&mut stream).await;
-    if server_closed {
-        // The writer sends what is queued and the close frame; then wait briefly for the
+    let end = reader.read_loop(&mut stream).await;
+    if end == End::Server {
+        // The sender sends what is queued and the close frame; then wait briefly for the
         // client's close reply so the close handshake completes.
-        let sink = match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
+        let sink = match tokio::time::timeout(Duration::from_secs(5), &mut sender).await {
             Ok(Ok(sink)) => sink,
             _ => {
-                writer.abort();
+                sender.abort();
                 None
             }
         };
@@ -85,17 +83,33 @@ pub async fn run(
         }
     } else {
         conn.mark_closed();
-        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        if end == End::PeerClose {
+            // tungstenite queued the reply to the client's close frame (RFC 6455 §5.5.1); the
+            // next read sends it and then reports the connection closed.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.next()).await;
+        }
+        if tokio::time::timeout(Duration::from_secs(2), &mut sender)
             .await
             .is_err()
         {
-            writer.abort();
+            sender.abort();
         }
     }
 }
 
+/// How the read loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The server closed the socket (a close frame is queued).
+    Server,
+    /// The client sent a close frame, to be answered.
+    PeerClose,
+    /// The connection ended without a close frame.
+    Gone,
+}
+
 struct Reader<'a> {
-    inner: &'a Arc<Inner>,
+    inner: &'a Arc<Shared>,
     conn: &'a Arc<Conn>,
     /// `?since=` of the connect: applies to the first interest frame without its own.
     since: Option<i64>,
@@ -103,15 +117,16 @@ struct Reader<'a> {
     subscribed: bool,
     /// The socket was closed for a frame over the WebSocket layer's hard cap.
     oversized: bool,
+    /// The correlation id of the frame being answered.
+    id: Option<String>,
 }
 
 impl Reader<'_> {
-    /// Returns true when the server closed the socket, false when the client went away.
-    async fn read_loop(&mut self, stream: &mut Stream) -> bool {
+    async fn read_loop(&mut self, stream: &mut Stream) -> End {
         loop {
             let msg = tokio::select! {
                 biased;
-                _ = self.conn.closed() => return true,
+                _ = self.conn.closed() => return End::Server,
                 msg = stream.next() => msg,
             };
             if let Some(Ok(_)) = &msg {
@@ -130,9 +145,20 @@ impl Reader<'_> {
                     };
                     self.oversized = true;
                     self.conn.close(super::close::TOO_BIG, reason);
-                    return true;
+                    return End::Server;
                 }
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return false,
+                Some(Err(tungstenite::Error::Protocol(e))) => {
+                    self.conn
+                        .close(super::close::PROTOCOL, format!("protocol error: {e}"));
+                    return End::Server;
+                }
+                Some(Err(tungstenite::Error::Utf8(_))) => {
+                    self.conn
+                        .close(super::close::INVALID_DATA, "text frame is not valid UTF-8");
+                    return End::Server;
+                }
+                Some(Ok(Message::Close(_))) => return End::PeerClose,
+                None | Some(Err(_)) => return End::Gone,
                 Some(Ok(Message::Text(text))) => Some(text),
                 Some(Ok(Message::Binary(_))) => None,
                 Some(Ok(_)) => continue,
@@ -141,37 +167,49 @@ impl Reader<'_> {
             // being read.
             tokio::select! {
                 biased;
-                _ = self.conn.closed() => return true,
+                _ = self.conn.closed() => return End::Server,
                 permit = self.conn.replies.acquire() => match permit {
                     Ok(p) => p.forget(),
-                    Err(_) => return true,
+                    Err(_) => return End::Server,
                 },
             }
+            self.id = None;
             match text {
                 Some(text) => self.handle(text).await,
-                None => self.error("binary frames are not supported: send JSON text frames"),
+                None => self.error(
+                    ErrorKind::Malformed,
+                    "binary frames are not supported: send JSON text frames",
+                ),
             }
         }
     }
 
-    fn error(&self, message: &str) {
+    /// The reply to the current frame, with its correlation id.
+    fn reply(&self, frame: Utf8Bytes) {
+        self.conn
+            .push_reply(protocol::with_id(frame, self.id.as_deref()));
+    }
+
+    fn error(&self, kind: ErrorKind, message: &str) {
         self.inner
             .metrics
             .frame_errors
             .fetch_add(1, Ordering::Relaxed);
-        self.conn.push_reply(protocol::error_frame(message));
+        self.reply(protocol::error_frame(kind, message));
     }
 
     async fn handle(&mut self, text: Utf8Bytes) {
         let limit = self.inner.settings.max_frame_bytes;
         if text.len() > limit {
-            return self.error(&format!(
-                "frame too large: {} bytes (limit {limit})",
-                text.len()
-            ));
+            return self.error(
+                ErrorKind::TooLarge,
+                &format!("frame too large: {} bytes (limit {limit})", text.len()),
+            );
         }
-        match protocol::parse(&text) {
-            Err(e) => self.error(&e.0),
+        let parsed = protocol::parse_frame(&text);
+        self.id = parsed.id;
+        match parsed.request {
+            Err(e) => self.error(ErrorKind::Malformed, &e.0),
             Ok(Request::Interest { data, since }) => {
                 if self.interest_refused(&data) {
                     return;
@@ -179,7 +217,7 @@ impl Reader<'_> {
                 let since = since.or(self.since.take());
                 self.interest(&data, since).await
             }
-            Ok(Request::Message { channel, text }) => self.message(&channel, text),
+            Ok(Request::Message { channel, text, key }) => self.message(&channel, text, key),
             Ok(Request::Token { token }) => self.token(&token).await,
         }
     }
@@ -193,7 +231,7 @@ impl Reader<'_> {
                 .metrics
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
-            self.error(&format!(
+            self.error(ErrorKind::RateLimited, &format!(
                 "rate limit exceeded: interest frames count against the limit of {} messages per second per user (burst {}); interest unchanged",
                 s.messages_per_second, s.burst
             ));
@@ -201,7 +239,7 @@ impl Reader<'_> {
         }
         let most = s.max_channels.saturating_mul(4).max(1);
         if requested.len() > most {
-            self.error(&format!(
+            self.error(ErrorKind::Malformed, &format!(
                 "malformed interest: {} channel names, at most {most} per frame (and {} are granted); interest unchanged",
                 requested.len(),
                 s.max_channels
@@ -212,82 +250,35 @@ impl Reader<'_> {
     }
 
     async fn interest(&mut self, requested: &[String], since: Option<i64>) {
-        // A `since` beyond the last stored id would hide the next live events as "already had".
-        let since = match since {
-            Some(s) if s > self.inner.last_published.load(Ordering::SeqCst) => {
-                let head = storage::events::head(&self.inner.pool)
-                    .await
-                    .unwrap_or_else(|_| self.inner.last_published.load(Ordering::SeqCst));
-                Some(s.min(head))
-            }
-            other => other,
-        };
+        let since = self.inner.clamp_since(since).await;
+        if since.is_some() {
+            // The reply goes before the replay: let the replies of earlier frames (acks waiting
+            // for their commit) go out first.
+            self.conn.replies_settled().await;
+        }
         let granted = self.inner.set_interest(self.conn, requested, since);
-        self.conn.push_reply(protocol::interest_frame(
+        self.reply(protocol::interest_frame(
             &granted.channels,
             &granted.denied,
             granted.since,
             "processed interest in",
         ));
-        let Some(since) = granted.since else { return };
-        let mut cursor = since;
-        let channels = granted.channels;
-        // Messages retention deleted are reported as gone before the replay, not left as a gap.
-        match storage::events::truncated(&self.inner.pool, &channels, since).await {
-            Ok(cut) => {
-                for (channel, first) in cut {
-                    self.conn
-                        .push_notice(protocol::truncated_frame(&channel, first));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading what retention pruned failed"),
-        }
-        while !channels.is_empty() && !self.conn.is_closed() {
-            let rows = match storage::events::replay(
-                &self.inner.pool,
-                &channels,
-                cursor,
-                REPLAY_PAGE,
-            )
-            .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "replay failed");
-                    self.conn.end_hold(true);
-                    self.conn.push_notice(protocol::error_frame(
-                            "replay stopped: the database is not reachable; page the rest from /event/history",
-                        ));
-                    return;
-                }
-            };
-            let n = rows.len() as i64;
-            for row in rows {
-                self.conn.wait_for_room().await;
-                cursor = row.id;
-                self.conn.push_replayed(row.id, protocol::event_frame(&row));
-            }
-            self.inner
-                .metrics
-                .events_replayed
-                .fetch_add(n as u64, Ordering::Relaxed);
-            if n < REPLAY_PAGE {
-                break;
-            }
-        }
-        self.conn.end_hold(false);
+        self.inner.replay(self.conn, granted).await;
     }
 
-    fn message(&mut self, raw_channel: &str, data: String) {
+    fn message(&mut self, raw_channel: &str, data: String, key: Option<String>) {
         let channel = match Channel::parse(raw_channel) {
             Ok(c) => c.as_str().to_string(),
-            Err(e) => return self.error(&format!("malformed message: {e}")),
+            Err(e) => return self.error(ErrorKind::Malformed, &format!("malformed message: {e}")),
         };
         let (may_write, author) = self
             .conn
             .with_auth(|a| (a.perms.event(&channel, true), a.name.clone()));
         if !may_write {
-            return self.error(&format!("no write permission on channel [{channel}]"));
+            return self.error(
+                ErrorKind::Forbidden,
+                &format!("no write permission on channel [{channel}]"),
+            );
         }
         let s = &self.inner.settings;
         if !self.conn.user.try_send(s.messages_per_second, s.burst) {
@@ -295,30 +286,46 @@ impl Reader<'_> {
                 .metrics
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
-            return self.error(&format!(
+            return self.error(ErrorKind::RateLimited, &format!(
                 "rate limit exceeded: at most {} messages per second per user (burst {}); message not stored",
                 s.messages_per_second, s.burst
             ));
         }
         let added_interest = self.inner.add_interest(self.conn, &channel);
+        let slot = self.conn.reserve_reply();
         let pending = Pending {
-            conn: self.conn.clone(),
             channel,
             author,
             data,
-            added_interest,
+            key,
+            reply: ReplyTo::Socket {
+                conn: self.conn.clone(),
+                slot,
+                id: self.id.clone(),
+                added_interest,
+            },
         };
         if self.inner.submit(pending).is_err() {
-            self.error("the server is shutting down; message not stored");
+            self.inner
+                .metrics
+                .frame_errors
+                .fetch_add(1, Ordering::Relaxed);
+            let frame = protocol::error_frame(
+                ErrorKind::Unavailable,
+                "the server is shutting down; message not stored",
+            );
+            self.conn
+                .fill_reply(slot, protocol::with_id(frame, self.id.as_deref()));
         }
     }
 
     async fn token(&mut self, token: &str) {
         match self.inner.auth.verify_token(token).await {
-            Err(e) => self.error(&format!("token rejected: {e}")),
-            Ok(p) if p.id != self.conn.user_id => {
-                self.error("token rejected: it belongs to another user")
-            }
+            Err(e) => self.error(ErrorKind::Unauthorized, &format!("token rejected: {e}")),
+            Ok(p) if p.id != self.conn.user_id => self.error(
+                ErrorKind::Unauthorized,
+                "token rejected: it belongs to another user",
+            ),
             Ok(p) => {
                 let exp = p.claims.exp;
                 self.conn.with_auth(|a| {
@@ -331,7 +338,7 @@ impl Reader<'_> {
                 let expires = time::OffsetDateTime::from_unix_timestamp(exp)
                     .map(format_ts)
                     .unwrap_or_default();
-                self.conn.push_reply(protocol::token_frame(&expires));
+                self.reply(protocol::token_frame(&expires));
             }
         }
     }
@@ -340,7 +347,7 @@ impl Reader<'_> {
 /// Writes queued frames until the socket closes; every frame taken in one round goes out with a
 /// single flush.
 /// Returns the sink after it sent a close frame.
-async fn write_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) -> Option<Sink> {
+async fn send_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) -> Option<Sink> {
     let mut queue = VecDeque::new();
     loop {
         conn.take(&mut queue);

@@ -11,27 +11,78 @@ use std::{
     time::{Duration, Instant},
 };
 
-use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Inner, conn::Conn, dispatch::Dispatch, protocol};
+use super::{
+    Shared,
+    conn::{Conn, ReplySlot},
+    dispatch::Dispatch,
+    protocol::{self, ErrorKind},
+};
 use crate::storage::{
     self,
-    events::{EventRow, NewBatch},
+    events::{Appended, EventRow, NewBatch},
 };
 
 /// A message on its way to the database.
 pub struct Pending {
-    pub conn: Arc<Conn>,
     pub channel: String,
     pub author: String,
     pub data: String,
-    /// The message also added its channel to the sender's interests (changes the ack's `type`).
-    pub added_interest: bool,
+    /// Idempotency key: stored at most once per (author, key) within the window.
+    pub key: Option<String>,
+    pub reply: ReplyTo,
 }
 
-pub async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// Who waits for a message's outcome.
+pub enum ReplyTo {
+    /// A socket: the ack or error goes into the reply slot of the frame that sent it.
+    Socket {
+        conn: Arc<Conn>,
+        slot: ReplySlot,
+        /// The frame's correlation id, echoed on the reply.
+        id: Option<String>,
+        /// The message also added its channel to the sender's interests (the ack's `type`).
+        added_interest: bool,
+    },
+    /// An HTTP request.
+    Caller(oneshot::Sender<Result<Stored, Failed>>),
+}
+
+/// Why a message was not (or perhaps not) stored.
+pub type Failed = (ErrorKind, String);
+
+/// A committed message: its id, or the original's for a duplicate key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub message_id: i64,
+    pub duplicate: bool,
+}
+
+impl ReplyTo {
+    fn send(self, outcome: Result<Stored, &Failed>) {
+        match self {
+            Self::Socket {
+                conn,
+                slot,
+                id,
+                added_interest,
+            } => {
+                let frame = match outcome {
+                    Ok(s) => protocol::ack_frame(s.message_id, added_interest, s.duplicate),
+                    Err((kind, message)) => protocol::error_frame(*kind, message),
+                };
+                conn.fill_reply(slot, protocol::with_id(frame, id.as_deref()));
+            }
+            Self::Caller(tx) => {
+                let _ = tx.send(outcome.map_err(Clone::clone));
+            }
+        }
+    }
+}
+
+pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let max = inner.settings.batch_max.max(1);
     let mut batch = Vec::with_capacity(max);
     while rx.recv_many(&mut batch, max).await > 0 {
@@ -40,47 +91,60 @@ pub async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     tracing::debug!("event writer flushed and stopped");
 }
 
-async fn commit(inner: &Inner, batch: &mut Vec<Pending>) {
+async fn commit(inner: &Shared, batch: &mut Vec<Pending>) {
     let started = Instant::now();
     let mut rows = NewBatch::default();
+    let keyed = batch.iter().any(|p| p.key.is_some());
+    let mut keys = Vec::with_capacity(if keyed { batch.len() } else { 0 });
     for p in batch.iter_mut() {
         rows.names.push("message".into());
         rows.authors.push(std::mem::take(&mut p.author));
         rows.channels.push(std::mem::take(&mut p.channel));
         rows.data.push(std::mem::take(&mut p.data));
+        if keyed {
+            keys.push(p.key.take());
+        }
+    }
+    if keyed {
+        rows.keys = Some(keys);
     }
     match store(inner, &rows).await {
-        Ok((first, created)) => {
-            let n = batch.len() as u64;
+        Ok(appended) => {
+            let events = rows_to_events(rows, &appended);
             inner
                 .metrics
-                .record_commit(n, started.elapsed().as_micros() as u64);
+                .record_commit(events.len() as u64, started.elapsed().as_micros() as u64);
             inner
                 .metrics
                 .messages_published
-                .fetch_add(n, Ordering::Relaxed);
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
             for (i, p) in batch.drain(..).enumerate() {
-                p.conn
-                    .push_reply(protocol::ack_frame(first + i as i64, p.added_interest));
+                let (message_id, duplicate) = appended.ack(i);
+                p.reply.send(Ok(Stored {
+                    message_id,
+                    duplicate,
+                }));
             }
-            let events = rows_to_events(rows, first, created);
-            let _ = inner.dispatch.send(Dispatch::Local(events));
+            if !events.is_empty() {
+                let _ = inner.dispatch.send(Dispatch::Local(events));
+            }
         }
-        Err(message) => {
-            let frame = protocol::error_frame(&message);
+        Err(failed) => {
             for p in batch.drain(..) {
-                p.conn.push_reply(frame.clone());
+                p.reply.send(Err(&failed));
             }
         }
     }
 }
 
-fn rows_to_events(rows: NewBatch, first: i64, created: OffsetDateTime) -> Vec<EventRow> {
+/// The stored messages of a batch (duplicates left out), in id order.
+fn rows_to_events(rows: NewBatch, appended: &Appended) -> Vec<EventRow> {
     let NewBatch {
         names,
         authors,
         channels,
         data,
+        keys: _,
     } = rows;
     names
         .into_iter()
@@ -88,13 +152,16 @@ fn rows_to_events(rows: NewBatch, first: i64, created: OffsetDateTime) -> Vec<Ev
         .zip(channels)
         .zip(data)
         .enumerate()
-        .map(|(i, (((name, author), channel), data))| EventRow {
-            id: first + i as i64,
-            created,
-            name,
-            author,
-            channel,
-            data,
+        .filter_map(|(i, (((name, author), channel), data))| {
+            let (id, duplicate) = appended.ack(i);
+            (!duplicate).then_some(EventRow {
+                id,
+                created: appended.created,
+                name,
+                author,
+                channel,
+                data,
+            })
         })
         .collect()
 }
@@ -122,7 +189,7 @@ fn maybe_sent(e: &sqlx::Error) -> bool {
     !matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
-async fn store(inner: &Inner, rows: &NewBatch) -> Result<(i64, OffsetDateTime), String> {
+async fn store(inner: &Shared, rows: &NewBatch) -> Result<Appended, Failed> {
     let batch = Uuid::new_v4();
     let deadline = Instant::now() + Duration::from_millis(inner.settings.commit_timeout_ms);
     let mut in_doubt = false;
@@ -138,7 +205,8 @@ async fn store(inner: &Inner, rows: &NewBatch) -> Result<(i64, OffsetDateTime), 
                 Err(e) => e,
             }
         } else {
-            match storage::events::append(&inner.pool, batch, &inner.instance, rows).await {
+            let window = inner.settings.idempotency_window_secs;
+            match storage::events::append(&inner.pool, batch, &inner.instance, rows, window).await {
                 Ok(stored) => return Ok(stored),
                 Err(e) if storage::is_unique_violation(&e) => {
                     // An earlier attempt of this batch did commit.
@@ -153,14 +221,23 @@ async fn store(inner: &Inner, rows: &NewBatch) -> Result<(i64, OffsetDateTime), 
         };
         if !transient(&e) {
             tracing::error!(error = %e, "storing a batch of events failed");
-            return Err("message not stored: internal error".into());
+            return Err((
+                ErrorKind::Internal,
+                "message not stored: internal error".into(),
+            ));
         }
         if Instant::now() + delay > deadline {
             tracing::warn!(error = %e, in_doubt, "giving up on a batch of events");
             return Err(if in_doubt {
-                "message may not have been stored: the database is not reachable; check the history before sending it again".into()
+                (
+                    ErrorKind::InDoubt,
+                    "message may not have been stored: the database is not reachable; send it again with the same key, or check the history".into(),
+                )
             } else {
-                "message not stored: the database is not reachable".into()
+                (
+                    ErrorKind::Unavailable,
+                    "message not stored: the database is not reachable".into(),
+                )
             });
         }
         tracing::debug!(error = %e, in_doubt, "batch commit failed; retrying");

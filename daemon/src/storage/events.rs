@@ -24,38 +24,76 @@ pub struct NewBatch {
     pub authors: Vec<String>,
     pub channels: Vec<String>,
     pub data: Vec<String>,
+    /// Idempotency keys, one per message; `None` when no message of the batch has one.
+    pub keys: Option<Vec<Option<String>>>,
+}
+
+/// Where a batch went: ids `first ..` in batch order, or with keys the id each message
+/// acknowledges (its own, or the original's when `dups` says it was a duplicate).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Appended {
+    pub first: i64,
+    pub created: OffsetDateTime,
+    pub acks: Option<Vec<i64>>,
+    pub dups: Option<Vec<bool>>,
+}
+
+impl Appended {
+    /// The id the `i`-th message of the batch acknowledges and whether it was a duplicate.
+    pub fn ack(&self, i: usize) -> (i64, bool) {
+        match (&self.acks, &self.dups) {
+            (Some(acks), Some(dups)) => (acks[i], dups[i]),
+            _ => (self.first + i as i64, false),
+        }
+    }
 }
 
 const COLUMNS: &str = "id, created, name, author, channel, data::text AS data";
 
-/// Appends a batch in one statement (one transaction, one NOTIFY); returns the first id and the
-/// shared `created` time. Ids are `first .. first + len`.
+/// Appends a batch in one statement (one transaction, at most one NOTIFY); keyed messages whose
+/// (author, key) was stored within `window_secs` are not stored again.
 pub async fn append(
     pool: &PgPool,
     batch: Uuid,
     instance: &str,
     rows: &NewBatch,
-) -> Result<(i64, OffsetDateTime), sqlx::Error> {
-    sqlx::query_as("SELECT o_first, o_created FROM append_events($1, $2, $3, $4, $5, $6)")
-        .bind(batch)
-        .bind(instance)
-        .bind(&rows.names)
-        .bind(&rows.authors)
-        .bind(&rows.channels)
-        .bind(&rows.data)
-        .fetch_one(pool)
-        .await
+    window_secs: u64,
+) -> Result<Appended, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT o_first AS first, o_created AS created, o_acks AS acks, o_dups AS dups \
+         FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(batch)
+    .bind(instance)
+    .bind(&rows.names)
+    .bind(&rows.authors)
+    .bind(&rows.channels)
+    .bind(&rows.data)
+    .bind(&rows.keys)
+    .bind(window_secs.min(i64::MAX as u64) as i64)
+    .fetch_one(pool)
+    .await
 }
 
 /// Where a batch was stored, if it was (the writer asks after losing its connection mid-commit).
-pub async fn batch_outcome(
-    pool: &PgPool,
-    batch: Uuid,
-) -> Result<Option<(i64, OffsetDateTime)>, sqlx::Error> {
-    sqlx::query_as("SELECT first_id, created FROM event_batches WHERE batch = $1")
-        .bind(batch)
-        .fetch_optional(pool)
-        .await
+pub async fn batch_outcome(pool: &PgPool, batch: Uuid) -> Result<Option<Appended>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT first_id AS first, created, acks, dups FROM event_batches WHERE batch = $1",
+    )
+    .bind(batch)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Forgets idempotency keys older than the window (they would count as new anyway).
+pub async fn prune_keys(pool: &PgPool, window_secs: u64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM event_keys WHERE created < clock_timestamp() - make_interval(secs => $1)",
+    )
+    .bind(window_secs as f64)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Forgets batch records older than an hour (only in-doubt commits need them, for seconds).

@@ -90,15 +90,19 @@ impl OriginPolicy {
         }
     }
 
-    /// Refuses (403) a cookie-authenticated, state-changing request (`GET /logout` included) or upgrade from a page of
-    /// an untrusted origin; lets everything else through. `client` says which host and scheme
-    /// the request was sent to (behind a trusted proxy, the forwarded ones).
+    /// Refuses (403) a cookie-authenticated, state-changing request (`GET /logout` included),
+    /// upgrade or event stream from a page of an untrusted origin; lets everything else through.
+    /// `client` says which host and scheme the request was sent to (behind a trusted proxy, the
+    /// forwarded ones).
     pub fn check(&self, req: &Request, client: &Client) -> Result<(), ApiError> {
         let headers = req.headers();
-        // `GET /logout` ends a session: a cross-site link or image must not do that either.
+        // `GET /logout` ends a session: a cross-site link or image must not do that either. The
+        // event stream is a read, but like the socket a lasting one the page keeps open.
+        let path = req.uri().path();
         let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             || headers.contains_key(header::UPGRADE)
-            || req.uri().path() == LOGOUT_PATH;
+            || path == LOGOUT_PATH
+            || path.ends_with("/event/stream");
         if !changes_state || !cookie_only(headers, req.uri().query()) {
             return Ok(());
         }

@@ -25,6 +25,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use core4_proto::{ClientFrame, InterestRequestFrame, MessageRequestFrame, paths};
 use futures_util::{SinkExt, StreamExt, stream};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -97,6 +98,10 @@ struct FanoutArgs {
     /// Run the same load against nats-server's WebSocket listener instead (e.g. ws://127.0.0.1:9222).
     #[arg(long)]
     nats: Option<String>,
+    /// Also open this many Server-Sent Events subscribers (`/event/stream`), measured apart
+    /// from the WebSocket ones in the same run.
+    #[arg(long, default_value_t = 0)]
+    sse: usize,
 }
 
 #[derive(Args)]
@@ -112,6 +117,9 @@ struct PublishArgs {
     duration: u64,
     #[arg(long, default_value = "bench")]
     channel: String,
+    /// Send every message with a unique idempotency key (measures the key check).
+    #[arg(long)]
+    keys: bool,
 }
 
 #[derive(Args)]
@@ -223,7 +231,7 @@ fn ws_url(http_url: &str, token: &str) -> String {
     let base = http_url
         .replacen("http://", "ws://", 1)
         .replacen("https://", "wss://", 1);
-    format!("{base}/core4/api/v1/event?token={token}")
+    format!("{base}{}?token={token}", paths::EVENT)
 }
 
 /// Client sockets with small buffers (tungstenite's default 128 KiB read buffer is zero-filled
@@ -256,7 +264,11 @@ async fn next_text(ws: &mut Ws) -> Result<String> {
 async fn subscriber(url: &str, channel: &str) -> Result<Ws> {
     let mut ws = connect(url).await?;
     ws.send(Message::text(
-        json!({"type": "interest", "data": [channel]}).to_string(),
+        ClientFrame::Interest(InterestRequestFrame {
+            data: Some(vec![channel.to_owned()]),
+            ..Default::default()
+        })
+        .to_text(),
     ))
     .await?;
     let reply: Value = serde_json::from_str(&next_text(&mut ws).await?)?;
@@ -431,6 +443,30 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         });
     }
 
+    let sse_stats = Arc::new(Stats::default());
+    if args.sse > 0 {
+        let opened = Instant::now();
+        let http = reqwest::Client::new();
+        let url = format!("{sub_base}{}?channel={}", paths::EVENT_STREAM, args.channel);
+        let streams: Vec<reqwest::Response> = stream::iter(0..args.sse)
+            .map(|_| sse_subscriber(&http, &url, &tokens.reader))
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()
+            .context("opening the SSE subscribers")?;
+        println!(
+            "{} SSE subscribers in {:.1} s",
+            streams.len(),
+            opened.elapsed().as_secs_f64()
+        );
+        for resp in streams {
+            let (stats, measuring) = (sse_stats.clone(), measuring.clone());
+            tokio::spawn(read_sse(resp, stats, measuring));
+        }
+    }
+
     let pub_url = ws_url(&cli.url, &tokens.writer);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -455,8 +491,8 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while !stop.load(Relaxed) {
                 tick.tick().await;
-                let frame = json!({"type": "message", "channel": channel, "text": payload(size)});
-                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                let frame = message(&channel, payload(size), None);
+                if tx.send(Message::text(frame.to_text())).await.is_err() {
                     break;
                 }
                 sent.fetch_add(1, Relaxed);
@@ -489,6 +525,19 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         stats.errors.load(Relaxed),
     );
     println!("{}", latency_line("publish-to-receive", latencies));
+    if args.sse > 0 {
+        println!(
+            "sse: {} subscribers: {:.0} deliveries/s ({:.0} expected), gaps {}",
+            args.sse,
+            sse_stats.received.load(Relaxed) as f64 / secs,
+            sent_n as f64 * args.sse as f64 / secs,
+            sse_stats.gaps.load(Relaxed),
+        );
+        println!(
+            "{}",
+            latency_line("sse publish-to-receive", sse_stats.latencies())
+        );
+    }
     println!("{}", writer_summary(&metrics_before, &metrics_after));
     if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
         println!(
@@ -498,6 +547,54 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A message frame, built with the shared wire types.
+fn message(channel: &str, text: String, key: Option<String>) -> ClientFrame {
+    ClientFrame::Message(MessageRequestFrame {
+        channel: channel.to_owned(),
+        text: Value::String(text),
+        key,
+        id: None,
+    })
+}
+
+/// Opens an event stream; returns once its headers arrived.
+async fn sse_subscriber(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Result<reqwest::Response> {
+    let resp = http.get(url).bearer_auth(token).send().await?;
+    if !resp.status().is_success() {
+        bail!("event stream refused: {}", resp.status());
+    }
+    Ok(resp)
+}
+
+/// Reads an event stream, recording each event's publish-to-receive time.
+async fn read_sse(mut resp: reqwest::Response, stats: Arc<Stats>, measuring: Arc<AtomicBool>) {
+    let sink = stats.sink();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        buf.extend_from_slice(&chunk);
+        let Some(end) = buf.windows(2).rposition(|w| w == b"\n\n") else {
+            continue;
+        };
+        for line in buf[..end].split(|b| *b == b'\n') {
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                if let Some(sent) = sent_at(data, b"\"data\":\"") {
+                    if measuring.load(Relaxed) {
+                        Stats::record(&sink, micros_now().saturating_sub(sent));
+                        stats.received.fetch_add(1, Relaxed);
+                    }
+                } else if data.starts_with(b"{\"type\":\"gap\"") {
+                    stats.gaps.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        buf.drain(..end + 2);
+    }
 }
 
 // ---- publish ----
@@ -515,18 +612,25 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    for ws in sockets {
+    // Keys are unique per run, publisher and message: every keyed message takes the full check.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    for (publisher, ws) in sockets.into_iter().enumerate() {
         let (stats, measuring, stop) = (stats.clone(), measuring.clone(), stop.clone());
         let (channel, size, window) = (args.channel.clone(), args.size, args.window.max(1));
+        let keys = args.keys;
         let sink = stats.sink();
         tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
             let mut in_flight = std::collections::VecDeque::with_capacity(window);
+            let mut seq = 0u64;
             loop {
                 while in_flight.len() < window && !stop.load(Relaxed) {
-                    let frame =
-                        json!({"type": "message", "channel": channel, "text": payload(size)});
-                    if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    seq += 1;
+                    let key = keys.then(|| format!("{run}-{publisher}-{seq}"));
+                    let frame = message(&channel, payload(size), key);
+                    if tx.send(Message::text(frame.to_text())).await.is_err() {
                         return;
                     }
                     in_flight.push_back(micros_now());
@@ -534,8 +638,11 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
                 if in_flight.is_empty() {
                     break;
                 }
-                let Some(Ok(Message::Text(t))) = rx.next().await else {
-                    break;
+                // The server's pings (every 30 s) are answered by the library: skip them.
+                let t = match rx.next().await {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
                 };
                 let Some(sent) = in_flight.pop_front() else {
                     continue;
@@ -566,9 +673,10 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let latencies = stats.latencies();
     println!(
-        "publish: {} publishers, window {}: {:.0} acknowledged messages/s, errors {}",
+        "publish: {} publishers, window {}, keys {}: {:.0} acknowledged messages/s, errors {}",
         args.publishers,
         args.window,
+        if args.keys { "on" } else { "off" },
         acked as f64 / secs,
         stats.errors.load(Relaxed)
     );
@@ -822,7 +930,7 @@ async fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<()> {
         // Publish with one message in flight; every ack is stamped with its arrival.
         let acks = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
         let closed_at = Arc::new(AtomicU64::new(0));
-        let frame = json!({"type": "message", "channel": args.channel, "text": "x"}).to_string();
+        let frame = message(&args.channel, "x".into(), None).to_text();
         let publisher = {
             let (acks, closed_at) = (acks.clone(), closed_at.clone());
             tokio::spawn(async move {

@@ -1,0 +1,119 @@
+//! Server-Sent Events: a subscriber of the hub exactly like a socket (the same interest index,
+//! bounded queue, gap rule, replay and re-checks), whose queue is written as an event stream
+//! instead of WebSocket frames. Events are `id: <message id>` + `data: <event frame>`; the other
+//! frames go out as events of their `type` (`interest`, `gap`, `truncated`, `error`), the
+//! server's pings (and keepalives during silence) as comments, and a close as `event: close` with its code and reason, after
+//! which the stream ends.
+
+use std::{collections::VecDeque, fmt::Write, sync::Arc, time::Duration};
+
+use futures_util::Stream;
+use serde_json::Value;
+
+use super::{Admission, Shared, conn::Out, protocol};
+
+/// The event stream of an admitted subscriber: subscribes to `channels` (replaying after
+/// `since`), then yields chunks of the stream until the hub closes it or the client leaves
+/// (dropping the stream drops the admission).
+pub async fn stream(
+    admission: Admission,
+    channels: Vec<String>,
+    since: Option<i64>,
+    keepalive: Duration,
+) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+    let (inner, conn) = (admission.inner.clone(), admission.conn.clone());
+    let since = inner.clamp_since(since).await;
+    let granted = inner.set_interest(&conn, &channels, since);
+    conn.push_notice(protocol::interest_frame(
+        &granted.channels,
+        &granted.denied,
+        granted.since,
+        "processed interest in",
+    ));
+    // The replay waits for room as the stream drains, so it runs beside it.
+    tokio::spawn(async move { inner.replay(&conn, granted).await });
+    let state = State {
+        admission,
+        queue: VecDeque::new(),
+        unaccounted: 0,
+        done: false,
+        keepalive: keepalive.max(Duration::from_secs(1)),
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        let chunk = state.next_chunk().await?;
+        Some((Ok(chunk), state))
+    })
+}
+
+struct State {
+    admission: Admission,
+    queue: VecDeque<Out>,
+    /// Events of the last chunk, freed from the queue limit once the next one is asked for.
+    unaccounted: usize,
+    done: bool,
+    /// A comment goes out after this much silence, so that the server's own idle timeout (and
+    /// proxies') never takes a quiet stream for a dead connection.
+    keepalive: Duration,
+}
+
+impl State {
+    async fn next_chunk(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        let (inner, conn): (&Arc<Shared>, _) = (&self.admission.inner, &self.admission.conn);
+        if self.unaccounted > 0 {
+            inner.metrics.messages_delivered.fetch_add(
+                self.unaccounted as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            conn.written(std::mem::take(&mut self.unaccounted), &inner.metrics);
+        }
+        loop {
+            conn.take(&mut self.queue);
+            if !self.queue.is_empty() {
+                break;
+            }
+            if conn.is_closed() {
+                return None;
+            }
+            if tokio::time::timeout(self.keepalive, conn.wait_for_frames())
+                .await
+                .is_err()
+            {
+                conn.seen(inner.now_ms());
+                return Some(": keepalive\n\n".into());
+            }
+        }
+        // The client takes what we write: that is its sign of life (it sends nothing else).
+        conn.seen(inner.now_ms());
+        let mut out = String::new();
+        for frame in self.queue.drain(..) {
+            match frame {
+                Out::Event(id, data) => {
+                    self.unaccounted += 1;
+                    let _ = write!(out, "id: {id}\ndata: {data}\n\n");
+                }
+                Out::Reply(data) | Out::Notice(data) => {
+                    let _ = write!(out, "event: {}\ndata: {data}\n\n", frame_type(&data));
+                }
+                Out::Ping => out.push_str(": ping\n\n"),
+                Out::Close(code, reason) => {
+                    let data = serde_json::json!({"code": code, "reason": reason});
+                    let _ = write!(out, "event: close\ndata: {data}\n\n");
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The `type` of a server frame (replies are rare here: parsing them is cheap enough).
+fn frame_type(frame: &str) -> String {
+    serde_json::from_str::<Value>(frame)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "message".into())
+}

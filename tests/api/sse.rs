@@ -1,0 +1,233 @@
+//! Server-Sent Events end to end: ids and frames, resume on another instance, pings, the cookie's
+//! origin check, revocation, and a Python client reading the stream with `requests`.
+
+use std::time::Duration;
+
+use core4_tests::{ADMIN_PASSWORD, TestApp, spawn_app, spawn_app_with, test_settings};
+use serde_json::{Value, json};
+
+/// The hang guard of every wait for an event.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One event of the stream; `comment` for a `:` line.
+#[derive(Debug, Default, PartialEq)]
+struct Sse {
+    event: Option<String>,
+    id: Option<String>,
+    data: String,
+    comment: bool,
+}
+
+impl Sse {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|_| panic!("not JSON: {self:?}"))
+    }
+}
+
+struct Stream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Stream {
+    async fn open(app: &TestApp, query: &str, token: &str, last_id: Option<&str>) -> Stream {
+        let mut req = app
+            .client
+            .get(app.url(&format!("/event/stream?{query}")))
+            .bearer_auth(token);
+        if let Some(id) = last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Stream {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event or comment; `None` when the stream ended.
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut sse = Sse::default();
+                for line in block.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        sse.comment = true;
+                        sse.data = c.trim().to_string();
+                    } else if let Some((k, v)) = line.split_once(": ") {
+                        match k {
+                            "event" => sse.event = Some(v.into()),
+                            "id" => sse.id = Some(v.into()),
+                            "data" => sse.data = v.into(),
+                            other => panic!("unexpected field {other}"),
+                        }
+                    }
+                }
+                return Some(sse);
+            }
+            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
+                .await
+                .expect("a chunk within the hang guard")
+                .expect("stream ok")?;
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next message event (skipping comments and other event types).
+    async fn message(&mut self) -> Sse {
+        loop {
+            let e = self.next().await.expect("stream open");
+            if !e.comment && e.event.is_none() {
+                return e;
+            }
+        }
+    }
+}
+
+async fn post(app: &TestApp, token: &str, channel: &str, text: &str) -> String {
+    let (status, body) = app
+        .post("/event", token, json!({"channel": channel, "text": text}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["message_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_with_their_ids_and_resume_on_another_instance() {
+    let a = spawn_app().await;
+    let admin = a.admin_token().await;
+    let mut s = Stream::open(&a, "channel=message&channel=system", &admin, None).await;
+    let first = s.next().await.unwrap();
+    assert_eq!(first.event.as_deref(), Some("interest"));
+    assert_eq!(first.json()["data"], json!(["message", "system"]));
+    let m1 = post(&a, &admin, "message", "one").await;
+    let m2 = post(&a, &admin, "system", "two").await;
+    post(&a, &admin, "other", "not subscribed").await;
+    for (id, text) in [(&m1, "one"), (&m2, "two")] {
+        let e = s.message().await;
+        assert_eq!(e.id.as_deref(), Some(id.as_str()));
+        let frame = e.json();
+        assert_eq!(
+            (frame["_id"].as_str(), frame["data"].as_str()),
+            (Some(id.as_str()), Some(text))
+        );
+    }
+    drop(s);
+    let m3 = post(&a, &admin, "message", "three").await;
+    let m4 = post(&a, &admin, "system", "four").await;
+    // Reconnecting to another instance with Last-Event-ID: the rest, then live, once each.
+    let b = spawn_app_with(test_settings(&a.database_url)).await;
+    let mut s = Stream::open(&b, "channel=message&channel=system", &admin, Some(&m2)).await;
+    let m5 = post(&a, &admin, "message", "five").await;
+    let mut got = vec![];
+    while got.last() != Some(&m5) {
+        got.push(s.message().await.id.unwrap());
+    }
+    assert_eq!(got, [m3, m4, m5]);
+    // `?since=` does the same.
+    let mut s = Stream::open(&b, &format!("channel=message&since={m1}"), &admin, None).await;
+    assert_eq!(s.message().await.json()["data"], "three");
+    drop(s);
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_stream_pings_and_a_revoked_token_ends_it_with_a_close_event() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.ping_interval_secs = 1;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let (_, token) = app.create_user(&admin, "user1", "very secret").await;
+    let mut s = Stream::open(&app, "channel=message", &token, None).await;
+    loop {
+        if s.next().await.unwrap().comment {
+            break;
+        }
+    }
+    let (status, _) = app.get("/logout", &token).await;
+    assert_eq!(status, 200);
+    let close = loop {
+        let e = s.next().await.expect("a close event before the end");
+        if e.event.as_deref() == Some("close") {
+            break e.json();
+        }
+    };
+    assert_eq!(close["code"], 1008, "{close}");
+    assert!(
+        s.next().await.is_none(),
+        "the stream ends after the close event"
+    );
+}
+
+#[tokio::test]
+async fn the_cookie_opens_a_stream_only_from_a_trusted_origin() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let get = |origin: String| {
+        app.client
+            .get(app.url("/event/stream?channel=message"))
+            .header("cookie", format!("token={admin}"))
+            .header("origin", origin)
+            .send()
+    };
+    assert_eq!(
+        get("http://evil.example".into()).await.unwrap().status(),
+        403
+    );
+    let own = format!("http://127.0.0.1:{}", app.port);
+    assert_eq!(get(own).await.unwrap().status(), 200);
+    let (status, _) = app.get("/event/stream?since=x", &admin).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_python_client_reads_and_resumes_the_stream_with_requests() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import requests"])
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "install requests: `python3 -m pip install requests`"
+    );
+    let app = spawn_app().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/compat/sse_requests.py");
+    let out = tokio::process::Command::new("python3")
+        .args([script, &format!("127.0.0.1:{}", app.port), ADMIN_PASSWORD])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("OK: "), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_quiet_stream_outlives_the_idle_timeout_with_keepalive_comments() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.http.idle_timeout_secs = 2;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut s = Stream::open(&app, "channel=message", &admin, None).await;
+    // Three keepalives span more than the idle timeout of silence.
+    let mut keepalives = 0;
+    while keepalives < 3 {
+        let e = s.next().await.expect("the stream stays open");
+        if e.comment && e.data == "keepalive" {
+            keepalives += 1;
+        }
+    }
+    let id = post(&app, &admin, "message", "still here").await;
+    assert_eq!(s.message().await.id, Some(id));
+}
