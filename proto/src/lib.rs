@@ -241,7 +241,7 @@ pub struct SendReplyFrame {
 pub struct ErrorReplyFrame {
     /// What went wrong, for programs.
     pub kind: ErrorKind,
-    /// For people, e.g. `malformed message: missing \`text\``.
+    /// For people (e.g. "malformed message: missing `text`").
     pub message: String,
     /// The correlation id of the refused frame, if it had a valid one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,7 +281,7 @@ pub struct TokenReplyFrame {
     pub id: Option<String>,
 }
 
-/// Every frame the server sends besides [`EventFrame`]s; `type` picks the kind.
+/// Every frame the server sends besides event frames (`EventFrame`); `type` picks the kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(Union))]
 #[serde(tag = "type", rename_all = "snake_case")]

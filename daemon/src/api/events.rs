@@ -388,8 +388,13 @@ pub struct HistoryPage {
 impl EventsApi {
     /// The event WebSocket
     ///
-    /// Upgrade to a WebSocket speaking core4's event protocol. Credentials as `?token=`, Bearer
-    /// header or `token` cookie; without valid ones the upgrade is refused with a 401 envelope.
+    /// Upgrade to a WebSocket speaking core4's event protocol, e.g.
+    ///
+    /// ```text
+    /// ws://HOST:5001/core4/api/v1/event?token=<token from POST /login>
+    /// ```
+    ///
+    /// (`wss://` behind TLS). Credentials as `?token=`, Bearer header or `token` cookie; without valid ones the upgrade is refused with a 401 envelope.
     /// An upgrade authenticated by the cookie alone from a page of another origin (`Origin`
     /// neither core4d's own nor in `trusted_origins`) is refused with 403.
     /// A user may have `events.max_connections_per_user` (1,000) sockets open per instance, more

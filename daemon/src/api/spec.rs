@@ -205,6 +205,11 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
     }
     // A name, when given, is never empty.
     schemas["RoleUpdate"]["properties"]["name"]["minLength"] = json!(1);
+    fold_union_wrappers(&mut spec);
+    // Swagger UI builds an example from the first variant; show a whole frame, tag included.
+    if let Some(frame) = spec["components"]["schemas"].get_mut("ClientFrame") {
+        frame["example"] = json!({"type": "message", "channel": "message", "text": "hello"});
+    }
     add_links(&mut spec);
     if let Some(paths) = spec["paths"].as_object_mut() {
         for (path, ops) in paths.iter_mut() {
@@ -223,6 +228,81 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
         }
     }
     serde_json::to_string_pretty(&spec).unwrap_or_default()
+}
+
+/// poem-openapi describes each variant of a tagged union as a wrapper schema
+/// (`ClientFrame_TokenRequestFrame`: `allOf` of the `type` tag and the variant) that repeats the
+/// union's description. The tag is folded into the variant's own schema and the wrapper goes, so
+/// every variant shows its own description and no internal name shows; where the variant is also
+/// used untagged (`HistoryPage.truncated`), that use gets an inline copy without the tag.
+fn fold_union_wrappers(spec: &mut Value) {
+    const PREFIX: &str = "#/components/schemas/";
+    let Some(schemas) = spec["components"]["schemas"].as_object() else {
+        return;
+    };
+    // (wrapper, variant, tag property)
+    let wrappers: Vec<(String, String, Value)> = schemas
+        .iter()
+        .filter_map(|(name, schema)| {
+            let [tag, variant] = schema["allOf"].as_array()?.as_slice() else {
+                return None;
+            };
+            let variant = variant["$ref"].as_str()?.strip_prefix(PREFIX)?;
+            let tag = tag["properties"].get("type")?;
+            name.ends_with(&format!("_{variant}"))
+                .then(|| (name.clone(), variant.to_string(), tag.clone()))
+        })
+        .collect();
+    for (wrapper, variant, tag) in wrappers {
+        let schemas = &mut spec["components"]["schemas"];
+        if schemas[&variant]["properties"].get("type").is_some() {
+            // A variant of two unions keeps its wrappers, with its own description.
+            schemas[&wrapper]["description"] = schemas[&variant]["description"].clone();
+            continue;
+        }
+        let mut untagged = schemas[&variant].clone();
+        if let Some(map) = untagged.as_object_mut() {
+            // The use site says what the field means.
+            map.remove("title");
+            map.remove("description");
+        }
+        if let Some(schemas) = schemas.as_object_mut() {
+            schemas.remove(&wrapper);
+        }
+        inline_ref(spec, &format!("{PREFIX}{variant}"), &untagged);
+        let own = &mut spec["components"]["schemas"][&variant];
+        own["properties"]["type"] = tag;
+        let mut required = vec![json!("type")];
+        required.extend(own["required"].as_array().cloned().unwrap_or_default());
+        own["required"] = Value::Array(required);
+        replace_ref(
+            spec,
+            &format!("{PREFIX}{wrapper}"),
+            &format!("{PREFIX}{variant}"),
+        );
+    }
+}
+
+/// Replaces every `{"$ref": target}` in `value` with a copy of `schema`.
+fn inline_ref(value: &mut Value, target: &str, schema: &Value) {
+    match value {
+        Value::Object(map) if map.len() == 1 && map.get("$ref").is_some_and(|r| r == target) => {
+            *value = schema.clone()
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| inline_ref(v, target, schema)),
+        Value::Object(map) => map.values_mut().for_each(|v| inline_ref(v, target, schema)),
+        _ => {}
+    }
+}
+
+/// Points every reference (`$ref`, discriminator mapping) to `from` at `to`.
+fn replace_ref(value: &mut Value, from: &str, to: &str) {
+    match value {
+        Value::String(s) if s == from => *s = to.to_string(),
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_ref(v, from, to)),
+        Value::Object(map) => map.values_mut().for_each(|v| replace_ref(v, from, to)),
+        _ => {}
+    }
 }
 
 /// OpenAPI links: where the `id` and `etag` of a change or delete come from. Clients (and
