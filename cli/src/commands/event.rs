@@ -29,12 +29,14 @@ Examples:
   tail -f app.log | core4ctl event send ops -
   core4ctl event tail message system
   core4ctl event tail message --last 20 -o json | jq -r .data
-  core4ctl event history message --per-page 50";
+  core4ctl event history message --per-page 50
+  core4ctl event chat ops";
 
 pub const CHAT_EXAMPLES: &str = "\
 Examples:
-  core4ctl chat                 # the `message` channel
-  core4ctl chat ops
+  core4ctl event chat           # the `message` channel
+  core4ctl event chat ops
+  core4ctl chat ops             # the same: `chat` is an alias of `event chat`
 
 Lines you type are sent; messages from others are printed as `time author > text`.
 Ctrl-D or Ctrl-C leaves.";
@@ -76,6 +78,9 @@ pub enum EventCommand {
     /// retention deleted
     #[command(after_help = STATS_EXAMPLES)]
     Stats,
+    /// Chat on a channel: lines you type are sent, others' messages are printed as they arrive
+    #[command(after_help = CHAT_EXAMPLES)]
+    Chat(ChatArgs),
 }
 
 const STATS_EXAMPLES: &str = "Examples:
@@ -131,6 +136,7 @@ pub async fn run(command: &EventCommand, ctx: &Context) -> Result<()> {
         EventCommand::Tail(args) => with_ctrl_c(tail(args, ctx)).await,
         EventCommand::History(args) => history(args, ctx).await,
         EventCommand::Stats => stats(ctx).await,
+        EventCommand::Chat(args) => chat(args, ctx).await,
     }
 }
 
@@ -752,6 +758,8 @@ struct Outbox<'a> {
     /// (key, line) not yet acknowledged; the first is on its way when `in_flight`.
     queue: VecDeque<(String, String)>,
     in_flight: bool,
+    /// The account may not send here (it was told at the start): typed lines are dropped.
+    read_only: bool,
     /// After a refusal worth retrying (rate limit, database away): when to send again.
     retry_at: Option<tokio::time::Instant>,
     pause: Duration,
@@ -766,6 +774,7 @@ impl Outbox<'_> {
             keys: Keys::new(),
             queue: VecDeque::new(),
             in_flight: false,
+            read_only: false,
             retry_at: None,
             pause: Duration::from_millis(50),
         }
@@ -893,7 +902,7 @@ async fn follow(
                     Some(line) => {
                         let line = line?;
                         let line = line.trim_end_matches('\r');
-                        if !line.trim().is_empty() {
+                        if !line.trim().is_empty() && !out.read_only {
                             let key = out.keys.next();
                             out.queue.push_back((key, line.to_owned()));
                             out.send_next(&mut socket).await?;
@@ -1019,6 +1028,16 @@ async fn chat_inner(args: &ChatArgs, ctx: &Context) -> Result<()> {
         );
     }
     let mut outbox = Outbox::new(&channel, stdin_lines());
+    if !core4_proto::perms::channel_allowed(&me.perm_total, &channel, true) {
+        // Said once, up front, rather than as a refusal of every line typed.
+        eprintln!(
+            "warning: your account may not send to {} (ask an administrator for event://{}/w): \
+             showing messages only; lines you type are not sent",
+            sanitize(&channel),
+            sanitize(&channel)
+        );
+        outbox.read_only = true;
+    }
     let wanted = [channel.clone()];
     reconnecting(&client, &channels, &wanted, &mut printer, Some(&mut outbox)).await
 }
