@@ -14,7 +14,7 @@ use poem_openapi::{
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
 
-use super::{ApiTags, AppState};
+use super::{ApiTags, AppState, Strict};
 use crate::{
     auth::{Method, TokenAuth, qual},
     domain::Channel,
@@ -558,7 +558,7 @@ impl EventsApi {
     async fn publish(
         &self,
         auth: TokenAuth,
-        body: Json<PublishRequest>,
+        body: Json<Strict<PublishRequest>>,
         /// Idempotency key (1 to 128 characters), used when the body has no `key`.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
@@ -568,7 +568,7 @@ impl EventsApi {
             .auth
             .require(&auth, qual::EVENT, Method::Read)
             .await?;
-        let PublishRequest { channel, text, key } = body.0;
+        let PublishRequest { channel, text, key } = body.0.0;
         let channel = channel
             .ok_or_else(|| ApiError::BadRequest("malformed message: missing `channel`".into()))?;
         let data = match text {

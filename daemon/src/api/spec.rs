@@ -205,6 +205,19 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
     }
     // A name, when given, is never empty.
     schemas["RoleUpdate"]["properties"]["name"]["minLength"] = json!(1);
+    // Checked by the handler after the credentials, with the socket's phrases.
+    if let Some(publish) = schemas.get_mut("PublishRequest") {
+        publish["required"] = json!(["channel", "text"]);
+        publish["properties"]["channel"]["minLength"] = json!(1);
+        publish["properties"]["channel"]["example"] = json!("message");
+        publish["properties"]["text"]["not"] = json!({"enum": [null, ""]});
+        publish["properties"]["text"]["example"] = json!("hello");
+        publish["properties"]["key"]["minLength"] = json!(1);
+        publish["properties"]["key"]["maxLength"] = json!(core4_proto::MAX_KEY_CHARS);
+        // `"key": null` is no key, as on the socket.
+        publish["properties"]["key"]["nullable"] = json!(true);
+        publish["example"] = json!({"channel": "message", "text": "hello"});
+    }
     fold_union_wrappers(&mut spec);
     // Swagger UI builds an example from the first variant; show a whole frame, tag included.
     if let Some(frame) = spec["components"]["schemas"].get_mut("ClientFrame") {
@@ -374,13 +387,20 @@ fn refine_parameter(path: &str, method: &str, p: &mut Value, max_per_page: u32) 
             p["schema"]["minLength"] = json!(1);
             p["schema"]["maxLength"] = json!(crate::api::roles::MAX_ETAG_CHARS);
         }
-        ("per_page", Some("query")) if path == "/roles" => {
+        ("per_page", Some("query")) if path == "/roles" || path == "/event/history" => {
             p["schema"]["minimum"] = json!(1);
             p["schema"]["maximum"] = json!(max_per_page);
         }
         ("order", Some("query")) if path == "/roles" => p["schema"]["enum"] = json!([1, -1]),
         ("sort", Some("query")) if path == "/roles" => {
             p["schema"]["enum"] = json!(["_id", "name", "realname", "email", "created"])
+        }
+        ("channel", Some("query")) if path.starts_with("/event") => {
+            p["example"] = if p["schema"]["type"] == "array" {
+                json!(["message"])
+            } else {
+                json!("message")
+            };
         }
         // Refused whatever its value: no value satisfies the schema.
         ("filter", Some("query")) => p["schema"] = json!({"not": {}}),
