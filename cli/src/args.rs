@@ -1,11 +1,9 @@
 //! The command line, parsed once by clap. Every command's `--help` ends with examples.
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{
-    commands::{event::EventCommand, login::AuthCommand, roles::RolesCommand},
-    output::OutputMode,
-};
+pub use crate::context::GlobalArgs;
+use crate::commands::{event::EventCommand, login::AuthCommand, roles::RolesCommand};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -28,20 +26,6 @@ pub struct Cli {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct GlobalArgs {
-    /// core4d base URL [default: the server saved at login, else http://127.0.0.1:5001]
-    #[arg(long, global = true, env = "CORE4_SERVER", value_name = "URL")]
-    pub server: Option<String>,
-    /// Trust only the certificate(s) in this PEM file for https:// and wss:// (a self-signed
-    /// certificate or a private CA) instead of the system's
-    #[arg(long, global = true, env = "CORE4_CACERT", value_name = "FILE")]
-    pub cacert: Option<std::path::PathBuf>,
-    /// Output format: tables for people, JSON with stable field names for scripts
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputMode::Table)]
-    pub output: OutputMode,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,7 +137,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["core4ctl", "roles", "list", "-o", "json", "--server", "h:1"])
                 .unwrap();
-        assert_eq!(cli.global.output, OutputMode::Json);
+        assert_eq!(cli.global.output, crate::output::OutputMode::Json);
         assert_eq!(cli.global.server.as_deref(), Some("h:1"));
     }
 

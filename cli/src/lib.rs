@@ -8,6 +8,7 @@ pub mod context;
 pub mod error;
 pub mod exit_codes;
 pub mod output;
+pub mod sanitize;
 mod serde_util;
 
 use clap::{CommandFactory, Parser};
