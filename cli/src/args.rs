@@ -2,8 +2,8 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-pub use crate::context::GlobalArgs;
 use crate::commands::{event::EventCommand, login::AuthCommand, roles::RolesCommand};
+pub use crate::context::GlobalArgs;
 
 const EXAMPLES: &str = "\
 Examples:

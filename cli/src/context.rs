@@ -265,7 +265,11 @@ impl Context {
         let (store, server) = (self.store.clone(), self.server.clone());
         let sink: TokenSink =
             Box::new(move |previous, token| store.save_token(&server, previous, token).map(drop));
-        self.trusting(ApiClient::new(&self.server, Some(token.to_owned()), Some(sink))?)
+        self.trusting(ApiClient::new(
+            &self.server,
+            Some(token.to_owned()),
+            Some(sink),
+        )?)
     }
 
     pub fn json(&self) -> bool {

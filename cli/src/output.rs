@@ -18,8 +18,8 @@ pub enum OutputMode {
     Json,
 }
 
-pub use crate::sanitize::sanitize;
 use crate::sanitize::is_dangerous;
+pub use crate::sanitize::sanitize;
 
 /// A JSON value shown as text: strings as themselves, anything else as compact JSON; sanitised.
 pub fn display_value(value: &serde_json::Value) -> String {
