@@ -173,6 +173,73 @@ failures! {
     ];
     /// `GET /health`.
     HealthFailures: [(503, "The database does not answer.")];
+    /// `GET /event`: the WebSocket upgrade.
+    SocketFailures: [
+        (400, "Not a WebSocket upgrade (no `Sec-WebSocket-Key`, say), or `since` is not a \
+               message id."),
+        NO_TOKEN,
+        (403, "The caller lacks `api://core4.api.v1.request.standard.event.EventHandler`, or \
+               the upgrade was authenticated by the `token` cookie alone from a page of an \
+               origin core4d does not trust."),
+        (429, "The user has `events.max_connections_per_user` sockets and streams open on this \
+               instance; see `Retry-After`."),
+        (503, "The instance has `events.max_connections` open or is shutting down (see \
+               `Retry-After`), or the database is not reachable."),
+    ];
+    /// `GET /event/stream`.
+    StreamFailures: [
+        (400, "No `channel`, more channel names than allowed, or `since` (or `Last-Event-ID`) \
+               is not a message id."),
+        NO_TOKEN,
+        (403, "The caller lacks `api://core4.api.v1.request.standard.event.EventHandler`, or \
+               the request was authenticated by the `token` cookie alone from a page of an \
+               origin core4d does not trust."),
+        (429, "The user has `events.max_connections_per_user` sockets and streams open on this \
+               instance; see `Retry-After`."),
+        (503, "The instance has `events.max_connections` open or is shutting down (see \
+               `Retry-After`), or the database is not reachable."),
+    ];
+    /// `POST /event`.
+    PublishFailures: [
+        (400, "A malformed message (`error` says what: no `channel` or `text`, an empty \
+               `text`, an invalid channel name or key), with the socket's phrases."),
+        NO_TOKEN,
+        (403, "No `event://<channel>/w` for the channel, no \
+               `api://core4.api.v1.request.standard.event.EventHandler`, or the request was \
+               authenticated by the `token` cookie alone from a page of an origin core4d does \
+               not trust."),
+        (413, "The request body is over 1 MiB, or `text` over `events.max_frame_bytes`."),
+        (429, "Over the user's message rate (shared with the user's sockets); see \
+               `Retry-After`."),
+        (503, "The message could not be stored (the database is not reachable, or core4d is \
+               shutting down): send it again, with the same key to store it once."),
+    ];
+    /// `GET /event/history`.
+    HistoryFailures: [
+        (400, "An invalid channel name, `page` or `per_page`, or a `before`/`after` that is \
+               not a message id."),
+        NO_TOKEN,
+        (403, "No `event://<channel>/r` for the channel, or no \
+               `api://core4.api.v1.request.standard.event.EventHistoryHandler`."),
+        DB_DOWN,
+    ];
+    /// `POST /event/history`.
+    HistoryPostFailures: [
+        (400, "An invalid channel name, `page` or `per_page`, or a `before`/`after` that is \
+               not a message id."),
+        NO_TOKEN,
+        (403, "No `event://<channel>/r` for the channel, no \
+               `api://core4.api.v1.request.standard.event.EventHistoryHandler`, or the request was \
+               authenticated by the `token` cookie alone from a page of an origin core4d does \
+               not trust."),
+        DB_DOWN,
+    ];
+    /// `GET /event/stats`.
+    StatsFailures: [
+        NO_TOKEN,
+        (403, "The caller is not a `cop`."),
+        DB_DOWN,
+    ];
 }
 
 /// The 24 hex digits of an id, as `ObjectId::parse` accepts them.
