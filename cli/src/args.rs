@@ -1,11 +1,9 @@
 //! The command line, parsed once by clap. Every command's `--help` ends with examples.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{
-    commands::{event::EventCommand, login::AuthCommand, roles::RolesCommand},
-    output::OutputMode,
-};
+use crate::commands::{event::EventCommand, login::AuthCommand, roles::RolesCommand};
+pub use crate::context::GlobalArgs;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -13,6 +11,7 @@ Examples:
   core4ctl roles list
   core4ctl roles create alice --email alice@example.com --password-prompt --role standard_user
   core4ctl event tail message system
+  core4ctl event chat ops
   echo hello | core4ctl event send message -
   core4ctl -o json roles get alice | jq .perm_total
   core4ctl --server https://core4.example.com --cacert ca.pem login --username admin
@@ -29,20 +28,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct GlobalArgs {
-    /// core4d base URL [default: the server saved at login, else http://127.0.0.1:5001]
-    #[arg(long, global = true, env = "CORE4_SERVER", value_name = "URL")]
-    pub server: Option<String>,
-    /// Trust only the certificate(s) in this PEM file for https:// and wss:// (a self-signed
-    /// certificate or a private CA) instead of the system's
-    #[arg(long, global = true, env = "CORE4_CACERT", value_name = "FILE")]
-    pub cacert: Option<std::path::PathBuf>,
-    /// Output format: tables for people, JSON with stable field names for scripts
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputMode::Table)]
-    pub output: OutputMode,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     #[command(flatten)]
@@ -53,8 +38,8 @@ pub enum Command {
     /// Send, follow and read channel messages
     #[command(subcommand, after_help = crate::commands::event::EXAMPLES)]
     Event(EventCommand),
-    /// Chat on a channel: lines you type are sent, others' messages are printed as they arrive
-    #[command(after_help = crate::commands::event::CHAT_EXAMPLES)]
+    /// The old spelling of `event chat`, kept as an alias
+    #[command(hide = true, after_help = crate::commands::event::CHAT_EXAMPLES)]
     Chat(crate::commands::event::ChatArgs),
     /// Print a shell completion script
     #[command(after_help = COMPLETION_EXAMPLES)]
@@ -73,6 +58,34 @@ Examples:
   core4ctl completions zsh > ~/.zfunc/_core4ctl
   mkdir -p ~/.config/fish/completions
   core4ctl completions fish > ~/.config/fish/completions/core4ctl.fish";
+
+/// `core4ctl tail message` names a channel command without `event`: clap finds no similar
+/// top-level name, so the tip names `event tail`.
+pub fn point_to_event(mut err: clap::Error, argv: &[impl AsRef<std::ffi::OsStr>]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::InvalidSubcommand
+        || err.get(ContextKind::SuggestedSubcommand).is_some()
+    {
+        return err;
+    }
+    let Some(ContextValue::String(word)) = err.get(ContextKind::InvalidSubcommand) else {
+        return err;
+    };
+    // Only a word in the command's place: not `roles tail`.
+    let cli = Cli::command();
+    let top_level = argv
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.as_ref().to_str())
+        .find(|a| a == word || cli.find_subcommand(a).is_some())
+        == Some(word.as_str());
+    let event = cli.find_subcommand("event");
+    if top_level && event.is_some_and(|e| e.find_subcommand(word).is_some()) {
+        let tip = ContextValue::String(format!("event {word}"));
+        err.insert(ContextKind::SuggestedSubcommand, tip);
+    }
+    err
+}
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Shell {
@@ -124,8 +137,23 @@ mod tests {
         let cli =
             Cli::try_parse_from(["core4ctl", "roles", "list", "-o", "json", "--server", "h:1"])
                 .unwrap();
-        assert_eq!(cli.global.output, OutputMode::Json);
+        assert_eq!(cli.global.output, crate::output::OutputMode::Json);
         assert_eq!(cli.global.server.as_deref(), Some("h:1"));
+    }
+
+    #[test]
+    fn a_channel_command_without_event_is_pointed_there() {
+        let argv: Vec<String> = ["core4ctl", "tail", "message"].map(String::from).into();
+        let err = point_to_event(Cli::try_parse_from(&argv).unwrap_err(), &argv);
+        assert!(err.to_string().contains("'event tail'"), "{err}");
+        let argv: Vec<String> = ["core4ctl", "-o", "json", "history", "x"]
+            .map(String::from)
+            .into();
+        let err = point_to_event(Cli::try_parse_from(&argv).unwrap_err(), &argv);
+        assert!(err.to_string().contains("'event history'"), "{err}");
+        let argv: Vec<String> = ["core4ctl", "roles", "tail"].map(String::from).into();
+        let err = point_to_event(Cli::try_parse_from(&argv).unwrap_err(), &argv);
+        assert!(!err.to_string().contains("event tail"), "{err}");
     }
 
     #[test]

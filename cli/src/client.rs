@@ -19,9 +19,8 @@ use core4_proto::{
 };
 
 use crate::{
-    context::ConfigStore,
     error::{CliError, Result},
-    output::sanitize,
+    sanitize::sanitize,
 };
 
 const API_PREFIX: &str = "/core4/api/v1";
@@ -39,13 +38,18 @@ pub struct Page<T> {
     pub truncated_before: Option<String>,
 }
 
+/// Where a client hands a token the server refreshed, with the token it replaces: the caller
+/// decides where it goes (core4ctl's config file). A failure is reported as a warning; the
+/// client keeps using the new token.
+pub type TokenSink = Box<dyn Fn(Option<&str>, &str) -> Result<()> + Send + Sync>;
+
 pub struct ApiClient {
     http: reqwest::Client,
     server: String,
     api: String,
     token: Mutex<Option<String>>,
-    /// Where refreshed tokens are saved; `None` for login, which saves explicitly.
-    store: Option<ConfigStore>,
+    /// Where refreshed tokens go; `None` for login, which saves explicitly.
+    sink: Option<TokenSink>,
     /// TLS for `wss://` when `--cacert` replaced the system's roots; `None`: the system's.
     ws_tls: Option<tokio_tungstenite::Connector>,
 }
@@ -82,14 +86,14 @@ fn http_client(roots: Option<Vec<reqwest::Certificate>>) -> Result<reqwest::Clie
 }
 
 impl ApiClient {
-    pub fn new(server: &str, token: Option<String>, store: Option<ConfigStore>) -> Result<Self> {
+    pub fn new(server: &str, token: Option<String>, sink: Option<TokenSink>) -> Result<Self> {
         install_crypto_provider();
         Ok(Self {
             http: http_client(None)?,
             server: server.to_owned(),
             api: format!("{server}{API_PREFIX}"),
             token: Mutex::new(token),
-            store,
+            sink,
             ws_tls: None,
         })
     }
@@ -140,9 +144,8 @@ impl ApiClient {
         self.token.lock().expect("token lock").clone()
     }
 
-    /// Adopts a token the server refreshed (the `token` header or a `token` frame) and saves it.
-    /// The file is only changed while it still holds the token this process used: a later
-    /// `login` or `logout` in another shell is not undone by a long-running tail.
+    /// Adopts a token the server refreshed (the `token` header or a `token` frame) and hands it
+    /// to the sink with the one it replaces.
     pub fn remember_token(&self, token: &str) {
         let previous = {
             let mut current = self.token.lock().expect("token lock");
@@ -151,8 +154,8 @@ impl ApiClient {
             }
             current.replace(token.to_owned())
         };
-        if let Some(store) = &self.store
-            && let Err(e) = store.save_token(&self.server, previous.as_deref(), token)
+        if let Some(sink) = &self.sink
+            && let Err(e) = sink(previous.as_deref(), token)
         {
             eprintln!("warning: could not save the refreshed token: {e}");
         }
@@ -948,20 +951,22 @@ mod tests {
     }
 
     #[test]
-    fn refreshed_tokens_are_saved() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ConfigStore::at(dir.path());
-        store
-            .update(|c| {
-                c.hosts.entry(SERVER.into()).or_default().token = Some("old".into());
-            })
-            .unwrap();
-        let client = ApiClient::new(SERVER, Some("old".into()), Some(store.clone())).unwrap();
+    fn refreshed_tokens_go_to_the_sink_with_the_one_they_replace() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let sink: TokenSink = Box::new(move |previous, token| {
+            log.lock()
+                .unwrap()
+                .push((previous.map(str::to_owned), token.to_owned()));
+            Ok(())
+        });
+        let client = ApiClient::new(SERVER, Some("old".into()), Some(sink)).unwrap();
+        client.remember_token("new");
         client.remember_token("new");
         assert_eq!(client.token().as_deref(), Some("new"));
         assert_eq!(
-            store.load().unwrap().hosts[SERVER].token.as_deref(),
-            Some("new")
+            *seen.lock().unwrap(),
+            [(Some("old".to_owned()), "new".to_owned())]
         );
     }
 }

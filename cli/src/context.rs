@@ -11,11 +11,25 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    args::GlobalArgs,
-    client::ApiClient,
+    client::{ApiClient, TokenSink},
     error::{CliError, Result},
     output::OutputMode,
 };
+
+/// The options every command takes (flattened into the command line by `args`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// core4d base URL [default: the server saved at login, else http://127.0.0.1:5001]
+    #[arg(long, global = true, env = "CORE4_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Trust only the certificate(s) in this PEM file for https:// and wss:// (a self-signed
+    /// certificate or a private CA) instead of the system's
+    #[arg(long, global = true, env = "CORE4_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Output format: tables for people, JSON with stable field names for scripts
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputMode::Table)]
+    pub output: OutputMode,
+}
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:5001";
 const CONFIG_FILE: &str = "config.json";
@@ -246,10 +260,15 @@ impl Context {
                 self.server
             ))
         })?;
+        // The file is only changed while it still holds the token this process used: a later
+        // `login` or `logout` in another shell is not undone by a long-running tail.
+        let (store, server) = (self.store.clone(), self.server.clone());
+        let sink: TokenSink =
+            Box::new(move |previous, token| store.save_token(&server, previous, token).map(drop));
         self.trusting(ApiClient::new(
             &self.server,
             Some(token.to_owned()),
-            Some(self.store.clone()),
+            Some(sink),
         )?)
     }
 

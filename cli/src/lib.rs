@@ -8,6 +8,7 @@ pub mod context;
 pub mod error;
 pub mod exit_codes;
 pub mod output;
+pub mod sanitize;
 mod serde_util;
 
 use clap::{CommandFactory, Parser};
@@ -21,7 +22,9 @@ use crate::{
 
 /// Parse once, resolve once, run, and turn the outcome into an exit code.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli =
+        Cli::try_parse_from(&argv).unwrap_or_else(|err| args::point_to_event(err, &argv).exit());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -42,6 +42,64 @@ pub mod close {
     pub const NO_PONG: &str = "no pong";
 }
 
+/// Channel permissions, `event://<glob>/<r|w|rw>` (and `cop`, which may do anything), matched
+/// as core4d matches them, so a client can tell before it tries.
+pub mod perms {
+    /// May the holder of `perms` (a user's `perm_total`) read (`write == false`) or write
+    /// `channel`?
+    pub fn channel_allowed<S: AsRef<str>>(perms: &[S], channel: &str, write: bool) -> bool {
+        let want = if write { 'w' } else { 'r' };
+        perms.iter().map(AsRef::as_ref).any(|p| {
+            p == "cop"
+                || p.strip_prefix("event://").is_some_and(|rest| {
+                    rest.rsplit_once('/').is_some_and(|(pattern, acc)| {
+                        acc.contains(want) && glob_match(pattern, channel)
+                    })
+                })
+        })
+    }
+
+    /// `*` matches any run of characters. Iterative with one backtrack point, so the cost is at
+    /// most pattern length × text length, whatever the pattern.
+    pub fn glob_match(pattern: &str, text: &str) -> bool {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        let (mut pi, mut ti) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            if pi < p.len() && p[pi] == '*' {
+                star = Some((pi, ti));
+                pi += 1;
+            } else if pi < p.len() && p[pi] == t[ti] {
+                pi += 1;
+                ti += 1;
+            } else if let Some((sp, st)) = star {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|c| *c == '*')
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::channel_allowed;
+
+        #[test]
+        fn channel_permissions_match_by_glob_and_mode() {
+            let perms = ["event://team-*/r", "event://ops/rw", "api://x"];
+            assert!(channel_allowed(&perms, "team-a", false));
+            assert!(!channel_allowed(&perms, "team-a", true));
+            assert!(channel_allowed(&perms, "ops", true));
+            assert!(!channel_allowed(&perms, "opsx", false));
+            assert!(channel_allowed(&["cop"], "anything", true));
+            assert!(!channel_allowed::<&str>(&[], "message", false));
+        }
+    }
+}
+
 /// Longest correlation id a client may send.
 pub const MAX_ID_CHARS: usize = 64;
 /// Longest idempotency key a client may send.
@@ -241,7 +299,7 @@ pub struct SendReplyFrame {
 pub struct ErrorReplyFrame {
     /// What went wrong, for programs.
     pub kind: ErrorKind,
-    /// For people, e.g. `malformed message: missing \`text\``.
+    /// For people (e.g. "malformed message: missing `text`").
     pub message: String,
     /// The correlation id of the refused frame, if it had a valid one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,7 +339,7 @@ pub struct TokenReplyFrame {
     pub id: Option<String>,
 }
 
-/// Every frame the server sends besides [`EventFrame`]s; `type` picks the kind.
+/// Every frame the server sends besides event frames (`EventFrame`); `type` picks the kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(Union))]
 #[serde(tag = "type", rename_all = "snake_case")]

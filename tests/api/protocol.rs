@@ -316,6 +316,29 @@ async fn http_publish_commits_broadcasts_and_honours_keys_and_limits() {
         .post("/event", "nope", json!({"channel": "message", "text": "x"}))
         .await;
     assert_eq!(status, 401);
+    // A key or channel of another type is refused, as on the socket, not turned into a string
+    // (a number key would otherwise collide with the string key of the same digits).
+    for body in [
+        json!({"channel": "message", "text": "x", "key": 5}),
+        json!({"channel": "message", "text": "x", "key": true}),
+        json!({"channel": 5, "text": "x"}),
+    ] {
+        let (status, reply) = app.post("/event", &reader, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("field ["),
+            "{reply}"
+        );
+    }
+    // `"key": null` is no key.
+    let (status, reply) = app
+        .post(
+            "/event",
+            &admin,
+            json!({"channel": "message", "text": "x", "key": null}),
+        )
+        .await;
+    assert_ne!(status, 400, "{reply}");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    commands::{interactive, prompt_line, prompt_secret, secret_from_stdin},
+    commands::prompt::{interactive, prompt_line, prompt_secret, secret_from_stdin},
     context::{Context, HostEntry},
     error::{CliError, Result},
     output::{

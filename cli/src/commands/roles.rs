@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     client::ApiClient,
-    commands::{confirm, interactive, prompt_new_password, secret_from_stdin},
+    commands::prompt::{confirm, interactive, prompt_new_password, secret_from_stdin},
     context::Context,
     error::{CliError, Result},
     output::{self, datetime_cell, list_cell, opt_cell, print_json, print_line, sanitize},

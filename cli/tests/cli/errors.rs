@@ -30,12 +30,27 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn mistyped_channel_commands_get_a_tip() {
+    let cli = Cli::new();
+    cli.run(&["event", "caht"])
+        .failure(2, "a similar subcommand exists: 'chat'");
+    // The channel commands live under `event`; only `chat` keeps its old spelling.
+    cli.run(&["tail", "message"])
+        .failure(2, "a similar subcommand exists: 'event tail'");
+    cli.run(&["-o", "json", "history", "message"])
+        .failure(2, "a similar subcommand exists: 'event history'");
+    let help = cli.run(&["event", "--help"]).success().stdout;
+    assert!(help.contains("\n  chat "), "{help}");
+}
+
+#[test]
 fn help_has_examples_and_version_prints() {
     let cli = Cli::new();
     for args in [
         &["--help"][..],
         &["roles", "list", "--help"],
         &["event", "tail", "--help"],
+        &["event", "chat", "--help"],
         &["chat", "--help"],
     ] {
         let out = cli.run(args).success();

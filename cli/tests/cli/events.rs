@@ -295,7 +295,7 @@ fn chat_sends_typed_lines_and_prints_others_messages() {
 
     let mut tail = admin.spawn(&["event", "tail", "message"], false);
     synced(&mut tail, &admin, "message");
-    let mut chat = zoe.spawn(&["chat"], true);
+    let mut chat = zoe.spawn(&["event", "chat"], true);
     chat.write_line("hi from zoe");
     assert!(tail.line(WAIT).ends_with(" zoe > hi from zoe"));
 
@@ -798,4 +798,61 @@ fn tail_since_beyond_the_newest_id_prints_new_messages() {
     synced(&mut tail, &cli, "message");
     cli.run(&["event", "send", "message", "new"]).success();
     assert_eq!(text(&tail.line(WAIT)), "new");
+}
+
+#[test]
+fn chat_on_a_read_only_channel_warns_once_at_the_start_and_sends_nothing() {
+    let server = TestServer::spawn();
+    let admin = Cli::new();
+    admin.login_admin(&server).success();
+    admin
+        .run_with_stdin(
+            &[
+                "roles",
+                "create",
+                "rob",
+                "--email",
+                "rob@example.com",
+                "--password-stdin",
+                "--role",
+                "standard_user",
+                "--perm",
+                "event://announce/r",
+            ],
+            Some("rob-pw-123\n"),
+        )
+        .success();
+    let rob = Cli::new();
+    rob.login(&server, "rob", "rob-pw-123").success();
+
+    let mut chat = rob.spawn(&["event", "chat", "announce"], true);
+    synced(&mut chat, &admin, "announce");
+    chat.write_line("rob was here");
+    chat.write_line("and here");
+    admin.run(&["event", "send", "announce", "after"]).success();
+    let line = chat.line(WAIT);
+    assert!(line.ends_with(" admin > after"), "{line}");
+    let (code, stderr) = chat.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.starts_with("warning: your account may not send to announce"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one warning, no refusal per line: {stderr}"
+    );
+    let stored = admin
+        .run(&["event", "history", "announce", "-o", "json"])
+        .success()
+        .json();
+    assert!(
+        stored
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["author"] == "admin"),
+        "{stored}"
+    );
 }

@@ -14,7 +14,13 @@ use poem_openapi::{
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
 
-use super::{ApiTags, AppState};
+use super::{
+    ApiTags, AppState, Strict,
+    spec::{
+        HistoryFailures, HistoryPostFailures, PublishFailures, Reply, SocketFailures,
+        StatsFailures, StreamFailures,
+    },
+};
 use crate::{
     auth::{Method, TokenAuth, qual},
     domain::Channel,
@@ -32,6 +38,29 @@ use crate::{
         events::{EventRow, HistoryFilter},
     },
 };
+
+#[derive(ApiResponse)]
+pub enum PublishResponse {
+    /// The message is committed: `message_id` names it (with `duplicate: true`, the message
+    /// stored before under the same key).
+    #[oai(status = 200)]
+    Ok(Json<Envelope<Published>>),
+}
+
+#[derive(ApiResponse)]
+pub enum HistoryResponse {
+    /// One page of the channel's stored messages, newest first (`truncated` when it reaches
+    /// what retention deleted).
+    #[oai(status = 200)]
+    Ok(Json<HistoryPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum StatsResponse {
+    /// One row per channel the caller may read.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<Vec<ChannelStatsOut>>>),
+}
 
 pub struct EventsApi {
     state: AppState,
@@ -388,8 +417,13 @@ pub struct HistoryPage {
 impl EventsApi {
     /// The event WebSocket
     ///
-    /// Upgrade to a WebSocket speaking core4's event protocol. Credentials as `?token=`, Bearer
-    /// header or `token` cookie; without valid ones the upgrade is refused with a 401 envelope.
+    /// Upgrade to a WebSocket speaking core4's event protocol, e.g.
+    ///
+    /// ```text
+    /// ws://HOST:5001/core4/api/v1/event?token=<token from POST /login>
+    /// ```
+    ///
+    /// (`wss://` behind TLS). Credentials as `?token=`, Bearer header or `token` cookie; without valid ones the upgrade is refused with a 401 envelope.
     /// An upgrade authenticated by the cookie alone from a page of another origin (`Origin`
     /// neither core4d's own nor in `trusted_origins`) is refused with 403.
     /// A user may have `events.max_connections_per_user` (1,000) sockets open per instance, more
@@ -413,7 +447,7 @@ impl EventsApi {
         /// Replay the stored messages after this id on the channels of the first interest frame
         /// (unless that frame has its own `since`), then continue live.
         since: Query<Option<String>>,
-    ) -> ApiResult<EventSocket> {
+    ) -> Reply<EventSocket, SocketFailures> {
         let principal = self
             .state
             .auth
@@ -430,7 +464,7 @@ impl EventsApi {
         let hub = &self.state.hub;
         let admission = match hub.admit(principal, &token) {
             Ok(a) => a,
-            Err(Refused::Api(e)) => return Err(e),
+            Err(Refused::Api(e)) => return Err(e.into()),
             Err(Refused::Busy(message)) => {
                 tracing::warn!(%message, "event upgrade refused");
                 return Ok(EventSocket::Busy(ErrorEnvelope::new(
@@ -487,7 +521,7 @@ impl EventsApi {
         /// when `since` is not given.
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<String>>,
-    ) -> ApiResult<EventStream> {
+    ) -> Reply<EventStream, StreamFailures> {
         let principal = self
             .state
             .auth
@@ -507,12 +541,13 @@ impl EventsApi {
             return Err(ApiError::BadRequest(format!(
                 "parameter [channel]: {} channel names, at most {most}",
                 channel.0.len()
-            )));
+            ))
+            .into());
         }
         let token = auth.token().unwrap_or_default().to_string();
         let admission = match hub.admit(principal, &token) {
             Ok(a) => a,
-            Err(Refused::Api(e)) => return Err(e),
+            Err(Refused::Api(e)) => return Err(e.into()),
             Err(Refused::Busy(message)) => {
                 tracing::warn!(%message, "event stream refused");
                 return Ok(EventStream::Busy(ErrorEnvelope::new(
@@ -553,29 +588,29 @@ impl EventsApi {
     async fn publish(
         &self,
         auth: TokenAuth,
-        body: Json<PublishRequest>,
+        body: Json<Strict<PublishRequest>>,
         /// Idempotency key (1 to 128 characters), used when the body has no `key`.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
-    ) -> ApiResult<Json<Envelope<Published>>> {
+    ) -> Reply<PublishResponse, PublishFailures> {
         let principal = self
             .state
             .auth
             .require(&auth, qual::EVENT, Method::Read)
             .await?;
-        let PublishRequest { channel, text, key } = body.0;
+        let PublishRequest { channel, text, key } = body.0.0;
         let channel = channel
             .ok_or_else(|| ApiError::BadRequest("malformed message: missing `channel`".into()))?;
         let data = match text {
             None | Some(Value::Null) => {
-                return Err(ApiError::BadRequest(
-                    "malformed message: missing `text`".into(),
-                ));
+                return Err(
+                    ApiError::BadRequest("malformed message: missing `text`".into()).into(),
+                );
             }
             Some(Value::String(s)) if s.is_empty() => {
-                return Err(ApiError::BadRequest(
-                    "malformed message: `text` is empty".into(),
-                ));
+                return Err(
+                    ApiError::BadRequest("malformed message: `text` is empty".into()).into(),
+                );
             }
             Some(v) => v.to_string(),
         };
@@ -584,17 +619,18 @@ impl EventsApi {
             return Err(ApiError::BadRequest(format!(
                 "malformed message: `key` must be a string of 1 to {} characters",
                 crate::events::protocol::MAX_KEY_CHARS
-            )));
+            ))
+            .into());
         }
         let stored = self
             .state
             .hub
             .publish(&principal, &channel, data, key)
             .await?;
-        Ok(ok(Published {
+        Ok(PublishResponse::Ok(ok(Published {
             message_id: stored.message_id.to_string(),
             duplicate: stored.duplicate,
-        }))
+        })))
     }
 
     /// Message history
@@ -627,8 +663,8 @@ impl EventsApi {
         before: Query<Option<String>>,
         /// Only messages with a larger id.
         after: Query<Option<String>>,
-    ) -> ApiResult<Json<HistoryPage>> {
-        history(
+    ) -> Reply<HistoryResponse, HistoryFailures> {
+        let page = history(
             &self.state,
             &auth,
             channel.0,
@@ -637,7 +673,8 @@ impl EventsApi {
             before.0,
             after.0,
         )
-        .await
+        .await?;
+        Ok(HistoryResponse::Ok(page))
     }
 
     /// Stored messages per channel
@@ -646,7 +683,7 @@ impl EventsApi {
     /// newest id, their size, and up to which id retention (`[[events.retention]]`) deleted
     /// messages. It reads every stored message: a command for operators, so it needs `cop`.
     #[oai(path = "/event/stats", method = "get", operation_id = "event_stats")]
-    async fn stats(&self, auth: TokenAuth) -> ApiResult<Json<Envelope<Vec<ChannelStatsOut>>>> {
+    async fn stats(&self, auth: TokenAuth) -> Reply<StatsResponse, StatsFailures> {
         let principal = self
             .state
             .auth
@@ -655,10 +692,11 @@ impl EventsApi {
         if !principal.perms.is_admin() {
             return Err(ApiError::Forbidden(
                 "only a cop may read the event stats (they read every stored message)".into(),
-            ));
+            )
+            .into());
         }
         let rows = storage::events::stats(&self.state.pool).await?;
-        Ok(ok(rows
+        Ok(StatsResponse::Ok(ok(rows
             .into_iter()
             .filter(|r| principal.perms.event(&r.channel, false))
             .map(|r| ChannelStatsOut {
@@ -669,7 +707,7 @@ impl EventsApi {
                 bytes: r.bytes,
                 pruned_through: r.pruned_through.map(|i| i.to_string()),
             })
-            .collect()))
+            .collect())))
     }
 
     /// Message history (POST)
@@ -693,8 +731,8 @@ impl EventsApi {
         before: Query<Option<String>>,
         /// Only messages with a larger id.
         after: Query<Option<String>>,
-    ) -> ApiResult<Json<HistoryPage>> {
-        history(
+    ) -> Reply<HistoryResponse, HistoryPostFailures> {
+        let page = history(
             &self.state,
             &auth,
             channel.0,
@@ -703,6 +741,7 @@ impl EventsApi {
             before.0,
             after.0,
         )
-        .await
+        .await?;
+        Ok(HistoryResponse::Ok(page))
     }
 }

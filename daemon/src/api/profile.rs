@@ -74,7 +74,8 @@ impl ProfileApi {
     /// Who am I
     ///
     /// The caller's own user with `role_total`, `perm_total` and `token_expires`. Needs
-    /// `api://core4.api.v1.request.standard…` (the `standard_user` role has it).
+    /// `api://core4.api.v1.request.standard.profile.ProfileHandler` (the `standard_user` role
+    /// has it).
     #[oai(path = "/profile", method = "get")]
     async fn get(&self, auth: TokenAuth) -> Reply<ProfileResponse, ReadFailures> {
         let me = self

@@ -113,7 +113,9 @@ pub struct RoleCreate {
     /// of 24 hex digits is a role id, anything else a role name.
     #[oai(validator(max_items = 256))]
     pub role: Option<Vec<String>>,
-    /// Permissions: `cop`, `api://…`, `job://…`, `app://…`, `mongodb://…`, `event://<channel>/<r|w|rw>`.
+    /// Permissions: `cop`, `api://<handler pattern>[/<crud>]` (e.g.
+    /// `api://core4.api.v1.request.standard`), `job://<pattern>`, `app://<pattern>`,
+    /// `mongodb://<database>`, `event://<channel>/<r|w|rw>`.
     #[oai(validator(max_items = 256))]
     pub perm: Option<Vec<String>>,
     /// Default true.
@@ -460,7 +462,8 @@ impl RolesApi {
     /// maximum, default 10), sorted by `sort` (`_id`, `name`, `realname`, `email`, `created`) in
     /// `order` 1 (ascending) or -1. Filters match literally: `name` and `email` exactly
     /// (case-insensitive), `realname` as a substring, `q` as a substring of name, real name,
-    /// email or any permission. Needs `api://core4.api.v1.request.role…/r`.
+    /// email or any permission. Needs
+    /// `api://core4.api.v1.request.role.main.RoleHandler/r`.
     #[oai(path = "/roles", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn list(

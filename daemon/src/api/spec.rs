@@ -173,6 +173,73 @@ failures! {
     ];
     /// `GET /health`.
     HealthFailures: [(503, "The database does not answer.")];
+    /// `GET /event`: the WebSocket upgrade.
+    SocketFailures: [
+        (400, "Not a WebSocket upgrade (no `Sec-WebSocket-Key`, say), or `since` is not a \
+               message id."),
+        NO_TOKEN,
+        (403, "The caller lacks `api://core4.api.v1.request.standard.event.EventHandler`, or \
+               the upgrade was authenticated by the `token` cookie alone from a page of an \
+               origin core4d does not trust."),
+        (429, "The user has `events.max_connections_per_user` sockets and streams open on this \
+               instance; see `Retry-After`."),
+        (503, "The instance has `events.max_connections` open or is shutting down (see \
+               `Retry-After`), or the database is not reachable."),
+    ];
+    /// `GET /event/stream`.
+    StreamFailures: [
+        (400, "No `channel`, more channel names than allowed, or `since` (or `Last-Event-ID`) \
+               is not a message id."),
+        NO_TOKEN,
+        (403, "The caller lacks `api://core4.api.v1.request.standard.event.EventHandler`, or \
+               the request was authenticated by the `token` cookie alone from a page of an \
+               origin core4d does not trust."),
+        (429, "The user has `events.max_connections_per_user` sockets and streams open on this \
+               instance; see `Retry-After`."),
+        (503, "The instance has `events.max_connections` open or is shutting down (see \
+               `Retry-After`), or the database is not reachable."),
+    ];
+    /// `POST /event`.
+    PublishFailures: [
+        (400, "A malformed message (`error` says what: no `channel` or `text`, an empty \
+               `text`, an invalid channel name or key), with the socket's phrases."),
+        NO_TOKEN,
+        (403, "No `event://<channel>/w` for the channel, no \
+               `api://core4.api.v1.request.standard.event.EventHandler`, or the request was \
+               authenticated by the `token` cookie alone from a page of an origin core4d does \
+               not trust."),
+        (413, "The request body is over 1 MiB, or `text` over `events.max_frame_bytes`."),
+        (429, "Over the user's message rate (shared with the user's sockets); see \
+               `Retry-After`."),
+        (503, "The message could not be stored (the database is not reachable, or core4d is \
+               shutting down): send it again, with the same key to store it once."),
+    ];
+    /// `GET /event/history`.
+    HistoryFailures: [
+        (400, "An invalid channel name, `page` or `per_page`, or a `before`/`after` that is \
+               not a message id."),
+        NO_TOKEN,
+        (403, "No `event://<channel>/r` for the channel, or no \
+               `api://core4.api.v1.request.standard.event.EventHistoryHandler`."),
+        DB_DOWN,
+    ];
+    /// `POST /event/history`.
+    HistoryPostFailures: [
+        (400, "An invalid channel name, `page` or `per_page`, or a `before`/`after` that is \
+               not a message id."),
+        NO_TOKEN,
+        (403, "No `event://<channel>/r` for the channel, no \
+               `api://core4.api.v1.request.standard.event.EventHistoryHandler`, or the request was \
+               authenticated by the `token` cookie alone from a page of an origin core4d does \
+               not trust."),
+        DB_DOWN,
+    ];
+    /// `GET /event/stats`.
+    StatsFailures: [
+        NO_TOKEN,
+        (403, "The caller is not a `cop`."),
+        DB_DOWN,
+    ];
 }
 
 /// The 24 hex digits of an id, as `ObjectId::parse` accepts them.
@@ -205,6 +272,24 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
     }
     // A name, when given, is never empty.
     schemas["RoleUpdate"]["properties"]["name"]["minLength"] = json!(1);
+    // Checked by the handler after the credentials, with the socket's phrases.
+    if let Some(publish) = schemas.get_mut("PublishRequest") {
+        publish["required"] = json!(["channel", "text"]);
+        publish["properties"]["channel"]["minLength"] = json!(1);
+        publish["properties"]["channel"]["example"] = json!("message");
+        publish["properties"]["text"]["not"] = json!({"enum": [null, ""]});
+        publish["properties"]["text"]["example"] = json!("hello");
+        publish["properties"]["key"]["minLength"] = json!(1);
+        publish["properties"]["key"]["maxLength"] = json!(core4_proto::MAX_KEY_CHARS);
+        // `"key": null` is no key, as on the socket.
+        publish["properties"]["key"]["nullable"] = json!(true);
+        publish["example"] = json!({"channel": "message", "text": "hello"});
+    }
+    fold_union_wrappers(&mut spec);
+    // Swagger UI builds an example from the first variant; show a whole frame, tag included.
+    if let Some(frame) = spec["components"]["schemas"].get_mut("ClientFrame") {
+        frame["example"] = json!({"type": "message", "channel": "message", "text": "hello"});
+    }
     add_links(&mut spec);
     if let Some(paths) = spec["paths"].as_object_mut() {
         for (path, ops) in paths.iter_mut() {
@@ -223,6 +308,81 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
         }
     }
     serde_json::to_string_pretty(&spec).unwrap_or_default()
+}
+
+/// poem-openapi describes each variant of a tagged union as a wrapper schema
+/// (`ClientFrame_TokenRequestFrame`: `allOf` of the `type` tag and the variant) that repeats the
+/// union's description. The tag is folded into the variant's own schema and the wrapper goes, so
+/// every variant shows its own description and no internal name shows; where the variant is also
+/// used untagged (`HistoryPage.truncated`), that use gets an inline copy without the tag.
+fn fold_union_wrappers(spec: &mut Value) {
+    const PREFIX: &str = "#/components/schemas/";
+    let Some(schemas) = spec["components"]["schemas"].as_object() else {
+        return;
+    };
+    // (wrapper, variant, tag property)
+    let wrappers: Vec<(String, String, Value)> = schemas
+        .iter()
+        .filter_map(|(name, schema)| {
+            let [tag, variant] = schema["allOf"].as_array()?.as_slice() else {
+                return None;
+            };
+            let variant = variant["$ref"].as_str()?.strip_prefix(PREFIX)?;
+            let tag = tag["properties"].get("type")?;
+            name.ends_with(&format!("_{variant}"))
+                .then(|| (name.clone(), variant.to_string(), tag.clone()))
+        })
+        .collect();
+    for (wrapper, variant, tag) in wrappers {
+        let schemas = &mut spec["components"]["schemas"];
+        if schemas[&variant]["properties"].get("type").is_some() {
+            // A variant of two unions keeps its wrappers, with its own description.
+            schemas[&wrapper]["description"] = schemas[&variant]["description"].clone();
+            continue;
+        }
+        let mut untagged = schemas[&variant].clone();
+        if let Some(map) = untagged.as_object_mut() {
+            // The use site says what the field means.
+            map.remove("title");
+            map.remove("description");
+        }
+        if let Some(schemas) = schemas.as_object_mut() {
+            schemas.remove(&wrapper);
+        }
+        inline_ref(spec, &format!("{PREFIX}{variant}"), &untagged);
+        let own = &mut spec["components"]["schemas"][&variant];
+        own["properties"]["type"] = tag;
+        let mut required = vec![json!("type")];
+        required.extend(own["required"].as_array().cloned().unwrap_or_default());
+        own["required"] = Value::Array(required);
+        replace_ref(
+            spec,
+            &format!("{PREFIX}{wrapper}"),
+            &format!("{PREFIX}{variant}"),
+        );
+    }
+}
+
+/// Replaces every `{"$ref": target}` in `value` with a copy of `schema`.
+fn inline_ref(value: &mut Value, target: &str, schema: &Value) {
+    match value {
+        Value::Object(map) if map.len() == 1 && map.get("$ref").is_some_and(|r| r == target) => {
+            *value = schema.clone()
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| inline_ref(v, target, schema)),
+        Value::Object(map) => map.values_mut().for_each(|v| inline_ref(v, target, schema)),
+        _ => {}
+    }
+}
+
+/// Points every reference (`$ref`, discriminator mapping) to `from` at `to`.
+fn replace_ref(value: &mut Value, from: &str, to: &str) {
+    match value {
+        Value::String(s) if s == from => *s = to.to_string(),
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_ref(v, from, to)),
+        Value::Object(map) => map.values_mut().for_each(|v| replace_ref(v, from, to)),
+        _ => {}
+    }
 }
 
 /// OpenAPI links: where the `id` and `etag` of a change or delete come from. Clients (and
@@ -294,13 +454,20 @@ fn refine_parameter(path: &str, method: &str, p: &mut Value, max_per_page: u32) 
             p["schema"]["minLength"] = json!(1);
             p["schema"]["maxLength"] = json!(crate::api::roles::MAX_ETAG_CHARS);
         }
-        ("per_page", Some("query")) if path == "/roles" => {
+        ("per_page", Some("query")) if path == "/roles" || path == "/event/history" => {
             p["schema"]["minimum"] = json!(1);
             p["schema"]["maximum"] = json!(max_per_page);
         }
         ("order", Some("query")) if path == "/roles" => p["schema"]["enum"] = json!([1, -1]),
         ("sort", Some("query")) if path == "/roles" => {
             p["schema"]["enum"] = json!(["_id", "name", "realname", "email", "created"])
+        }
+        ("channel", Some("query")) if path.starts_with("/event") => {
+            p["example"] = if p["schema"]["type"] == "array" {
+                json!(["message"])
+            } else {
+                json!("message")
+            };
         }
         // Refused whatever its value: no value satisfies the schema.
         ("filter", Some("query")) => p["schema"] = json!({"not": {}}),

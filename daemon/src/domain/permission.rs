@@ -93,29 +93,7 @@ fn compile_prefix(pattern: &str) -> Result<Regex, regex::Error> {
         .build()
 }
 
-/// `*` matches any run of characters. Iterative with one backtrack point, so the cost is at most
-/// pattern length × text length, whatever the pattern.
-pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
+pub(crate) use core4_proto::perms::glob_match;
 
 /// Compiled `api://` patterns shared by all requests, so the hot path never compiles a regex.
 #[derive(Clone, Default)]
@@ -194,17 +172,7 @@ impl PermissionSet {
 
     /// May the holder read (`write == false`) or write the channel?
     pub fn event(&self, channel: &str, write: bool) -> bool {
-        let want = if write { 'w' } else { 'r' };
-        self.admin
-            || self
-                .perms
-                .iter()
-                .filter_map(|p| p.strip_prefix("event://"))
-                .any(|rest| {
-                    rest.rsplit_once('/').is_some_and(|(pattern, acc)| {
-                        acc.contains(want) && glob_match(pattern, channel)
-                    })
-                })
+        self.admin || core4_proto::perms::channel_allowed(&self.perms, channel, write)
     }
 }
 

@@ -1,314 +1,34 @@
-//! `event send|tail|history` and `chat`: channel messages over the event WebSocket, with
-//! history (`/event/history`) to start from, resume after and fill gaps.
+//! The reconnecting engine of `tail` and `chat`: one connection at a time (`follow`), across
+//! reconnects with backoff (`reconnecting`); events printed once each in id order (`Printer`),
+//! gaps and resumes filled from history, the token renewed before it expires, and chat lines
+//! sent in order, each stored once (`Outbox`). `send` shares its keys and backoff.
 
 use std::{
     collections::{BTreeMap, VecDeque},
     time::Duration,
 };
 
-use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use core4_proto::ErrorKind;
 
 use crate::{
     client::{ApiClient, Event, EventSocket, Frame, parse_seq},
-    commands::{interactive, login::Profile},
-    context::Context,
+    commands::login::Profile,
     error::{CliError, Result},
-    output::{
-        self, clock_cell, datetime_cell, display_value, json_line, opt_cell, print_json,
-        print_line, sanitize,
-    },
+    output::{self, clock_cell, display_value, json_line, print_line, sanitize},
 };
-
-pub const EXAMPLES: &str = "\
-Examples:
-  core4ctl event send message 'deploy finished'
-  tail -f app.log | core4ctl event send ops -
-  core4ctl event tail message system
-  core4ctl event tail message --last 20 -o json | jq -r .data
-  core4ctl event history message --per-page 50";
-
-pub const CHAT_EXAMPLES: &str = "\
-Examples:
-  core4ctl chat                 # the `message` channel
-  core4ctl chat ops
-
-Lines you type are sent; messages from others are printed as `time author > text`.
-Ctrl-D or Ctrl-C leaves.";
-
-const SEND_EXAMPLES: &str = "\
-Examples:
-  core4ctl event send message 'hello, world'        # prints the message id
-  core4ctl event send jobs '{\"done\": 3}' --json
-  printf 'one\\ntwo\\n' | core4ctl event send message -   # one message per line, one id per line";
-
-const TAIL_EXAMPLES: &str = "\
-Examples:
-  core4ctl event tail message
-  core4ctl event tail message system --last 10
-  core4ctl event tail message --since 4711 -o json
-
-Lines look like `12:00:01 alice > hello` (with [channel] when following several). If the
-connection drops or core4d restarts, tail reconnects and resumes after the last message it
-printed: nothing is lost or printed twice. Ctrl-C exits 0.";
-
-const HISTORY_EXAMPLES: &str = "\
-Examples:
-  core4ctl event history message                  # newest first
-  core4ctl event history message --page 2 --per-page 50
-  core4ctl event history ops -o json | jq -r '.[].data'";
-
-#[derive(Debug, Subcommand)]
-pub enum EventCommand {
-    /// Send a message to a channel and print its id
-    #[command(after_help = SEND_EXAMPLES)]
-    Send(SendArgs),
-    /// Print messages on channels as they arrive, resuming across reconnects
-    #[command(after_help = TAIL_EXAMPLES)]
-    Tail(TailArgs),
-    /// Show stored messages of a channel, newest first
-    #[command(after_help = HISTORY_EXAMPLES)]
-    History(HistoryArgs),
-    /// Show what each readable channel stores: messages, oldest and newest id, size, and what
-    /// retention deleted
-    #[command(after_help = STATS_EXAMPLES)]
-    Stats,
-}
-
-const STATS_EXAMPLES: &str = "Examples:
-  core4ctl event stats
-  core4ctl event stats -o json | jq '.[] | select(.count > 1000000)'";
-
-#[derive(Debug, Args)]
-pub struct SendArgs {
-    /// Channel name, e.g. message
-    pub channel: String,
-    /// The text, or - to send each line of stdin as its own message
-    pub text: String,
-    /// Send TEXT (or each line) as JSON instead of as a string
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct TailArgs {
-    /// Channels to follow
-    #[arg(required = true, value_name = "CHANNEL")]
-    pub channels: Vec<String>,
-    /// Start after this message id (replays everything stored since)
-    #[arg(long, value_name = "ID", conflicts_with = "last")]
-    pub since: Option<String>,
-    /// Print the last N stored messages first
-    #[arg(long, value_name = "N")]
-    pub last: Option<usize>,
-}
-
-#[derive(Debug, Args)]
-pub struct HistoryArgs {
-    /// Channel name
-    pub channel: String,
-    /// Page number, from 1 (page 1 holds the newest messages)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub page: u64,
-    /// Messages per page
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
-    pub per_page: u64,
-}
-
-#[derive(Debug, Args)]
-pub struct ChatArgs {
-    /// Channel to chat on
-    #[arg(default_value = "message")]
-    pub channel: String,
-}
-
-pub async fn run(command: &EventCommand, ctx: &Context) -> Result<()> {
-    match command {
-        EventCommand::Send(args) => send(args, ctx).await,
-        EventCommand::Tail(args) => with_ctrl_c(tail(args, ctx)).await,
-        EventCommand::History(args) => history(args, ctx).await,
-        EventCommand::Stats => stats(ctx).await,
-    }
-}
-
-/// One channel's row of `GET /event/stats`.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-struct ChannelStats {
-    channel: String,
-    count: i64,
-    #[serde(default)]
-    oldest: Option<String>,
-    #[serde(default)]
-    newest: Option<String>,
-    bytes: i64,
-    #[serde(default)]
-    pruned_through: Option<String>,
-}
-
-async fn stats(ctx: &Context) -> Result<()> {
-    let rows: Vec<ChannelStats> = ctx.client()?.get("/event/stats", &[]).await?;
-    if ctx.json() {
-        return print_json(&rows);
-    }
-    if rows.is_empty() {
-        eprintln!("no messages stored");
-        return Ok(());
-    }
-    let mut table = output::table(&[
-        "CHANNEL",
-        "MESSAGES",
-        "OLDEST",
-        "NEWEST",
-        "BYTES",
-        "PRUNED THROUGH",
-    ]);
-    for r in &rows {
-        table.add_row(vec![
-            sanitize(&r.channel).into_owned(),
-            r.count.to_string(),
-            opt_cell(r.oldest.as_deref()),
-            opt_cell(r.newest.as_deref()),
-            r.bytes.to_string(),
-            opt_cell(r.pruned_through.as_deref()),
-        ]);
-    }
-    output::print_table(&table)
-}
-
-/// Ctrl-C ends a long-running command with success; lines are printed whole or not at all
-/// because printing never awaits.
-async fn with_ctrl_c(work: impl Future<Output = Result<()>>) -> Result<()> {
-    tokio::select! {
-        result = work => result,
-        _ = tokio::signal::ctrl_c() => Ok(()),
-    }
-}
-
-fn channel_name(raw: &str) -> Result<String> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err(CliError::Usage("the channel name must not be empty".into()));
-    }
-    Ok(name.to_owned())
-}
-
-/// Lines of stdin, read on a plain thread: a blocking read cannot be cancelled, and this way
-/// it never holds up the exit.
-fn stdin_lines() -> mpsc::Receiver<std::io::Result<String>> {
-    let (tx, rx) = mpsc::channel(256);
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let stdin = std::io::stdin();
-        let mut stdin = stdin.lock();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let line = match stdin.read_until(b'\n', &mut buf) {
-                Ok(0) => break,
-                Ok(_) => {
-                    if buf.last() == Some(&b'\n') {
-                        buf.pop();
-                    }
-                    // Invalid UTF-8 must not end the stream: it becomes U+FFFD.
-                    Ok(String::from_utf8_lossy(&buf).into_owned())
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
-            let failed = line.is_err();
-            if tx.blocking_send(line).is_err() || failed {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn message_text(raw: &str, as_json: bool) -> Result<Value> {
-    if as_json {
-        serde_json::from_str(raw)
-            .map_err(|e| CliError::Usage(format!("--json: the text is not JSON ({e})")))
-    } else {
-        Ok(Value::String(raw.to_owned()))
-    }
-}
-
-fn print_ack(ctx: &Context, channel: &str, id: &str) -> Result<()> {
-    if ctx.json() {
-        print_line(&json_line(&json!({"message_id": id, "channel": channel})))
-    } else {
-        print_line(&sanitize(id))
-    }
-}
-
-async fn send(args: &SendArgs, ctx: &Context) -> Result<()> {
-    let channel = channel_name(&args.channel)?;
-    if args.text.is_empty() {
-        return Err(CliError::Usage("the message text must not be empty".into()));
-    }
-    let single = (args.text != "-")
-        .then(|| message_text(&args.text, args.json))
-        .transpose()?;
-    let client = ctx.client()?;
-    let mut keys = Keys::new();
-    let mut socket = Some(client.connect_events().await?);
-    if let Some(text) = single {
-        let id = send_reconnecting(&client, &mut socket, &channel, &text, &keys.next()).await?;
-        if let Some(socket) = socket {
-            socket.close().await;
-        }
-        return print_ack(ctx, &channel, &id);
-    }
-    // One at a time, so that a line refused by the rate limit is sent again before the next
-    // one and lines are stored in input order. The rate limit, not the round trip, bounds the
-    // pace. Every line has its own key: resent after a reconnect, it is stored once.
-    // While waiting for the next line the socket is read too, so that pings are answered and
-    // a close is noticed (and the next line goes over a new connection).
-    let mut lines = stdin_lines();
-    loop {
-        let line = match socket.as_mut() {
-            Some(open) => tokio::select! {
-                line = lines.recv() => line,
-                frame = open.next_frame() => {
-                    match frame {
-                        Ok(Some(_)) => {}
-                        Ok(None) => socket = None,
-                        Err(e) if retryable(&e) => socket = None,
-                        Err(e) => return Err(e),
-                    }
-                    continue;
-                }
-            },
-            None => lines.recv().await,
-        };
-        let Some(line) = line else { break };
-        let line = line?;
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
-        let text = message_text(line, args.json)?;
-        let id = send_reconnecting(&client, &mut socket, &channel, &text, &keys.next()).await?;
-        print_ack(ctx, &channel, &id)?;
-    }
-    if let Some(socket) = socket {
-        socket.close().await;
-    }
-    Ok(())
-}
 
 /// Idempotency keys for the messages of this run: unique per process and message, so a
 /// message sent again after a reconnect is stored once.
-struct Keys {
+pub(super) struct Keys {
     prefix: String,
     next: u64,
 }
 
 impl Keys {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -318,120 +38,23 @@ impl Keys {
         }
     }
 
-    fn next(&mut self) -> String {
+    pub(super) fn next(&mut self) -> String {
         self.next += 1;
         format!("{}-{}", self.prefix, self.next)
     }
 }
 
-/// Sends one message over `socket`, (re)connecting with backoff when there is none or the
-/// connection was lost before the ack (the key makes sending it again safe); returns its id
-/// once stored.
-async fn send_reconnecting<'c>(
-    client: &'c ApiClient,
-    socket: &mut Option<EventSocket<'c>>,
-    channel: &str,
-    text: &Value,
-    key: &str,
-) -> Result<String> {
-    let mut backoff = Backoff::new();
-    loop {
-        let open = match socket {
-            Some(open) => open,
-            None => match client.connect_events().await {
-                Ok(open) => socket.insert(open),
-                Err(e) if retryable(&e) => {
-                    backoff.wait(client.server(), &e).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            },
-        };
-        match send_one(open, channel, text, key).await? {
-            Sent::Stored(id) => return Ok(id),
-            Sent::NotSent(why) => {
-                *socket = None;
-                backoff.wait(client.server(), &why).await;
-            }
-        }
-    }
-}
-
-enum Sent {
-    Stored(String),
-    /// Not acknowledged (the socket was gone, or the server could not store it): send it again,
-    /// with the same key.
-    NotSent(CliError),
-}
-
-/// Sends one message and waits until it is stored; waits and retries when rate-limited.
-async fn send_one(
-    socket: &mut EventSocket<'_>,
-    channel: &str,
-    text: &Value,
-    key: &str,
-) -> Result<Sent> {
-    let mut pause = Duration::from_millis(50);
-    loop {
-        if let Err(e) = socket.send_message(channel, text, key).await {
-            return if retryable(&e) {
-                Ok(Sent::NotSent(e))
-            } else {
-                Err(e)
-            };
-        }
-        loop {
-            match socket.next_frame().await {
-                Ok(Some(Frame::Ack(id))) => return Ok(Sent::Stored(id)),
-                Ok(Some(Frame::Error {
-                    kind: Some(ErrorKind::RateLimited),
-                    ..
-                })) => break,
-                Ok(Some(Frame::Error {
-                    kind: Some(ErrorKind::Unavailable | ErrorKind::InDoubt),
-                    message,
-                })) => return Ok(Sent::NotSent(CliError::Other(message))),
-                Ok(Some(Frame::Error { kind, message })) => {
-                    return Err(send_error(kind, channel, &message));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Ok(Sent::NotSent(CliError::Other(
-                        "the connection closed before the message was acknowledged".into(),
-                    )));
-                }
-                Err(e) if retryable(&e) => return Ok(Sent::NotSent(e)),
-                Err(e) => return Err(e),
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
-}
-
-fn send_error(kind: Option<ErrorKind>, channel: &str, message: &str) -> CliError {
-    if kind == Some(ErrorKind::Forbidden) {
-        CliError::Auth(format!(
-            "{message}: your account may not send to {} — ask an administrator for event://{}/w",
-            sanitize(channel),
-            sanitize(channel)
-        ))
-    } else {
-        CliError::Usage(format!("core4d rejected the message: {message}"))
-    }
-}
-
 /// Prints events once each, in id order as they come; remembers the last id printed.
-struct Printer {
-    last: Option<u64>,
-    json: bool,
-    show_channel: bool,
+pub(super) struct Printer {
+    pub(super) last: Option<u64>,
+    pub(super) json: bool,
+    pub(super) show_channel: bool,
     /// Messages by this author are not printed (chat already shows what you typed).
-    skip_author: Option<String>,
+    pub(super) skip_author: Option<String>,
 }
 
 impl Printer {
-    fn emit(&mut self, event: &Event) -> Result<()> {
+    pub(super) fn emit(&mut self, event: &Event) -> Result<()> {
         let seq = event.seq();
         if let Some(seq) = seq
             && self.last.is_some_and(|last| seq <= last)
@@ -450,7 +73,7 @@ impl Printer {
         Ok(())
     }
 
-    fn format(&self, event: &Event) -> String {
+    pub(super) fn format(&self, event: &Event) -> String {
         if self.json {
             return json_line(event);
         }
@@ -467,7 +90,7 @@ impl Printer {
         }
     }
 
-    fn since(&self) -> String {
+    pub(super) fn since(&self) -> String {
         self.last.unwrap_or(0).to_string()
     }
 }
@@ -475,7 +98,7 @@ impl Printer {
 /// Stored messages of one channel after `after` and before `below` (all, or the newest
 /// `limit`), oldest first.
 /// Pages backwards with `before` so that messages arriving meanwhile cannot shift the pages.
-async fn history_after(
+pub(super) async fn history_after(
     client: &ApiClient,
     channel: &str,
     after: Option<u64>,
@@ -523,7 +146,7 @@ async fn history_after(
 }
 
 /// The id of the newest stored message on any of the channels (0 when there is none).
-async fn current_position(client: &ApiClient, channels: &[String]) -> Result<u64> {
+pub(super) async fn current_position(client: &ApiClient, channels: &[String]) -> Result<u64> {
     let mut newest = 0;
     for channel in channels {
         let latest = history_after(client, channel, None, Some(1), None).await?;
@@ -539,7 +162,7 @@ async fn current_position(client: &ApiClient, channels: &[String]) -> Result<u64
 /// again, after its own newest and up to that highest id: ids commit in increasing order
 /// deployment-wide, so afterwards everything up to the highest id is here.
 /// `fetch(channel, after, below)` reads one channel's history.
-async fn history_merged<'a, F, Fut>(
+pub(super) async fn history_merged<'a, F, Fut>(
     channels: &'a [String],
     after: Option<u64>,
     mut fetch: F,
@@ -570,7 +193,7 @@ where
     Ok(merged)
 }
 
-fn merge_events(merged: &mut BTreeMap<u64, Event>, events: Vec<Event>) {
+pub(super) fn merge_events(merged: &mut BTreeMap<u64, Event>, events: Vec<Event>) {
     for event in events {
         if let Some(seq) = event.seq() {
             merged.insert(seq, event);
@@ -579,7 +202,7 @@ fn merge_events(merged: &mut BTreeMap<u64, Event>, events: Vec<Event>) {
 }
 
 /// Fills a gap the server reported, from history, in id order.
-async fn fill_gap(
+pub(super) async fn fill_gap(
     client: &ApiClient,
     channels: &[String],
     printer: &mut Printer,
@@ -605,30 +228,30 @@ async fn fill_gap(
 }
 
 /// Reconnect delays: 250 ms doubling to 8 s, back to the start after a good connection.
-struct Backoff {
+pub(super) struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
-    const FIRST: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(8);
+    pub(super) const FIRST: Duration = Duration::from_millis(250);
+    pub(super) const MAX: Duration = Duration::from_secs(8);
 
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self { next: Self::FIRST }
     }
 
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.next = Self::FIRST;
     }
 
     /// The delay before the next attempt; the one after it is twice as long, up to `MAX`.
-    fn advance(&mut self) -> Duration {
+    pub(super) fn advance(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         delay
     }
 
-    async fn wait(&mut self, server: &str, why: &CliError) {
+    pub(super) async fn wait(&mut self, server: &str, why: &CliError) {
         let delay = self.advance();
         eprintln!(
             "core4ctl: lost the connection to {server} ({why}); reconnecting in {:.1}s",
@@ -639,78 +262,23 @@ impl Backoff {
 }
 
 /// Errors a reconnect can cure (the server restarting, the network); the rest end the command.
-fn retryable(err: &CliError) -> bool {
+pub(super) fn retryable(err: &CliError) -> bool {
     matches!(
         err,
         CliError::Unreachable { .. } | CliError::Other(_) | CliError::Busy(_)
     )
 }
 
-enum SessionEnd {
+pub(super) enum SessionEnd {
     /// The server closed the socket; reconnect.
     Closed,
     /// Input ended (chat); the command is done.
     Done,
 }
 
-async fn tail(args: &TailArgs, ctx: &Context) -> Result<()> {
-    let channels = args
-        .channels
-        .iter()
-        .map(|c| channel_name(c))
-        .collect::<Result<Vec<_>>>()?;
-    let client = ctx.client()?;
-    let mut printer = Printer {
-        last: None,
-        json: ctx.json(),
-        show_channel: channels.len() > 1,
-        skip_author: None,
-    };
-
-    if let Some(since) = &args.since {
-        let seq = parse_seq(since).ok_or_else(|| {
-            CliError::Usage(format!(
-                "--since: [{}] is not a message id",
-                sanitize(since)
-            ))
-        })?;
-        // An id beyond the newest stored one starts at the newest: what comes next is printed
-        // (the printer skips ids up to where it starts). Unreadable channels are the socket's
-        // to refuse.
-        let mut newest: Option<u64> = None;
-        for channel in &channels {
-            if let Ok(latest) = history_after(&client, channel, None, Some(1), None).await {
-                newest = Some(
-                    latest
-                        .iter()
-                        .filter_map(Event::seq)
-                        .fold(newest.unwrap_or(0), u64::max),
-                );
-            }
-        }
-        printer.last = Some(newest.map_or(seq, |n| seq.min(n)));
-    } else if let Some(n) = args.last {
-        let limit = Some(n.max(1));
-        let recent = history_merged(&channels, None, |channel, after, below| {
-            history_after(&client, channel, after, limit, below)
-        })
-        .await?;
-        let skip = recent.len().saturating_sub(n);
-        for event in recent.values().skip(skip) {
-            printer.emit(event)?;
-        }
-        // Start after the newest stored message even when fewer than all were printed.
-        printer.last = Some(recent.keys().next_back().copied().unwrap_or(0));
-    } else {
-        printer.last = Some(current_position(&client, &channels).await?);
-    }
-
-    reconnecting(&client, &channels, &channels, &mut printer, None).await
-}
-
 /// Follows `channels` across reconnects until input ends (chat), Ctrl-C, or an error no
 /// reconnect can cure.
-async fn reconnecting(
+pub(super) async fn reconnecting(
     client: &ApiClient,
     channels: &[String],
     wanted: &[String],
@@ -744,7 +312,7 @@ async fn reconnecting(
 /// Outgoing chat lines, in input order, each with its idempotency key. One is in flight at a
 /// time, so a line the rate limit refused goes out again before the next and lines are stored
 /// in order; after a reconnect the line in flight is sent again with its key (stored once).
-struct Outbox<'a> {
+pub(super) struct Outbox<'a> {
     channel: &'a str,
     lines: mpsc::Receiver<std::io::Result<String>>,
     eof: bool,
@@ -752,13 +320,18 @@ struct Outbox<'a> {
     /// (key, line) not yet acknowledged; the first is on its way when `in_flight`.
     queue: VecDeque<(String, String)>,
     in_flight: bool,
+    /// The account may not send here (it was told at the start): typed lines are dropped.
+    pub(super) read_only: bool,
     /// After a refusal worth retrying (rate limit, database away): when to send again.
     retry_at: Option<tokio::time::Instant>,
     pause: Duration,
 }
 
 impl Outbox<'_> {
-    fn new<'a>(channel: &'a str, lines: mpsc::Receiver<std::io::Result<String>>) -> Outbox<'a> {
+    pub(super) fn new<'a>(
+        channel: &'a str,
+        lines: mpsc::Receiver<std::io::Result<String>>,
+    ) -> Outbox<'a> {
         Outbox {
             channel,
             lines,
@@ -766,17 +339,18 @@ impl Outbox<'_> {
             keys: Keys::new(),
             queue: VecDeque::new(),
             in_flight: false,
+            read_only: false,
             retry_at: None,
             pause: Duration::from_millis(50),
         }
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.eof && self.queue.is_empty()
     }
 
     /// Sends the first queued line unless one is in flight or a retry is not due yet.
-    async fn send_next(&mut self, socket: &mut EventSocket<'_>) -> Result<()> {
+    pub(super) async fn send_next(&mut self, socket: &mut EventSocket<'_>) -> Result<()> {
         if self.in_flight || self.retry_at.is_some() {
             return Ok(());
         }
@@ -790,7 +364,7 @@ impl Outbox<'_> {
     }
 
     /// The line in flight was stored.
-    fn acked(&mut self) {
+    pub(super) fn acked(&mut self) {
         if std::mem::take(&mut self.in_flight) {
             self.queue.pop_front();
             self.pause = Duration::from_millis(50);
@@ -798,7 +372,7 @@ impl Outbox<'_> {
     }
 
     /// The line in flight was refused for now: it goes out again after a pause.
-    fn retry_later(&mut self) {
+    pub(super) fn retry_later(&mut self) {
         if std::mem::take(&mut self.in_flight) {
             self.retry_at = Some(tokio::time::Instant::now() + self.pause);
             self.pause = (self.pause * 2).min(Duration::from_secs(2));
@@ -806,7 +380,7 @@ impl Outbox<'_> {
     }
 
     /// The line in flight was refused for good.
-    fn refused(&mut self) {
+    pub(super) fn refused(&mut self) {
         if std::mem::take(&mut self.in_flight) {
             self.queue.pop_front();
         }
@@ -816,12 +390,12 @@ impl Outbox<'_> {
 /// Keeps a long-lived socket's token fresh. core4d closes a socket when its token expires, so
 /// before that the token is renewed (any request may return a refreshed one in its `token`
 /// header; `/profile` is the cheapest) and handed to the socket in a token frame.
-struct TokenKeeper {
+pub(super) struct TokenKeeper {
     next_check: tokio::time::Instant,
 }
 
 impl TokenKeeper {
-    async fn start(client: &ApiClient) -> Result<Self> {
+    pub(super) async fn start(client: &ApiClient) -> Result<Self> {
         let mut keeper = Self {
             next_check: tokio::time::Instant::now(),
         };
@@ -831,7 +405,7 @@ impl TokenKeeper {
 
     /// Asks the server (which refreshes the token when it is due) and plans the next check at a
     /// third of the remaining lifetime, between 1 s and 10 min.
-    async fn check(&mut self, client: &ApiClient) -> Result<()> {
+    pub(super) async fn check(&mut self, client: &ApiClient) -> Result<()> {
         const MAX: Duration = Duration::from_secs(600);
         let wait = match client.get::<Profile>("/profile", &[]).await {
             Ok(profile) => profile
@@ -853,7 +427,7 @@ impl TokenKeeper {
 
 /// One connection: subscribe from the last printed id, then print (and, for chat, send) until
 /// the socket closes or input ends. `wanted` are the channels whose refusal matters.
-async fn follow(
+pub(super) async fn follow(
     client: &ApiClient,
     channels: &[String],
     wanted: &[String],
@@ -893,7 +467,7 @@ async fn follow(
                     Some(line) => {
                         let line = line?;
                         let line = line.trim_end_matches('\r');
-                        if !line.trim().is_empty() {
+                        if !line.trim().is_empty() && !out.read_only {
                             let key = out.keys.next();
                             out.queue.push_back((key, line.to_owned()));
                             out.send_next(&mut socket).await?;
@@ -985,86 +559,6 @@ async fn follow(
             },
         }
     }
-}
-
-pub async fn chat(args: &ChatArgs, ctx: &Context) -> Result<()> {
-    with_ctrl_c(chat_inner(args, ctx)).await
-}
-
-async fn chat_inner(args: &ChatArgs, ctx: &Context) -> Result<()> {
-    let channel = channel_name(&args.channel)?;
-    let client = ctx.client()?;
-    let me: Profile = client.get("/profile", &[]).await?;
-    let mut channels = vec![channel.clone()];
-    let mut last = current_position(&client, &channels).await?;
-    if !channel.eq_ignore_ascii_case("system") {
-        // Like chat.py, system notices too, if this account may read them.
-        if let Ok(system) = current_position(&client, &["system".to_owned()]).await {
-            channels.push("system".to_owned());
-            last = last.max(system);
-        }
-    }
-    let mut printer = Printer {
-        last: Some(last),
-        json: ctx.json(),
-        show_channel: false,
-        skip_author: Some(me.name.clone()),
-    };
-    if interactive() {
-        eprintln!(
-            "Chatting on {} at {} as {}. Type a line and press Enter; Ctrl-D leaves.",
-            sanitize(&channel),
-            client.server(),
-            sanitize(&me.name)
-        );
-    }
-    let mut outbox = Outbox::new(&channel, stdin_lines());
-    let wanted = [channel.clone()];
-    reconnecting(&client, &channels, &wanted, &mut printer, Some(&mut outbox)).await
-}
-
-async fn history(args: &HistoryArgs, ctx: &Context) -> Result<()> {
-    let channel = channel_name(&args.channel)?;
-    let client = ctx.client()?;
-    let query = [
-        ("channel", channel.clone()),
-        ("page", (args.page - 1).to_string()),
-        ("per_page", args.per_page.to_string()),
-    ];
-    let page = client.get_page::<Event>("/event/history", &query).await?;
-    if ctx.json() {
-        return print_json(&page.data);
-    }
-    if let Some(first) = &page.truncated_before {
-        eprintln!(
-            "messages on {} before {first} are no longer stored (retention)",
-            sanitize(&channel)
-        );
-    }
-    if page.data.is_empty() {
-        eprintln!("no messages on {} (page {})", sanitize(&channel), args.page);
-        return Ok(());
-    }
-    let mut table = output::table(&["ID", "TIME", "AUTHOR", "TEXT"]);
-    for event in &page.data {
-        table.add_row(vec![
-            opt_cell(event.id.as_deref()),
-            datetime_cell(event.created.as_deref()),
-            opt_cell(event.author.as_deref()),
-            display_value(&event.data),
-        ]);
-    }
-    output::print_table(&table)?;
-    if page.page_count > 1 {
-        eprintln!(
-            "page {} of {} ({} messages, newest first); next: --page {}",
-            page.page + 1,
-            page.page_count,
-            page.total_count,
-            (page.page + 2).min(page.page_count)
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
