@@ -300,13 +300,20 @@ async fn dropping_without_stop_stops_the_postmaster() {
     assert!(!process_runs_in(pid, &pgdata));
 }
 
-/// Removes the fallback cluster, which lives outside the temp dir.
-struct RemoveOnDrop(Option<PathBuf>);
+/// Removes the fallback cluster, which lives outside the temp dir, and its parent too when the
+/// test created it: the suite leaves nothing behind outside the clone.
+struct RemoveOnDrop {
+    cluster: Option<PathBuf>,
+    parent_to_remove: Option<PathBuf>,
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
+        if let Some(dir) = self.cluster.take() {
             let _ = fs::remove_dir_all(dir);
+        }
+        if let Some(parent) = self.parent_to_remove.take() {
+            let _ = fs::remove_dir(parent); // only when empty
         }
     }
 }
@@ -323,10 +330,15 @@ async fn as_root_a_data_dir_postgres_cannot_reach_moves_the_cluster() {
         return;
     }
     let tmp = private_temp_dir();
+    let fallback = PathBuf::from("/var/lib/core4d");
+    let parent_to_remove = (!fallback.exists()).then(|| fallback.clone());
     let pg = EmbeddedPostgres::start(options(&tmp.path().join("data")))
         .await
         .unwrap();
-    let _cleanup = RemoveOnDrop(Some(pg.cluster_dir().to_path_buf()));
+    let _cleanup = RemoveOnDrop {
+        cluster: Some(pg.cluster_dir().to_path_buf()),
+        parent_to_remove,
+    };
 
     assert!(
         pg.cluster_dir().starts_with("/var/lib/core4d"),
