@@ -1,43 +1,20 @@
 //! The real `core4d` binary with TLS and trusted proxies: bad certificates and CIDRs refuse the
 //! start with one line naming the key and the fix; SIGHUP reloads the certificate.
 
+mod support;
+
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_core4d");
-const WAIT: Duration = Duration::from_secs(60);
+use support::{Daemon, embedded, runtime, temp_dir};
 
+/// core4d on the embedded cluster in `data_dir`, with a known admin password.
 fn core4d(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CORE4_") || key == "DATABASE_URL" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("CORE4_ARGON2__M_COST", "1024")
-        .env("CORE4_ARGON2__T_COST", "1")
-        .env("CORE4_ADMIN_PASSWORD", "tls-admin-pw")
-        .env("RUST_LOG", "info");
+    let mut cmd = embedded(data_dir);
+    cmd.env("CORE4_ADMIN_PASSWORD", "tls-admin-pw");
     cmd
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    tempfile::Builder::new()
-        .prefix("core4d-tls-")
-        .tempdir_in(base)
-        .unwrap()
 }
 
 fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -146,74 +123,6 @@ fn an_invalid_trusted_proxy_cidr_refuses_the_start_naming_the_key() {
     assert!(text.contains("[tls]"), "{text}");
 }
 
-/// core4d's stderr, line by line.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Daemon {
-    fn start(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: vec![],
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(200)))
-            {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no `{needle}` from core4d:\n{}", self.seen.join("\n"))
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.signal("TERM");
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
-}
-
 /// The status of `/health` over HTTPS from a client that trusts only `ca`.
 fn health_trusting(ca: &Path, port: u16) -> Result<u16, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -222,11 +131,7 @@ fn health_trusting(ca: &Path, port: u16) -> Result<u16, reqwest::Error> {
         .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
         .build()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         client
             .get(format!("https://127.0.0.1:{port}/core4/api/v1/health"))
             .send()
@@ -243,19 +148,11 @@ fn sighup_makes_the_running_binary_serve_the_replaced_certificate() {
     let (live_cert, live_key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
     std::fs::copy(&one_cert, &live_cert).unwrap();
     std::fs::copy(&one_key, &live_key).unwrap();
-    let mut daemon = Daemon::start(
-        core4d(&dir.path().join("data"))
-            .env("CORE4_TLS__CERT_FILE", &live_cert)
-            .env("CORE4_TLS__KEY_FILE", &live_key),
-    );
-    let ready = daemon.wait_for("core4d is ready");
-    let at = ready.find("port=").expect("port in the ready line") + 5;
-    let port: u16 = ready[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut cmd = core4d(&dir.path().join("data"));
+    cmd.env("CORE4_TLS__CERT_FILE", &live_cert)
+        .env("CORE4_TLS__KEY_FILE", &live_key);
+    let mut daemon = Daemon::start(cmd);
+    let port = daemon.port();
     assert_eq!(health_trusting(&one_cert, port).unwrap(), 200);
     assert!(health_trusting(&two_cert, port).is_err());
 
@@ -271,4 +168,5 @@ fn sighup_makes_the_running_binary_serve_the_replaced_certificate() {
     daemon.signal("HUP");
     daemon.wait_for("reload failed");
     assert_eq!(health_trusting(&two_cert, port).unwrap(), 200);
+    assert!(daemon.terminate().success());
 }
