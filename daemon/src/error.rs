@@ -162,23 +162,29 @@ const DOCUMENTED: &[(u16, &str)] = &[
     ),
 ];
 
+/// The documented error replies of an operation: each status with its description, all with the
+/// error envelope as their body.
+pub fn error_responses(statuses: &[(u16, &'static str)]) -> MetaResponses {
+    MetaResponses {
+        responses: statuses
+            .iter()
+            .map(|(status, description)| MetaResponse {
+                description,
+                status: Some(*status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: "application/json; charset=utf-8",
+                    schema: ErrorEnvelope::schema_ref(),
+                }],
+                headers: vec![],
+            })
+            .collect(),
+    }
+}
+
 impl ApiResponse for ApiError {
     fn meta() -> MetaResponses {
-        MetaResponses {
-            responses: DOCUMENTED
-                .iter()
-                .map(|(status, description)| MetaResponse {
-                    description,
-                    status: Some(*status),
-                    status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: "application/json; charset=utf-8",
-                        schema: ErrorEnvelope::schema_ref(),
-                    }],
-                    headers: vec![],
-                })
-                .collect(),
-        }
+        error_responses(DOCUMENTED)
     }
 
     fn register(registry: &mut Registry) {

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 
 use poem_openapi::{
     ApiResponse,
-    registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
+    registry::{MetaResponses, Registry},
     types::Type,
 };
 use serde_json::{Value, json};
@@ -45,21 +45,7 @@ impl<F: Failures> From<Fail<F>> for poem::Error {
 
 impl<F: Failures> ApiResponse for Fail<F> {
     fn meta() -> MetaResponses {
-        MetaResponses {
-            responses: F::STATUSES
-                .iter()
-                .map(|(status, description)| MetaResponse {
-                    description,
-                    status: Some(*status),
-                    status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: "application/json; charset=utf-8",
-                        schema: ErrorEnvelope::schema_ref(),
-                    }],
-                    headers: vec![],
-                })
-                .collect(),
-        }
+        crate::error::error_responses(F::STATUSES)
     }
 
     fn register(registry: &mut Registry) {
