@@ -284,15 +284,7 @@ fn descriptions(value: &Value, at: &str, out: &mut Vec<(String, String)>) {
 #[tokio::test]
 async fn the_websocket_document_shows_each_frame_as_sent_with_its_own_description() {
     let app = spawn_app().await;
-    let spec: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec = app.spec().await;
     let schemas = spec["components"]["schemas"].as_object().unwrap();
 
     // The example a reader copies is a whole frame that core4d accepts.

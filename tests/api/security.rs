@@ -450,9 +450,7 @@ async fn overlong_fields_get_a_400_naming_the_field() {
         .await;
     assert_eq!(status, 200, "{body}");
     // The spec states the limits.
-    let (_, spec) = app
-        .call(reqwest::Method::GET, "/openapi.json", None, None)
-        .await;
+    let spec = app.spec().await;
     let create = &spec["components"]["schemas"]["RoleCreate"]["properties"];
     assert_eq!(create["realname"]["maxLength"], 256, "{create}");
     assert_eq!(create["perm"]["maxItems"], 256, "{create}");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use core4_tests::{ADMIN_PASSWORD, TestApp, spawn_app, spawn_app_with, test_settings};
+use core4_tests::{TestApp, spawn_app, spawn_app_with, test_settings};
 use serde_json::{Value, json};
 
 /// The hang guard of every wait for an event.
@@ -189,26 +189,8 @@ async fn the_cookie_opens_a_stream_only_from_a_trusted_origin() {
 
 #[tokio::test]
 async fn a_python_client_reads_and_resumes_the_stream_with_requests() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import requests"])
-        .output();
-    assert!(
-        probe.as_ref().is_ok_and(|o| o.status.success()),
-        "install requests: `python3 -m pip install requests`"
-    );
     let app = spawn_app().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/compat/sse_requests.py");
-    let out = tokio::process::Command::new("python3")
-        .args([script, &format!("127.0.0.1:{}", app.port), ADMIN_PASSWORD])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = core4_tests::run_python_client(&app, "sse_requests.py", "requests").await;
     assert!(stdout.starts_with("OK: "), "{stdout}");
 }
 

@@ -191,6 +191,18 @@ impl TestApp {
         body["data"]["token"].as_str().expect("token").to_string()
     }
 
+    /// The OpenAPI document core4d serves (no login needed).
+    pub async fn spec(&self) -> Value {
+        self.client
+            .get(self.url("/openapi.json"))
+            .send()
+            .await
+            .expect("spec request")
+            .json()
+            .await
+            .expect("spec JSON")
+    }
+
     pub async fn admin_token(&self) -> String {
         self.login("admin", ADMIN_PASSWORD).await
     }
@@ -314,4 +326,35 @@ pub fn self_signed_cert(
         String::from_utf8_lossy(&out.stderr)
     );
     (cert, key)
+}
+
+/// Runs one of the Python clients in `tests/compat/` against `app` with the admin password, after
+/// checking that the Python `modules` it needs are installed; returns its stdout, panicking with
+/// both outputs when it fails.
+pub async fn run_python_client(app: &TestApp, script: &str, modules: &str) -> String {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "this test runs a Python client: install what `import {modules}` needs with pip \
+         (requests, websocket-client)"
+    );
+    let script = format!("{}/compat/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .args([
+            script.as_str(),
+            &format!("127.0.0.1:{}", app.port),
+            ADMIN_PASSWORD,
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
