@@ -14,16 +14,7 @@ async fn user_with(
     perm: &[&str],
     role: &[&str],
 ) -> (String, String) {
-    let (status, body) = app
-        .post(
-            "/roles",
-            admin,
-            json!({"name": name, "email": format!("{name}@example.com"), "password": "very secret",
-                   "perm": perm, "role": role}),
-        )
-        .await;
-    assert_eq!(status, 200, "creating {name}: {body}");
-    let id = body["data"]["_id"].as_str().expect("id").to_string();
+    let id = app.create_user_with(admin, name, perm, role).await;
     (id, app.login(name, "very secret").await)
 }
 

@@ -9,26 +9,6 @@ use serde_json::{Value, json};
 
 const ROLE_HANDLER: &str = "api://core4.api.v1.request.role";
 
-/// Creates a user with these permissions and roles; returns its id.
-async fn create_user(
-    app: &TestApp,
-    admin: &str,
-    name: &str,
-    perm: &[&str],
-    role: &[&str],
-) -> String {
-    let (status, body) = app
-        .post(
-            "/roles",
-            admin,
-            json!({"name": name, "email": format!("{name}@example.com"), "password": "very secret",
-                   "perm": perm, "role": role}),
-        )
-        .await;
-    assert_eq!(status, 200, "creating {name}: {body}");
-    body["data"]["_id"].as_str().expect("id").to_string()
-}
-
 async fn role(app: &TestApp, admin: &str, id: &str) -> Value {
     let (status, body) = app.get(&format!("/roles/{id}"), admin).await;
     assert_eq!(status, 200, "{body}");
@@ -77,7 +57,8 @@ async fn a_role_reference_shaped_like_an_id_is_an_id_and_no_name_may_look_like_o
         .await;
     assert_eq!(status, 200, "{body}");
     let managers = body["data"]["_id"].as_str().unwrap().to_string();
-    create_user(&app, &admin, "mallory", &[], &["standard_user", "managers"]).await;
+    app.create_user_with(&admin, "mallory", &[], &["standard_user", "managers"])
+        .await;
     let mallory = app.login("mallory", "very secret").await;
 
     let etag = role(&app, &admin, &managers).await["etag"].clone();
@@ -128,7 +109,9 @@ async fn a_role_reference_shaped_like_an_id_is_an_id_and_no_name_may_look_like_o
         ("newbie", standard.clone()),
         ("newbie2", standard.to_uppercase()),
     ] {
-        let id = create_user(&app, &admin, name, &[], &[reference.as_str()]).await;
+        let id = app
+            .create_user_with(&admin, name, &[], &[reference.as_str()])
+            .await;
         let created = role(&app, &admin, &id).await;
         assert_eq!(created["role"], json!(["standard_user"]), "{created}");
         assert_eq!(
@@ -155,7 +138,8 @@ async fn a_role_reference_shaped_like_an_id_is_an_id_and_no_name_may_look_like_o
 async fn parallel_guesses_cannot_exceed_the_failed_login_limit() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    create_user(&app, &admin, "victim", &[], &["standard_user"]).await;
+    app.create_user_with(&admin, "victim", &[], &["standard_user"])
+        .await;
     let guesses = (0..60).map(|i| {
         let client = app.client.clone();
         let url = app.url("/login");
@@ -230,7 +214,8 @@ async fn strangers_cannot_lock_a_user_out_of_where_it_logged_in_before() {
     assert_eq!(login_status(&app, &client_from(9), "admin", pw).await, 429);
     // Other names are not affected, from the strangers' addresses either.
     let admin = app.admin_token().await;
-    create_user(&app, &admin, "alice", &[], &["standard_user"]).await;
+    app.create_user_with(&admin, "alice", &[], &["standard_user"])
+        .await;
     assert_eq!(
         login_status(&app, &client_from(2), "alice", "very secret").await,
         200
@@ -243,9 +228,12 @@ async fn strangers_cannot_lock_a_user_out_of_where_it_logged_in_before() {
 async fn a_delegated_role_manager_cannot_take_over_peers_or_seeded_roles() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    create_user(&app, &admin, "manager", &[ROLE_HANDLER], &["standard_user"]).await;
+    app.create_user_with(&admin, "manager", &[ROLE_HANDLER], &["standard_user"])
+        .await;
     let manager = app.login("manager", "very secret").await;
-    let peer = create_user(&app, &admin, "peer", &[], &["standard_user"]).await;
+    let peer = app
+        .create_user_with(&admin, "peer", &[], &["standard_user"])
+        .await;
     let standard = id_of(&app, &admin, "standard_user").await;
     let peer_before = role(&app, &admin, &peer).await;
     let standard_before = role(&app, &admin, &standard).await;
@@ -347,7 +335,9 @@ async fn look_alike_names_are_refused_or_are_the_same_name() {
         assert!(error_text(&body, want).contains(phrase), "{name:?}: {body}");
     }
     // A rename into a look-alike is refused the same way.
-    let alice = create_user(&app, &admin, "alice", &[], &["standard_user"]).await;
+    let alice = app
+        .create_user_with(&admin, "alice", &[], &["standard_user"])
+        .await;
     let etag = role(&app, &admin, &alice).await["etag"].clone();
     let (status, body) = app
         .put(
@@ -387,7 +377,9 @@ async fn overlong_fields_get_a_400_naming_the_field() {
     let long: String = (0..2700)
         .map(|i| char::from_u32(0x4e00 + i).unwrap())
         .collect();
-    let alice = create_user(&app, &admin, "alice", &[], &["standard_user"]).await;
+    let alice = app
+        .create_user_with(&admin, "alice", &[], &["standard_user"])
+        .await;
     let alice_token = app.login("alice", "very secret").await;
     let before = role(&app, &admin, &alice).await;
     let etag = before["etag"].clone();

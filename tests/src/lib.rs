@@ -250,6 +250,27 @@ impl TestApp {
             .await
     }
 
+    /// Creates a user `name` (password `very secret`, email `<name>@example.com`) with these
+    /// permissions and roles; returns its id.
+    pub async fn create_user_with(
+        &self,
+        admin: &str,
+        name: &str,
+        perm: &[&str],
+        role: &[&str],
+    ) -> String {
+        let (status, body) = self
+            .post(
+                "/roles",
+                admin,
+                serde_json::json!({"name": name, "email": format!("{name}@example.com"),
+                    "password": "very secret", "perm": perm, "role": role}),
+            )
+            .await;
+        assert_eq!(status, 200, "creating {name}: {body}");
+        body["data"]["_id"].as_str().expect("id").to_string()
+    }
+
     /// Creates a user holding `standard_user` and returns (id, token).
     pub async fn create_user(&self, admin: &str, name: &str, password: &str) -> (String, String) {
         let (status, body) = self
