@@ -91,11 +91,6 @@ pub async fn run(inner: Arc<Shared>, mut seen_epoch: i64) {
             if let Err(e) = storage::events::prune_batches(&inner.pool).await {
                 tracing::debug!(error = %e, "pruning event batch records failed");
             }
-            if let Err(e) =
-                storage::events::prune_keys(&inner.pool, s.idempotency_window_secs).await
-            {
-                tracing::debug!(error = %e, "pruning idempotency keys failed");
-            }
         }
     }
 }

@@ -85,17 +85,6 @@ pub async fn batch_outcome(pool: &PgPool, batch: Uuid) -> Result<Option<Appended
     .await
 }
 
-/// Forgets idempotency keys older than the window (they would count as new anyway).
-pub async fn prune_keys(pool: &PgPool, window_secs: u64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM event_keys WHERE created < clock_timestamp() - make_interval(secs => $1)",
-    )
-    .bind(window_secs as f64)
-    .execute(pool)
-    .await?
-    .rows_affected())
-}
-
 /// Forgets batch records older than an hour (only in-doubt commits need them, for seconds).
 pub async fn prune_batches(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
