@@ -46,9 +46,18 @@ struct Cli {
     admin: String,
     #[arg(long, env = "CORE4_ADMIN_PASSWORD", global = true, default_value = "")]
     admin_password: String,
-    /// core4d's process id, to report its CPU time and memory.
+    /// The server's process ids (repeat for several), to report their CPU time and memory.
     #[arg(long, global = true)]
-    pid: Option<u32>,
+    pid: Vec<u32>,
+    /// Also print the figures as one `RESULT <scenario> <system> metric=value ...` line.
+    #[arg(long, global = true)]
+    scenario: Option<String>,
+    /// The system named in `RESULT` lines (default: core4d, or nats with `--nats`).
+    #[arg(long, global = true)]
+    system: Option<String>,
+    /// Write the latency distribution here, one `<percentile> <ms>` line per percentile.
+    #[arg(long, global = true)]
+    latency_out: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -95,7 +104,8 @@ struct FanoutArgs {
     /// Subscribers connect here instead of `--url` (a second core4d on the same database).
     #[arg(long)]
     sub_url: Option<String>,
-    /// Run the same load against nats-server's WebSocket listener instead (e.g. ws://127.0.0.1:9222).
+    /// Run the same load against nats-server instead: its WebSocket listener
+    /// (ws://127.0.0.1:9222) or plain TCP (nats://127.0.0.1:4222).
     #[arg(long)]
     nats: Option<String>,
     /// Also open this many Server-Sent Events subscribers (`/event/stream`), measured apart
@@ -349,6 +359,95 @@ fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     Some((ticks / 100.0, rss))
 }
 
+/// CPU seconds and RSS (KiB) summed over every given process.
+fn usage(pids: &[u32]) -> Option<(f64, u64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|p| proc_usage(*p))
+        .try_fold((0.0, 0), |(c, r), u| u.map(|(c1, r1)| (c + c1, r + r1)))
+}
+
+/// Server CPU over a window, in percent of one core.
+fn cpu_pct(before: Option<(f64, u64)>, after: Option<(f64, u64)>, secs: f64) -> Option<f64> {
+    Some((after?.0 - before?.0) / secs * 100.0)
+}
+
+/// The percentiles written by `--latency-out` (shared with the Socket.IO client).
+const CURVE: [f64; 18] = [
+    1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.9,
+    99.99, 100.0,
+];
+
+/// Prints the `RESULT` line (with `--scenario`) and writes the latency curve (with
+/// `--latency-out`); `latencies` must be sorted.
+fn report(cli: &Cli, default_system: &str, latencies: &[u32], metrics: &[(&str, String)]) {
+    let system = cli.system.as_deref().unwrap_or(default_system);
+    if let Some(scenario) = &cli.scenario {
+        let mut line = format!("RESULT {scenario} {system}");
+        for (k, v) in metrics {
+            line.push_str(&format!(" {k}={v}"));
+        }
+        println!("{line}");
+    }
+    if let Some(path) = &cli.latency_out {
+        let mut out = format!(
+            "# {} {system}\n",
+            cli.scenario.as_deref().unwrap_or("latency")
+        );
+        for p in CURVE {
+            out.push_str(&format!("{p} {:.3}\n", percentile(latencies, p / 100.0)));
+        }
+        if let Err(e) = std::fs::write(path, out) {
+            eprintln!("writing {}: {e}", path.display());
+        }
+    }
+}
+
+fn f1(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+/// The measured window of a fan-out, fixed before it starts: a message counts when its send time
+/// (carried in its text) falls inside, whenever it arrives, so late deliveries are not lost from
+/// the count.
+static WINDOW: [AtomicU64; 2] = [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)];
+
+fn in_window(sent: u64) -> bool {
+    sent >= WINDOW[0].load(Relaxed) && sent < WINDOW[1].load(Relaxed)
+}
+
+/// Sets the window `warmup` from now for `secs`, sleeps through it and returns the server usage
+/// at its start and end.
+async fn run_window(
+    pids: &[u32],
+    warmup: Duration,
+    secs: u64,
+) -> (Option<(f64, u64)>, Option<(f64, u64)>) {
+    let w0 = micros_now() + warmup.as_micros() as u64;
+    WINDOW[1].store(w0 + secs * 1_000_000, Relaxed);
+    WINDOW[0].store(w0, Relaxed);
+    tokio::time::sleep(warmup).await;
+    let before = usage(pids);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (before, usage(pids))
+}
+
+/// Waits until no delivery arrived for half a second (at most 5 s): the stragglers of the window.
+async fn drain(received: &AtomicU64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = received.load(Relaxed);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = received.load(Relaxed);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 async fn scrape(url: &str) -> String {
     match reqwest::get(format!("{url}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -388,7 +487,10 @@ fn sent_at(frame: &[u8], marker: &[u8]) -> Option<u64> {
 }
 
 fn payload(size: usize) -> String {
-    let t = micros_now();
+    payload_at(micros_now(), size)
+}
+
+fn payload_at(t: u64, size: usize) -> String {
     let mut s = format!("{t:012}|");
     while s.len() < size {
         s.push('x');
@@ -406,7 +508,6 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
     let sub_base = args.sub_url.clone().unwrap_or_else(|| cli.url.clone());
     let sub_url = ws_url(&sub_base, &tokens.reader);
     let stats = Arc::new(Stats::default());
-    let measuring = Arc::new(AtomicBool::new(false));
     let opened = Instant::now();
     let subs: Vec<Ws> = stream::iter(0..args.subscribers)
         .map(|_| subscriber(&sub_url, &args.channel))
@@ -425,14 +526,13 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
     );
     for mut ws in subs {
         let stats = stats.clone();
-        let measuring = measuring.clone();
         let sink = stats.sink();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = ws.next().await {
                 let Message::Text(t) = msg else { continue };
                 let bytes = t.as_bytes();
                 if let Some(sent) = sent_at(bytes, b"\"data\":\"") {
-                    if measuring.load(Relaxed) {
+                    if in_window(sent) {
                         Stats::record(&sink, micros_now().saturating_sub(sent));
                         stats.received.fetch_add(1, Relaxed);
                     }
@@ -462,8 +562,7 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
             opened.elapsed().as_secs_f64()
         );
         for resp in streams {
-            let (stats, measuring) = (sse_stats.clone(), measuring.clone());
-            tokio::spawn(read_sse(resp, stats, measuring));
+            tokio::spawn(read_sse(resp, sse_stats.clone()));
         }
     }
 
@@ -491,30 +590,29 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while !stop.load(Relaxed) {
                 tick.tick().await;
-                let frame = message(&channel, payload(size), None);
+                let t = micros_now();
+                let frame = message(&channel, payload_at(t, size), None);
                 if tx.send(Message::text(frame.to_text())).await.is_err() {
                     break;
                 }
-                sent.fetch_add(1, Relaxed);
+                if in_window(t) {
+                    sent.fetch_add(1, Relaxed);
+                }
             }
         });
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics_before = scrape(&cli.url).await;
-    let usage_before = cli.pid.and_then(proc_usage);
-    let sent_before = sent.load(Relaxed);
-    measuring.store(true, Relaxed);
-    let window = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    measuring.store(false, Relaxed);
-    let secs = window.elapsed().as_secs_f64();
-    let received = stats.received.load(Relaxed);
-    let sent_n = sent.load(Relaxed) - sent_before;
-    let usage_after = cli.pid.and_then(proc_usage);
+    let (usage_before, usage_after) =
+        run_window(&cli.pid, Duration::from_secs(2), args.duration).await;
+    let secs = args.duration as f64;
     let metrics_after = scrape(&cli.url).await;
+    drain(&stats.received).await;
+    drain(&sse_stats.received).await;
     stop.store(true, Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let latencies = stats.latencies();
+    let received = stats.received.load(Relaxed);
+    let sent_n = sent.load(Relaxed);
+    let mut latencies = stats.latencies();
+    latencies.sort_unstable();
     println!(
         "fanout: {} msg/s sent x {} subscribers: {:.0} deliveries/s ({:.0} expected), gaps {}, send errors {}",
         (sent_n as f64 / secs).round(),
@@ -524,7 +622,23 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         stats.gaps.load(Relaxed),
         stats.errors.load(Relaxed),
     );
-    println!("{}", latency_line("publish-to-receive", latencies));
+    println!("{}", latency_line("publish-to-receive", latencies.clone()));
+    let cpu = cpu_pct(usage_before, usage_after, secs);
+    report(
+        cli,
+        "core4d",
+        &latencies,
+        &[
+            ("deliveries_per_s", format!("{:.0}", received as f64 / secs)),
+            ("p50_ms", f1(percentile(&latencies, 0.5))),
+            ("p99_ms", f1(percentile(&latencies, 0.99))),
+            ("p999_ms", f1(percentile(&latencies, 0.999))),
+            ("cpu_pct", cpu.map_or("na".into(), |c| format!("{c:.0}"))),
+            ("expected", (sent_n * args.subscribers as u64).to_string()),
+            ("received", received.to_string()),
+            ("gaps", stats.gaps.load(Relaxed).to_string()),
+        ],
+    );
     if args.sse > 0 {
         println!(
             "sse: {} subscribers: {:.0} deliveries/s ({:.0} expected), gaps {}",
@@ -539,12 +653,8 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         );
     }
     println!("{}", writer_summary(&metrics_before, &metrics_after));
-    if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
-        println!(
-            "core4d: {:.0}% CPU, RSS {} MiB",
-            (c1 - c0) / secs * 100.0,
-            rss / 1024
-        );
+    if let (Some(c), Some((_, rss))) = (cpu, usage_after) {
+        println!("core4d: {c:.0}% CPU, RSS {} MiB", rss / 1024);
     }
     Ok(())
 }
@@ -573,7 +683,7 @@ async fn sse_subscriber(
 }
 
 /// Reads an event stream, recording each event's publish-to-receive time.
-async fn read_sse(mut resp: reqwest::Response, stats: Arc<Stats>, measuring: Arc<AtomicBool>) {
+async fn read_sse(mut resp: reqwest::Response, stats: Arc<Stats>) {
     let sink = stats.sink();
     let mut buf: Vec<u8> = Vec::new();
     while let Ok(Some(chunk)) = resp.chunk().await {
@@ -584,7 +694,7 @@ async fn read_sse(mut resp: reqwest::Response, stats: Arc<Stats>, measuring: Arc
         for line in buf[..end].split(|b| *b == b'\n') {
             if let Some(data) = line.strip_prefix(b"data: ") {
                 if let Some(sent) = sent_at(data, b"\"data\":\"") {
-                    if measuring.load(Relaxed) {
+                    if in_window(sent) {
                         Stats::record(&sink, micros_now().saturating_sub(sent));
                         stats.received.fetch_add(1, Relaxed);
                     }
@@ -660,18 +770,32 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics_before = scrape(&cli.url).await;
-    let usage_before = cli.pid.and_then(proc_usage);
+    let usage_before = usage(&cli.pid);
     measuring.store(true, Relaxed);
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     measuring.store(false, Relaxed);
     let secs = window.elapsed().as_secs_f64();
     let acked = stats.received.load(Relaxed);
-    let usage_after = cli.pid.and_then(proc_usage);
+    let usage_after = usage(&cli.pid);
     let metrics_after = scrape(&cli.url).await;
     stop.store(true, Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let latencies = stats.latencies();
+    let mut latencies = stats.latencies();
+    latencies.sort_unstable();
+    let cpu = cpu_pct(usage_before, usage_after, secs);
+    report(
+        cli,
+        "core4d",
+        &latencies,
+        &[
+            ("acked_per_s", format!("{:.0}", acked as f64 / secs)),
+            ("p50_ms", f1(percentile(&latencies, 0.5))),
+            ("p99_ms", f1(percentile(&latencies, 0.99))),
+            ("cpu_pct", cpu.map_or("na".into(), |c| format!("{c:.0}"))),
+            ("errors", stats.errors.load(Relaxed).to_string()),
+        ],
+    );
     println!(
         "publish: {} publishers, window {}, keys {}: {:.0} acknowledged messages/s, errors {}",
         args.publishers,
@@ -682,12 +806,8 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
     );
     println!("{}", latency_line("send-to-ack", latencies));
     println!("{}", writer_summary(&metrics_before, &metrics_after));
-    if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
-        println!(
-            "core4d: {:.0}% CPU, RSS {} MiB",
-            (c1 - c0) / secs * 100.0,
-            rss / 1024
-        );
+    if let (Some(c), Some((_, rss))) = (cpu, usage_after) {
+        println!("core4d: {c:.0}% CPU, RSS {} MiB", rss / 1024);
     }
     Ok(())
 }
@@ -698,7 +818,7 @@ async fn idle(cli: &Cli, args: &IdleArgs) -> Result<()> {
     let tokens = prepare(cli).await?;
     let url = ws_url(&cli.url, &tokens.reader);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = cli.pid.and_then(proc_usage);
+    let before = usage(&cli.pid);
     let opened = Instant::now();
     let results: Vec<Result<Ws>> = stream::iter(0..args.connections)
         .map(|i| {
@@ -735,12 +855,22 @@ async fn idle(cli: &Cli, args: &IdleArgs) -> Result<()> {
         opened.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    if let (Some((_, rss0)), Some((_, rss1))) = (before, cli.pid.and_then(proc_usage)) {
+    if let (Some((_, rss0)), Some((_, rss1))) = (before, usage(&cli.pid)) {
+        let per = (rss1.saturating_sub(rss0)) as f64 / sockets.len().max(1) as f64;
         println!(
-            "core4d RSS: {} MiB before, {} MiB with the sockets: {:.2} KiB per socket",
+            "core4d RSS: {} MiB before, {} MiB with the sockets: {per:.2} KiB per socket",
             rss0 / 1024,
             rss1 / 1024,
-            (rss1.saturating_sub(rss0)) as f64 / sockets.len().max(1) as f64
+        );
+        report(
+            cli,
+            "core4d",
+            &[],
+            &[
+                ("kib_per_conn", f1(per)),
+                ("connections", sockets.len().to_string()),
+                ("failed", failed.to_string()),
+            ],
         );
     }
     let metrics = scrape(&cli.url).await;
@@ -784,24 +914,155 @@ async fn next_nats(ws: &mut Ws) -> Result<String> {
     }
 }
 
+/// The publish-time of every NATS `MSG` in `bytes` (each payload starts with its send time).
+fn nats_msgs(bytes: &[u8], mut each: impl FnMut(u64)) {
+    let mut rest = bytes;
+    while let Some(pos) = rest.windows(4).position(|w| w == b"MSG ") {
+        let after = &rest[pos..];
+        let Some(nl) = after.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let body = &after[nl + 2..];
+        if let Some(sent) = body
+            .get(..12)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse::<u64>().ok())
+        {
+            each(sent);
+        }
+        rest = &body[body.len().min(12)..];
+    }
+}
+
+/// A core NATS connection over plain TCP: CONNECT, then PING until PONG.
+async fn nats_tcp_connect(
+    addr: &str,
+) -> Result<(
+    tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (r, mut w) = stream.into_split();
+    let mut r = tokio::io::BufReader::with_capacity(16 * 1024, r);
+    let mut line = String::new();
+    r.read_line(&mut line).await?; // INFO
+    w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+        .await?;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            bail!("nats closed the connection");
+        }
+        if line.starts_with("PONG") {
+            return Ok((r, w));
+        }
+    }
+}
+
+/// Reads a TCP subscription: each `MSG` line is followed by its payload and CRLF.
+async fn nats_tcp_read(
+    mut r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    stats: Arc<Stats>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let sink = stats.sink();
+    let mut line = Vec::new();
+    let mut body = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.starts_with(b"PING") {
+            if w.write_all(b"PONG\r\n").await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if !line.starts_with(b"MSG ") {
+            continue;
+        }
+        let len = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        body.resize(len + 2, 0);
+        if r.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        if let Some(sent) = body
+            .get(..12)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse::<u64>().ok())
+            && in_window(sent)
+        {
+            Stats::record(&sink, micros_now().saturating_sub(sent));
+            stats.received.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The same fan-out against nats-server (core NATS, no persistence), over its WebSocket listener
+/// (`ws://`) or plain TCP (`nats://host:port`).
 async fn nats_fanout(cli: &Cli, url: &str, args: &FanoutArgs) -> Result<()> {
+    let tcp = url.strip_prefix("nats://");
     let stats = Arc::new(Stats::default());
-    let measuring = Arc::new(AtomicBool::new(false));
     let subject = args.channel.clone();
-    let subs: Vec<Ws> = stream::iter(0..args.subscribers)
+    let opened: Vec<()> = stream::iter(0..args.subscribers)
         .map(|_| {
-            let subject = subject.clone();
+            let (subject, stats) = (subject.clone(), stats.clone());
             async move {
+                if let Some(addr) = tcp {
+                    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                    let (mut r, mut w) = nats_tcp_connect(addr).await?;
+                    w.write_all(format!("SUB {subject} 1\r\nPING\r\n").as_bytes())
+                        .await?;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).await? == 0 {
+                            bail!("nats closed the connection");
+                        }
+                        if line.starts_with("PONG") {
+                            break;
+                        }
+                    }
+                    tokio::spawn(nats_tcp_read(r, w, stats));
+                    return Ok::<_, anyhow::Error>(());
+                }
                 let mut ws = nats_connect(url).await?;
                 ws.send(Message::binary(
                     format!("SUB {subject} 1\r\nPING\r\n").into_bytes(),
                 ))
                 .await?;
-                loop {
-                    if next_nats(&mut ws).await?.contains("PONG") {
-                        return Ok::<_, anyhow::Error>(ws);
+                while !next_nats(&mut ws).await?.contains("PONG") {}
+                let sink = stats.sink();
+                tokio::spawn(async move {
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let bytes = match &msg {
+                            Message::Binary(b) => &b[..],
+                            Message::Text(t) => t.as_bytes(),
+                            _ => continue,
+                        };
+                        if bytes.starts_with(b"PING") {
+                            let _ = ws.send(Message::binary(b"PONG\r\n".to_vec())).await;
+                            continue;
+                        }
+                        // One WebSocket frame may carry several MSGs.
+                        nats_msgs(bytes, |sent| {
+                            if in_window(sent) {
+                                Stats::record(&sink, micros_now().saturating_sub(sent));
+                                stats.received.fetch_add(1, Relaxed);
+                            }
+                        });
                     }
-                }
+                });
+                Ok(())
             }
         })
         .buffer_unordered(64)
@@ -809,90 +1070,87 @@ async fn nats_fanout(cli: &Cli, url: &str, args: &FanoutArgs) -> Result<()> {
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    println!("{} nats subscribers on {subject}", subs.len());
-    for mut ws in subs {
-        let (stats, measuring) = (stats.clone(), measuring.clone());
-        let sink = stats.sink();
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                let bytes = match &msg {
-                    Message::Binary(b) => &b[..],
-                    Message::Text(t) => t.as_bytes(),
-                    _ => continue,
-                };
-                if bytes.starts_with(b"PING") {
-                    let _ = ws.send(Message::binary(b"PONG\r\n".to_vec())).await;
-                    continue;
-                }
-                // One WebSocket frame may carry several MSGs: each payload starts with its time.
-                let mut rest = bytes;
-                while let Some(pos) = rest.windows(4).position(|w| w == b"MSG ") {
-                    let after = &rest[pos..];
-                    let Some(nl) = after.windows(2).position(|w| w == b"\r\n") else {
-                        break;
-                    };
-                    let body = &after[nl + 2..];
-                    if let Some(sent) = body
-                        .get(..12)
-                        .and_then(|d| std::str::from_utf8(d).ok())
-                        .and_then(|d| d.parse::<u64>().ok())
-                        && measuring.load(Relaxed)
-                    {
-                        Stats::record(&sink, micros_now().saturating_sub(sent));
-                        stats.received.fetch_add(1, Relaxed);
-                    }
-                    rest = &body[body.len().min(12)..];
-                }
-            }
-        });
-    }
+    println!("{} nats subscribers on {subject} ({url})", opened.len());
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let per_pub = args.rate as f64 / args.publishers as f64;
     for _ in 0..args.publishers {
-        let mut ws = nats_connect(url).await?;
         let (stop, sent, subject, size) = (stop.clone(), sent.clone(), subject.clone(), args.size);
+        let mut ws = None;
+        let mut tcp_w = None;
+        if let Some(addr) = tcp {
+            let (mut r, w) = nats_tcp_connect(addr).await?;
+            // Nothing comes back without verbose acks but the server's PINGs: read and drop.
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+            tcp_w = Some(w);
+        } else {
+            ws = Some(nats_connect(url).await?);
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_pub));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while !stop.load(Relaxed) {
                 tick.tick().await;
-                let body = payload(size);
-                let frame = format!("PUB {subject} {}\r\n{body}\r\n", body.len());
-                if ws.send(Message::binary(frame.into_bytes())).await.is_err() {
+                let t = micros_now();
+                let body = payload_at(t, size);
+                let frame = format!("PUB {subject} {}\r\n{body}\r\n", body.len()).into_bytes();
+                let ok = if let Some(w) = tcp_w.as_mut() {
+                    tokio::io::AsyncWriteExt::write_all(w, &frame).await.is_ok()
+                } else if let Some(ws) = ws.as_mut() {
+                    ws.send(Message::binary(frame)).await.is_ok()
+                } else {
+                    false
+                };
+                if !ok {
                     break;
                 }
-                sent.fetch_add(1, Relaxed);
+                if in_window(t) {
+                    sent.fetch_add(1, Relaxed);
+                }
             }
         });
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let sent_before = sent.load(Relaxed);
-    let usage_before = cli.pid.and_then(proc_usage);
-    measuring.store(true, Relaxed);
-    let window = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    measuring.store(false, Relaxed);
-    let secs = window.elapsed().as_secs_f64();
-    let sent_n = sent.load(Relaxed) - sent_before;
-    let usage_after = cli.pid.and_then(proc_usage);
+    let (usage_before, usage_after) =
+        run_window(&cli.pid, Duration::from_secs(2), args.duration).await;
+    let secs = args.duration as f64;
+    drain(&stats.received).await;
     stop.store(true, Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let latencies = stats.latencies();
+    let received = stats.received.load(Relaxed);
+    let sent_n = sent.load(Relaxed);
+    let mut latencies = stats.latencies();
+    latencies.sort_unstable();
     println!(
         "nats fanout: {} msg/s sent x {} subscribers: {:.0} deliveries/s ({:.0} expected)",
         (sent_n as f64 / secs).round(),
         args.subscribers,
-        stats.received.load(Relaxed) as f64 / secs,
+        received as f64 / secs,
         sent_n as f64 * args.subscribers as f64 / secs,
     );
-    println!("{}", latency_line("publish-to-receive", latencies));
-    if let (Some((c0, _)), Some((c1, rss))) = (usage_before, usage_after) {
-        println!(
-            "nats-server: {:.0}% CPU, RSS {} MiB",
-            (c1 - c0) / secs * 100.0,
-            rss / 1024
-        );
+    println!("{}", latency_line("publish-to-receive", latencies.clone()));
+    let cpu = cpu_pct(usage_before, usage_after, secs);
+    report(
+        cli,
+        "nats",
+        &latencies,
+        &[
+            ("deliveries_per_s", format!("{:.0}", received as f64 / secs)),
+            ("p50_ms", f1(percentile(&latencies, 0.5))),
+            ("p99_ms", f1(percentile(&latencies, 0.99))),
+            ("p999_ms", f1(percentile(&latencies, 0.999))),
+            ("cpu_pct", cpu.map_or("na".into(), |c| format!("{c:.0}"))),
+            ("expected", (sent_n * args.subscribers as u64).to_string()),
+            ("received", received.to_string()),
+        ],
+    );
+    if let (Some(c), Some((_, rss))) = (cpu, usage_after) {
+        println!("nats-server: {c:.0}% CPU, RSS {} MiB", rss / 1024);
     }
     Ok(())
 }
