@@ -136,25 +136,30 @@ wait_log() { # file, needle
     for _ in $(seq 1 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
     echo "not ready: $1" >&2; tail -20 "$1" >&2; exit 1
 }
-# core4d on a port and database; echoes its pid. Raised for the load: the per-user message rate
+# Each start_* sets PID to the server's process id (no command substitution: the process must be
+# remembered in this shell for stop_all) and waits for its ready line in a log of its own.
+PID=
+STARTS=0
+newlog() { STARTS=$((STARTS + 1)); echo "$RUN/$1-$STARTS.log"; }
+# core4d on a port and database. Raised for the load: the per-user message rate
 # (every loadgen publisher is one user), the per-user and per-address socket caps.
 start_core4d() {
-    local port=$1 db=$2 logf=$RUN/core4d-$1.log
+    local port=$1 db=$2 logf
+    logf=$(newlog "core4d-$1")
     env DATABASE_URL="$PGURL/$db" CORE4_EVENTS__MESSAGES_PER_SECOND=1000000 CORE4_EVENTS__BURST=1000000 \
         CORE4_EVENTS__MAX_CONNECTIONS_PER_USER=20000 CORE4_HTTP__MAX_CONNECTIONS_PER_ADDRESS=0 \
         RUST_LOG=warn,core4d=info "$CORE4D" --listen "127.0.0.1:$port" > "$logf" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
+    PID=$!
+    PIDS+=("$PID")
     wait_log "$logf" "core4d is ready"
-    echo "$pid"
 }
 start_sio() {
-    local port=$1 logf=$RUN/socketio-$1.log
+    local port=$1 logf
+    logf=$(newlog "socketio-$1")
     env PORT="$port" DATABASE_URL="$PGURL/sio" node tests/bench/socketio/server.js > "$logf" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
+    PID=$!
+    PIDS+=("$PID")
     wait_log "$logf" "listening"
-    echo "$pid"
 }
 start_nats() {
     cat > "$RUN/nats.conf" <<EOF
@@ -162,11 +167,12 @@ listen: 127.0.0.1:14222
 max_connections: 30000
 websocket { listen: "127.0.0.1:19222", no_tls: true }
 EOF
-    "$NATS" -c "$RUN/nats.conf" > "$RUN/nats.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    wait_log "$RUN/nats.log" "Server is ready"
-    echo "$pid"
+    local logf
+    logf=$(newlog nats)
+    "$NATS" -c "$RUN/nats.conf" > "$logf" 2>&1 &
+    PID=$!
+    PIDS+=("$PID")
+    wait_log "$logf" "Server is ready"
 }
 # Runs a client, keeps its output, records its RESULT lines with the repeat number.
 REP=1
@@ -195,25 +201,25 @@ EOF
 fanout() { # scenario rate
     local sc=$1 rate=$2 pid pid2
     if has core4d; then
-        pid=$(start_core4d 5101 core4d)
+        start_core4d 5101 core4d; pid=$PID
         measure "$sc-core4d-$REP" lg --url http://127.0.0.1:5101 --pid "$pid" --scenario "$sc" \
             --latency-out "$(lat "$sc" core4d)" fanout --subscribers 1000 --rate "$rate" --size 100 --duration $D
         stop_all
     fi
     if has socketio; then
-        pid=$(start_sio 5201)
+        start_sio 5201; pid=$PID
         measure "$sc-socketio-$REP" sio fanout --url http://127.0.0.1:5201 --pid "$pid" --scenario "$sc" \
             --latency-out "$(lat "$sc" socketio)" --subscribers 1000 --rate "$rate" --size 100 --duration $D
         stop_all
     fi
     if has nats; then
-        pid=$(start_nats)
+        start_nats; pid=$PID
         measure "$sc-nats-$REP" lg --pid "$pid" --scenario "$sc" --system nats --latency-out "$(lat "$sc" nats)" \
             fanout --nats ws://127.0.0.1:19222 --subscribers 1000 --rate "$rate" --size 100 --duration $D
         stop_all
     fi
     if has nats-tcp; then
-        pid=$(start_nats)
+        start_nats; pid=$PID
         measure "$sc-nats-tcp-$REP" lg --pid "$pid" --scenario "$sc" --system nats-tcp \
             --latency-out "$(lat "$sc" nats-tcp)" \
             fanout --nats nats://127.0.0.1:14222 --subscribers 1000 --rate "$rate" --size 100 --duration $D
@@ -229,16 +235,16 @@ fanout_max() {
         for rate in 20 50 100 200 400 800; do
             name=fanout-max-$sys-$rate-$REP
             case $sys in
-                core4d) pid=$(start_core4d 5101 core4d)
+                core4d) start_core4d 5101 core4d; pid=$PID
                     measure "$name" lg --url http://127.0.0.1:5101 --pid "$pid" --scenario fanout-max-$rate \
                         fanout --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
-                socketio) pid=$(start_sio 5201)
+                socketio) start_sio 5201; pid=$PID
                     measure "$name" sio fanout --url http://127.0.0.1:5201 --pid "$pid" --scenario fanout-max-$rate \
                         --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
-                nats) pid=$(start_nats)
+                nats) start_nats; pid=$PID
                     measure "$name" lg --pid "$pid" --scenario fanout-max-$rate --system nats \
                         fanout --nats ws://127.0.0.1:19222 --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
-                nats-tcp) pid=$(start_nats)
+                nats-tcp) start_nats; pid=$PID
                     measure "$name" lg --pid "$pid" --scenario fanout-max-$rate --system nats-tcp \
                         fanout --nats nats://127.0.0.1:14222 --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
             esac
@@ -252,13 +258,13 @@ fanout_max() {
 publish() { # scenario window
     local sc=$1 window=$2 pid
     if has core4d; then
-        pid=$(start_core4d 5101 core4d)
+        start_core4d 5101 core4d; pid=$PID
         measure "$sc-core4d-$REP" lg --url http://127.0.0.1:5101 --pid "$pid" --scenario "$sc" \
             --latency-out "$(lat "$sc" core4d)" publish --publishers 100 --window "$window" --duration $D
         stop_all
     fi
     if has socketio; then
-        pid=$(start_sio 5201)
+        start_sio 5201; pid=$PID
         measure "$sc-socketio-$REP" sio publish --url http://127.0.0.1:5201 --pid "$pid" --scenario "$sc" \
             --latency-out "$(lat "$sc" socketio)" --publishers 100 --window "$window" --size 100 --duration $D
         stop_all
@@ -305,13 +311,13 @@ EOF
 idle() {
     local pid
     if has core4d; then
-        pid=$(start_core4d 5101 core4d)
+        start_core4d 5101 core4d; pid=$PID
         measure "idle-core4d-$REP" lg --url http://127.0.0.1:5101 --pid "$pid" --scenario idle \
             idle --connections $IDLE_N
         stop_all
     fi
     if has socketio; then
-        pid=$(start_sio 5201)
+        start_sio 5201; pid=$PID
         measure "idle-socketio-$REP" sio idle --url http://127.0.0.1:5201 --pid "$pid" --scenario idle \
             --connections $IDLE_N
         stop_all
@@ -321,14 +327,14 @@ idle() {
 cross() {
     local a b
     if has core4d; then
-        a=$(start_core4d 5101 core4d); b=$(start_core4d 5102 core4d)
+        start_core4d 5101 core4d; a=$PID; start_core4d 5102 core4d; b=$PID
         measure "cross-core4d-$REP" lg --url http://127.0.0.1:5101 --pid "$a" --pid "$b" --scenario cross \
             --latency-out "$(lat cross core4d)" \
             fanout --sub-url http://127.0.0.1:5102 --subscribers 1 --rate 1000 --duration $D
         stop_all
     fi
     if has socketio; then
-        a=$(start_sio 5201); b=$(start_sio 5202)
+        start_sio 5201; a=$PID; start_sio 5202; b=$PID
         measure "cross-socketio-$REP" sio fanout --url http://127.0.0.1:5201 --sub-url http://127.0.0.1:5202 \
             --pid "$a" --pid "$b" --scenario cross --latency-out "$(lat cross socketio)" \
             --subscribers 1 --rate 1000 --size 100 --duration $D
@@ -347,7 +353,7 @@ wrk_result() { # scenario system log
 rest() {
     local pid token
     if has core4d; then
-        pid=$(start_core4d 5101 core4d)
+        start_core4d 5101 core4d; pid=$PID
         token=$(curl -sf -u "admin:$ADMIN_PW" http://127.0.0.1:5101/core4/api/v1/login |
             python3 -c 'import sys, json; print(json.load(sys.stdin)["data"]["token"])')
         log "rest-core4d-$REP"
@@ -361,9 +367,11 @@ rest() {
         user_pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
         rm -rf "$pbdir"
         "$POCKETBASE" superuser upsert admin@example.com "$ADMIN_PW" --dir "$pbdir" >/dev/null
-        "$POCKETBASE" serve --http 127.0.0.1:8091 --dir "$pbdir" > "$RUN/pocketbase.log" 2>&1 &
+        local logf
+        logf=$(newlog pocketbase)
+        "$POCKETBASE" serve --http 127.0.0.1:8091 --dir "$pbdir" > "$logf" 2>&1 &
         PIDS+=("$!")
-        wait_log "$RUN/pocketbase.log" "Server started"
+        wait_log "$logf" "Server started"
         curl -sf -X POST http://127.0.0.1:8091/api/collections/users/records -H 'Content-Type: application/json' \
             -d "{\"email\":\"bench@example.com\",\"password\":\"$user_pw\",\"passwordConfirm\":\"$user_pw\"}" >/dev/null
         read -r token id < <(curl -sf -X POST http://127.0.0.1:8091/api/collections/users/auth-with-password \
@@ -380,7 +388,7 @@ rest() {
 search() {
     has core4d || return 0
     local pid
-    pid=$(start_core4d 5103 search)
+    start_core4d 5103 search; pid=$PID
     measure "search-core4d-$REP" env DURATION=${DREST}s bash tests/bench/search.sh http://127.0.0.1:5103
     stop_all
 }

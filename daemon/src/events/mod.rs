@@ -65,7 +65,7 @@ pub use core4_proto::close;
 const REPLAY_PAGE: i64 = 500;
 
 /// Bytes the WebSocket reader keeps per socket (idle sockets must stay small).
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 
 #[derive(Clone)]
 pub struct Hub {
