@@ -27,9 +27,9 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    Shared,
     conn::{Conn, Out},
     protocol::{self, ErrorKind, Request},
+    shared::Shared,
     writer::{Pending, ReplyTo},
 };
 use crate::{domain::Channel, envelope::format_ts, metrics::Metrics};
@@ -38,15 +38,15 @@ type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
 
 pub async fn run(
-    inner: Arc<Shared>,
+    shared: Arc<Shared>,
     conn: Arc<Conn>,
     ws: WebSocketStream<Upgraded>,
     since: Option<i64>,
 ) {
     let (sink, mut stream) = ws.split();
-    let mut sender = tokio::spawn(send_loop(conn.clone(), sink, inner.metrics.clone()));
+    let mut sender = tokio::spawn(send_loop(conn.clone(), sink, shared.metrics().clone()));
     let mut reader = Reader {
-        inner: &inner,
+        shared: &shared,
         conn: &conn,
         since,
         subscribed: false,
@@ -109,7 +109,7 @@ enum End {
 }
 
 struct Reader<'a> {
-    inner: &'a Arc<Shared>,
+    shared: &'a Arc<Shared>,
     conn: &'a Arc<Conn>,
     /// `?since=` of the connect: applies to the first interest frame without its own.
     since: Option<i64>,
@@ -131,7 +131,7 @@ impl Reader<'_> {
             };
             if let Some(Ok(_)) = &msg {
                 // Anything, a pong included, shows the client is there.
-                self.conn.seen(self.inner.now_ms());
+                self.conn.seen(self.shared.now_ms());
             }
             let text = match msg {
                 Some(Err(tungstenite::Error::Capacity(e))) => {
@@ -191,15 +191,15 @@ impl Reader<'_> {
     }
 
     fn error(&self, kind: ErrorKind, message: &str) {
-        self.inner
-            .metrics
+        self.shared
+            .metrics()
             .frame_errors
             .fetch_add(1, Ordering::Relaxed);
         self.reply(protocol::error_frame(kind, message));
     }
 
     async fn handle(&mut self, text: Utf8Bytes) {
-        let limit = self.inner.settings.max_frame_bytes;
+        let limit = self.shared.settings().max_frame_bytes;
         if text.len() > limit {
             return self.error(
                 ErrorKind::TooLarge,
@@ -224,11 +224,11 @@ impl Reader<'_> {
 
     /// Applies the bounds of interest frames; true (and an error frame sent) when refused.
     fn interest_refused(&mut self, requested: &[String]) -> bool {
-        let s = &self.inner.settings;
+        let s = self.shared.settings();
         let free = !std::mem::replace(&mut self.subscribed, true);
         if !free && !self.conn.user.try_send(s.messages_per_second, s.burst) {
-            self.inner
-                .metrics
+            self.shared
+                .metrics()
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
             self.error(ErrorKind::RateLimited, &format!(
@@ -250,20 +250,20 @@ impl Reader<'_> {
     }
 
     async fn interest(&mut self, requested: &[String], since: Option<i64>) {
-        let since = self.inner.clamp_since(since).await;
+        let since = self.shared.clamp_since(since).await;
         if since.is_some() {
             // The reply goes before the replay: let the replies of earlier frames (acks waiting
             // for their commit) go out first.
             self.conn.replies_settled().await;
         }
-        let granted = self.inner.set_interest(self.conn, requested, since);
+        let granted = self.shared.set_interest(self.conn, requested, since);
         self.reply(protocol::interest_frame(
             &granted.channels,
             &granted.denied,
             granted.since,
             "processed interest in",
         ));
-        self.inner.replay(self.conn, granted).await;
+        self.shared.replay(self.conn, granted).await;
     }
 
     fn message(&mut self, raw_channel: &str, data: String, key: Option<String>) {
@@ -280,10 +280,10 @@ impl Reader<'_> {
                 &format!("no write permission on channel [{channel}]"),
             );
         }
-        let s = &self.inner.settings;
+        let s = self.shared.settings();
         if !self.conn.user.try_send(s.messages_per_second, s.burst) {
-            self.inner
-                .metrics
+            self.shared
+                .metrics()
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
             return self.error(ErrorKind::RateLimited, &format!(
@@ -291,7 +291,7 @@ impl Reader<'_> {
                 s.messages_per_second, s.burst
             ));
         }
-        let added_interest = self.inner.add_interest(self.conn, &channel);
+        let added_interest = self.shared.add_interest(self.conn, &channel);
         let slot = self.conn.reserve_reply();
         let pending = Pending {
             channel,
@@ -305,9 +305,9 @@ impl Reader<'_> {
                 added_interest,
             },
         };
-        if self.inner.submit(pending).is_err() {
-            self.inner
-                .metrics
+        if self.shared.submit(pending).is_err() {
+            self.shared
+                .metrics()
                 .frame_errors
                 .fetch_add(1, Ordering::Relaxed);
             let frame = protocol::error_frame(
@@ -320,7 +320,7 @@ impl Reader<'_> {
     }
 
     async fn token(&mut self, token: &str) {
-        match self.inner.auth.verify_token(token).await {
+        match self.shared.auth().verify_token(token).await {
             Err(e) => self.error(ErrorKind::Unauthorized, &format!("token rejected: {e}")),
             Ok(p) if p.id != self.conn.user_id => self.error(
                 ErrorKind::Unauthorized,
@@ -334,7 +334,7 @@ impl Reader<'_> {
                     a.perms = Arc::new(p.perms);
                     a.exp = exp;
                 });
-                self.inner.refilter(self.conn);
+                self.shared.refilter(self.conn);
                 let expires = time::OffsetDateTime::from_unix_timestamp(exp)
                     .map(format_ts)
                     .unwrap_or_default();

@@ -5,12 +5,12 @@
 //! server's pings (and keepalives during silence) as comments, and a close as `event: close` with its code and reason, after
 //! which the stream ends.
 
-use std::{collections::VecDeque, fmt::Write, sync::Arc, time::Duration};
+use std::{collections::VecDeque, fmt::Write, time::Duration};
 
 use futures_util::Stream;
 use serde_json::Value;
 
-use super::{Admission, Shared, conn::Out, protocol};
+use super::{Admission, conn::Out, protocol};
 
 /// The event stream of an admitted subscriber: subscribes to `channels` (replaying after
 /// `since`), then yields chunks of the stream until the hub closes it or the client leaves
@@ -21,9 +21,9 @@ pub async fn stream(
     since: Option<i64>,
     keepalive: Duration,
 ) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static {
-    let (inner, conn) = (admission.inner.clone(), admission.conn.clone());
-    let since = inner.clamp_since(since).await;
-    let granted = inner.set_interest(&conn, &channels, since);
+    let (shared, conn) = (admission.shared.clone(), admission.conn.clone());
+    let since = shared.clamp_since(since).await;
+    let granted = shared.set_interest(&conn, &channels, since);
     conn.push_notice(protocol::interest_frame(
         &granted.channels,
         &granted.denied,
@@ -31,7 +31,7 @@ pub async fn stream(
         "processed interest in",
     ));
     // The replay waits for room as the stream drains, so it runs beside it.
-    tokio::spawn(async move { inner.replay(&conn, granted).await });
+    tokio::spawn(async move { shared.replay(&conn, granted).await });
     let state = State {
         admission,
         queue: VecDeque::new(),
@@ -61,13 +61,13 @@ impl State {
         if self.done {
             return None;
         }
-        let (inner, conn): (&Arc<Shared>, _) = (&self.admission.inner, &self.admission.conn);
+        let (shared, conn) = (&self.admission.shared, &self.admission.conn);
         if self.unaccounted > 0 {
-            inner.metrics.messages_delivered.fetch_add(
+            shared.metrics().messages_delivered.fetch_add(
                 self.unaccounted as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            conn.written(std::mem::take(&mut self.unaccounted), &inner.metrics);
+            conn.written(std::mem::take(&mut self.unaccounted), shared.metrics());
         }
         loop {
             conn.take(&mut self.queue);
@@ -81,12 +81,12 @@ impl State {
                 .await
                 .is_err()
             {
-                conn.seen(inner.now_ms());
+                conn.seen(shared.now_ms());
                 return Some(": keepalive\n\n".into());
             }
         }
         // The client takes what we write: that is its sign of life (it sends nothing else).
-        conn.seen(inner.now_ms());
+        conn.seen(shared.now_ms());
         let mut out = String::new();
         for frame in self.queue.drain(..) {
             match frame {
