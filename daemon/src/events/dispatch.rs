@@ -11,7 +11,7 @@ use std::{
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 
-use super::{conn::Pushed, protocol, shared::Shared};
+use super::{protocol, shared::Shared, subscriber::Pushed};
 use crate::storage::{self, events::EventRow};
 
 /// The NOTIFY channel of committed batches (payload `<instance> <first id> <last id>`).
@@ -95,7 +95,7 @@ async fn fetch_until(shared: &Shared, last: &mut i64, upto: i64) {
     }
 }
 
-/// Encodes each event once and offers the shared bytes to every interested socket.
+/// Encodes each event once and offers the shared bytes to every interested subscriber.
 fn publish(shared: &Shared, last: &mut i64, events: &[EventRow]) {
     let mut dropped = 0u64;
     {
@@ -103,8 +103,8 @@ fn publish(shared: &Shared, last: &mut i64, events: &[EventRow]) {
         for e in events {
             if index.has_subscribers(&e.channel) {
                 let frame = protocol::event_frame(e);
-                for conn in index.subscribers(&e.channel) {
-                    if conn.push_event(e.id, &frame) == Pushed::Dropped {
+                for sub in index.subscribers(&e.channel) {
+                    if sub.push_event(e.id, &frame) == Pushed::Dropped {
                         dropped += 1;
                     }
                 }

@@ -9,9 +9,9 @@ use std::{
 };
 
 use super::{
-    conn::{Conn, Sent},
     protocol,
     shared::Shared,
+    subscriber::{Sent, Subscriber},
 };
 use crate::{
     domain::{Channel, PermissionSet},
@@ -27,7 +27,7 @@ pub struct Granted {
     pub denied: Vec<(String, String)>,
     /// With a `since`: where the replay starts.
     pub since: Option<i64>,
-    /// With a `since`: what the replay skips (see [`Conn::begin_hold`]).
+    /// With a `since`: what the replay skips (see [`Subscriber::begin_hold`]).
     pub sent: Sent,
 }
 
@@ -72,24 +72,24 @@ fn grant(perms: &PermissionSet, requested: &[String], max_channels: usize) -> Gr
 }
 
 impl Shared {
-    /// Replaces the socket's interests; with `since`, live events are held for the replay,
-    /// without it the socket starts live at the last published id.
+    /// Replaces the subscriber's interests; with `since`, live events are held for the replay,
+    /// without it the subscriber starts live at the last published id.
     pub fn set_interest(
         &self,
-        conn: &Arc<Conn>,
+        sub: &Arc<Subscriber>,
         requested: &[String],
         since: Option<i64>,
     ) -> Granted {
-        let perms = conn.with_auth(|a| a.perms.clone());
+        let perms = sub.with_auth(|a| a.perms.clone());
         let mut granted = grant(&perms, requested, self.settings().max_channels);
         if since.is_none() {
-            conn.start_live(self.last_published());
+            sub.start_live(self.last_published());
         }
-        let old = conn.with_auth(|a| std::mem::replace(&mut a.channels, granted.channels.clone()));
-        self.set_index(conn, &old, &granted.channels);
+        let old = sub.with_auth(|a| std::mem::replace(&mut a.channels, granted.channels.clone()));
+        self.set_index(sub, &old, &granted.channels);
         if let Some(since) = since {
             granted.since = Some(since);
-            granted.sent = conn.begin_hold(since, &granted.channels);
+            granted.sent = sub.begin_hold(since, &granted.channels);
         }
         granted
     }
@@ -108,9 +108,9 @@ impl Shared {
     }
 
     /// After [`Self::set_interest`] with a `since`: tells what retention pruned, queues the
-    /// stored messages the socket was not sent yet (waiting for room as its sender drains), then
+    /// stored messages the subscriber was not sent yet (waiting for room as its sender drains), then
     /// releases the live events held meanwhile.
-    pub async fn replay(&self, conn: &Conn, granted: Granted) {
+    pub async fn replay(&self, sub: &Subscriber, granted: Granted) {
         let Some(since) = granted.since else { return };
         let mut cursor = since;
         let (channels, sent) = (granted.channels, granted.sent);
@@ -118,20 +118,20 @@ impl Shared {
         match storage::events::truncated(self.pool(), &channels, since).await {
             Ok(cut) => {
                 for (channel, first) in cut {
-                    conn.push_notice(protocol::truncated_frame(&channel, first));
+                    sub.push_notice(protocol::truncated_frame(&channel, first));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading what retention pruned failed"),
         }
-        while !channels.is_empty() && !conn.is_closed() {
+        while !channels.is_empty() && !sub.is_closed() {
             let rows = match storage::events::replay(self.pool(), &channels, cursor, REPLAY_PAGE)
                 .await
             {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, "replay failed");
-                    conn.end_hold(true);
-                    conn.push_notice(protocol::error_frame(
+                    sub.end_hold(true);
+                    sub.push_notice(protocol::error_frame(
                         protocol::ErrorKind::ReplayStopped,
                         "replay stopped: the database is not reachable; page the rest from /event/history",
                     ));
@@ -144,8 +144,8 @@ impl Shared {
                 if sent.contains(&row.channel, row.id) {
                     continue;
                 }
-                conn.wait_for_room().await;
-                conn.push_replayed(row.id, protocol::event_frame(&row));
+                sub.wait_for_room().await;
+                sub.push_replayed(row.id, protocol::event_frame(&row));
             }
             self.metrics()
                 .events_replayed
@@ -154,13 +154,13 @@ impl Shared {
                 break;
             }
         }
-        conn.end_hold(false);
+        sub.end_hold(false);
     }
 
     /// Adds one channel (a message sent to a readable channel not yet in the set, as core4
     /// does); false when it is not readable or the set is full.
-    pub fn add_interest(&self, conn: &Arc<Conn>, channel: &str) -> bool {
-        let added = conn.with_auth(|a| {
+    pub fn add_interest(&self, sub: &Arc<Subscriber>, channel: &str) -> bool {
+        let added = sub.with_auth(|a| {
             if a.channels.iter().any(|c| c == channel)
                 || !a.perms.event(channel, false)
                 || a.channels.len() >= self.settings().max_channels
@@ -172,14 +172,14 @@ impl Shared {
             }
         });
         if added {
-            self.set_index(conn, &[], &[channel.to_string()]);
+            self.set_index(sub, &[], &[channel.to_string()]);
         }
         added
     }
 
-    /// Drops the interests the socket's current permissions no longer allow, and tells it.
-    pub fn refilter(&self, conn: &Arc<Conn>) {
-        let (kept, withdrawn) = conn.with_auth(|a| {
+    /// Drops the interests the subscriber's current permissions no longer allow, and tells it.
+    pub fn refilter(&self, sub: &Arc<Subscriber>) {
+        let (kept, withdrawn) = sub.with_auth(|a| {
             let (kept, withdrawn): (Vec<String>, Vec<String>) = a
                 .channels
                 .iter()
@@ -193,12 +193,12 @@ impl Shared {
         }
         let mut old = kept.clone();
         old.extend(withdrawn.iter().cloned());
-        self.set_index(conn, &old, &kept);
+        self.set_index(sub, &old, &kept);
         let denied: Vec<(String, String)> = withdrawn
             .into_iter()
             .map(|c| (c, "no read permission".to_string()))
             .collect();
-        conn.push_notice(protocol::interest_frame(
+        sub.push_notice(protocol::interest_frame(
             &kept,
             &denied,
             None,

@@ -8,8 +8,8 @@
 //! poll (epoch, head) ───────▶ re-check principals, expire tokens, catch-up hint
 //! keepalive ────────────────▶ one task pings every subscriber, closes the silent ones
 //! ```
-//! A subscriber ([`conn::Conn`]) does not depend on its transport: its queue is drained by a
-//! sender that writes WebSocket frames (`session`) or Server-Sent Events (`sse`). "Writer" is
+//! A subscriber (`subscriber::Subscriber`) does not depend on its transport: its queue is
+//! drained by a sender that writes WebSocket frames (`session`) or Server-Sent Events (`sse`). "Writer" is
 //! only the group commit (`writer`). Ids are gapless and commit in order (see
 //! `migrations/0002_events.sql`), so the dispatcher only keeps the last id it published:
 //! anything it has not seen is read from the table by id range.
@@ -20,14 +20,13 @@
 //! - `shared`: the hub's state behind methods (settings, pool, the open subscribers, the
 //!   hand-offs to the writer and the dispatcher, the last published id, the stop flag);
 //! - `interest`: granting channels, moving a subscriber in the index, replay, re-filtering;
-//! - `index`: channel → subscribers; `conn`: one subscriber and its bounded queue;
+//! - `index`: channel → subscribers; `subscriber`: one subscriber and its bounded queue;
 //!   `limits`: per-user caps and message buckets;
 //! - `writer`: the group commit; `dispatch`: fan-out in id order and the LISTEN task;
 //!   `recheck`: token expiry, revocation and permission re-checks; `retention`: pruning;
 //! - `session`: a WebSocket's reader and sender; `sse`: an event stream's sender;
 //!   `protocol`: the frames.
 
-mod conn;
 mod dispatch;
 mod index;
 mod interest;
@@ -38,6 +37,7 @@ pub mod retention;
 mod session;
 mod shared;
 mod sse;
+mod subscriber;
 mod writer;
 
 use std::{
@@ -51,9 +51,9 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::WebSocketConfig}
 
 pub use self::writer::Stored;
 use self::{
-    conn::Conn,
     dispatch::Dispatch,
     shared::{Shared, Tasks},
+    subscriber::Subscriber,
     writer::{Pending, ReplyTo},
 };
 use crate::{
@@ -123,15 +123,15 @@ impl Hub {
         self.shared.as_ref().map(|s| s.settings())
     }
 
-    /// Admits a socket for `principal` before the upgrade: refused when the hub is stopping, the
-    /// instance has `max_connections` sockets open (503), or the user `max_connections_per_user`
-    /// (429).
+    /// Admits a subscriber for `principal` (before a WebSocket upgrade or an event stream):
+    /// refused when the hub is stopping, the instance has `max_connections` subscribers open
+    /// (503), or the user `max_connections_per_user` (429).
     pub fn admit(&self, principal: Principal, token: &str) -> Result<Admission, Refused> {
         let shared = self.shared()?;
-        let conn = shared.admit(principal, token)?;
+        let sub = shared.admit(principal, token)?;
         Ok(Admission {
             shared: shared.clone(),
-            conn,
+            sub,
         })
     }
 
@@ -218,7 +218,7 @@ impl Hub {
     }
 
     /// Stops accepting messages, flushes the writer (every acknowledged message is committed and
-    /// published), then closes every socket with 1001 after what is queued for it.
+    /// published), then closes every subscriber with 1001 after what is queued for it.
     pub async fn shutdown(&self) {
         let Some(shared) = &self.shared else { return };
         if !shared.stop_taking_messages() {
@@ -241,8 +241,8 @@ impl Hub {
         for task in background {
             task.abort();
         }
-        for conn in shared.conns() {
-            conn.close(close::GOING_AWAY, "server shutting down");
+        for sub in shared.subscribers() {
+            sub.close(close::GOING_AWAY, "server shutting down");
         }
         if tokio::time::timeout(Duration::from_secs(5), shared.all_left())
             .await
@@ -253,7 +253,7 @@ impl Hub {
     }
 }
 
-/// Why a socket was not admitted.
+/// Why a subscriber was not admitted.
 #[derive(Debug)]
 pub enum Refused {
     /// The instance is full or stopping: 503 with this message (the client should come back
@@ -269,7 +269,7 @@ impl From<ApiError> for Refused {
     }
 }
 
-/// Pings every open socket each `ping_interval_secs` (one task for all of them: idle sockets
+/// Pings every open subscriber each `ping_interval_secs` (one task for all of them: idle ones
 /// get no timer of their own) and closes those that sent nothing, not even a pong, for two
 /// intervals: 1001 `no pong`. Interval 0 turns this off.
 async fn keepalive(shared: Arc<Shared>) {
@@ -288,15 +288,15 @@ async fn keepalive(shared: Arc<Shared>) {
         }
         let now = shared.now_ms();
         let mut silent = 0usize;
-        for conn in shared.conns() {
-            if conn.is_closed() {
+        for sub in shared.subscribers() {
+            if sub.is_closed() {
                 continue;
             }
-            if now.saturating_sub(conn.last_seen()) >= silence {
-                conn.close(close::GOING_AWAY, close::NO_PONG);
+            if now.saturating_sub(sub.last_seen()) >= silence {
+                sub.close(close::GOING_AWAY, close::NO_PONG);
                 silent += 1;
             } else {
-                conn.push_ping();
+                sub.push_ping();
             }
         }
         if silent > 0 {
@@ -305,17 +305,17 @@ async fn keepalive(shared: Arc<Shared>) {
     }
 }
 
-/// A socket admitted before its upgrade; dropping it (socket ended or upgrade failed) removes it
-/// from the hub.
+/// A subscriber admitted before its upgrade or stream; dropping it (socket or stream ended,
+/// upgrade failed) removes it from the hub.
 pub struct Admission {
     shared: Arc<Shared>,
-    conn: Arc<Conn>,
+    sub: Arc<Subscriber>,
 }
 
 impl Admission {
     /// Serves the upgraded socket until it closes.
     pub async fn serve(self, ws: WebSocketStream<Upgraded>, since: Option<i64>) {
-        session::run(self.shared.clone(), self.conn.clone(), ws, since).await;
+        session::run(self.shared.clone(), self.sub.clone(), ws, since).await;
         drop(self);
     }
 
@@ -334,7 +334,7 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.shared.leave(&self.conn);
+        self.shared.leave(&self.sub);
     }
 }
 

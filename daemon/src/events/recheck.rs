@@ -1,9 +1,9 @@
-//! One task per instance keeps open sockets honest, woken by every auth change it hears of: it closes sockets whose token expired, and
+//! One task per instance keeps open subscribers honest, woken by every auth change it hears of: it closes subscribers whose token expired, and
 //! when the auth epoch moved (logout, role or permission change, deactivation, deletion, password
-//! change) it re-verifies each distinct token of the open sockets once: revoked tokens close
-//! their sockets with 1008, the others get their interests re-filtered. A logout does not move
+//! change) it re-verifies each distinct token of the open subscribers once: revoked tokens close
+//! their subscribers with 1008, the others get their interests re-filtered. A logout does not move
 //! the epoch: the poll reads the sessions revoked since the last round and closes just their
-//! sockets. The same poll reads the event head as a cheap safety net for a NOTIFY that never
+//! subscribers. The same poll reads the event head as a cheap safety net for a NOTIFY that never
 //! arrived.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use futures_util::{StreamExt, stream};
 use time::OffsetDateTime;
 
-use super::{close, conn::Conn, dispatch::Dispatch, shared::Shared};
+use super::{close, dispatch::Dispatch, shared::Shared, subscriber::Subscriber};
 use crate::{
     auth::{Method, qual},
     error::ApiError,
@@ -43,7 +43,7 @@ pub async fn run(shared: Arc<Shared>, mut seen_epoch: i64) {
             _ = tick.tick() => {}
             _ = shared.auth().changed() => {
                 // Paced: a stream of changes (a user renaming itself in a loop) costs at most
-                // one round per MIN_GAP, not one database check per socket token per change.
+                // one round per MIN_GAP, not one database check per subscriber token per change.
                 tokio::time::sleep_until(last_round + MIN_GAP).await;
             }
         }
@@ -93,9 +93,9 @@ pub async fn run(shared: Arc<Shared>, mut seen_epoch: i64) {
 
 fn expire(shared: &Shared) {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    for conn in shared.conns() {
-        if conn.with_auth(|a| a.exp <= now) {
-            conn.close(
+    for sub in shared.subscribers() {
+        if sub.with_auth(|a| a.exp <= now) {
+            sub.close(
                 close::POLICY,
                 "token expired: reconnect with a fresh token, or send a token frame before expiry",
             );
@@ -103,42 +103,42 @@ fn expire(shared: &Shared) {
     }
 }
 
-/// Closes the sockets whose token belongs to one of the revoked sessions.
+/// Closes the subscribers whose token belongs to one of the revoked sessions.
 fn close_revoked(shared: &Shared, sids: &[String]) {
     let mut session_of: HashMap<Arc<str>, Option<String>> = HashMap::new();
-    for conn in shared.conns() {
-        if conn.is_closed() {
+    for sub in shared.subscribers() {
+        if sub.is_closed() {
             continue;
         }
-        let token = conn.with_auth(|a| a.token.clone());
+        let token = sub.with_auth(|a| a.token.clone());
         let sid = session_of
             .entry(token.clone())
             .or_insert_with(|| shared.auth().keys().verify(&token).ok().map(|c| c.sid))
             .clone();
         if sid.is_some_and(|s| sids.contains(&s)) {
-            conn.close(close::POLICY, "token revoked: log in again");
+            sub.close(close::POLICY, "token revoked: log in again");
         }
     }
 }
 
-/// Re-verifies every distinct token of the open sockets. False when the database could not
+/// Re-verifies every distinct token of the open subscribers. False when the database could not
 /// answer for some token (the next round tries again).
 async fn recheck_all(shared: &Arc<Shared>) -> bool {
-    let mut by_token: HashMap<Arc<str>, Vec<Arc<Conn>>> = HashMap::new();
-    for conn in shared.conns() {
-        if conn.is_closed() {
+    let mut by_token: HashMap<Arc<str>, Vec<Arc<Subscriber>>> = HashMap::new();
+    for sub in shared.subscribers() {
+        if sub.is_closed() {
             continue;
         }
-        let token = conn.with_auth(|a| a.token.clone());
-        by_token.entry(token).or_default().push(conn);
+        let token = sub.with_auth(|a| a.token.clone());
+        by_token.entry(token).or_default().push(sub);
     }
     let results: Vec<bool> = stream::iter(by_token)
-        .map(|(token, conns)| async move {
+        .map(|(token, subs)| async move {
             match shared.auth().verify_token_uncached(&token).await {
                 Ok(principal) if !shared.auth().allowed(&principal, qual::EVENT, Method::Read) => {
-                    for conn in conns {
-                        if conn.with_auth(|a| a.token == token) {
-                            conn.close(
+                    for sub in subs {
+                        if sub.with_auth(|a| a.token == token) {
+                            sub.close(
                                 close::POLICY,
                                 "forbidden: no access to the event endpoint any more",
                             );
@@ -148,8 +148,8 @@ async fn recheck_all(shared: &Arc<Shared>) -> bool {
                 }
                 Ok(principal) => {
                     let perms = Arc::new(principal.perms);
-                    for conn in conns {
-                        let same = conn.with_auth(|a| {
+                    for sub in subs {
+                        let same = sub.with_auth(|a| {
                             let same = a.token == token;
                             if same {
                                 a.perms = perms.clone();
@@ -158,15 +158,15 @@ async fn recheck_all(shared: &Arc<Shared>) -> bool {
                             same
                         });
                         if same {
-                            shared.refilter(&conn);
+                            shared.refilter(&sub);
                         }
                     }
                     true
                 }
                 Err(ApiError::Unauthorized(reason)) => {
-                    for conn in conns {
-                        if conn.with_auth(|a| a.token == token) {
-                            conn.close(close::POLICY, format!("{reason}: log in again"));
+                    for sub in subs {
+                        if sub.with_auth(|a| a.token == token) {
+                            sub.close(close::POLICY, format!("{reason}: log in again"));
                         }
                     }
                     true

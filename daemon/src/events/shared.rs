@@ -23,10 +23,10 @@ use tokio::{
 
 use super::{
     Refused, Stopping,
-    conn::{Conn, ConnAuth},
     dispatch::Dispatch,
     index::{Index, View},
     limits::Users,
+    subscriber::{Subscriber, SubscriberAuth},
     writer::Pending,
 };
 use crate::{
@@ -58,13 +58,13 @@ pub struct Shared {
     last_published: AtomicI64,
     stopping: AtomicBool,
     tasks: Mutex<Tasks>,
-    /// The clock of `Conn::last_seen`.
+    /// The clock of `Subscriber::last_seen`.
     clock: Instant,
 }
 
 /// The open subscribers, by id, and the next id to give.
 struct Subscribers {
-    by_id: HashMap<u64, Arc<Conn>>,
+    by_id: HashMap<u64, Arc<Subscriber>>,
     next_id: u64,
 }
 
@@ -151,7 +151,7 @@ impl Shared {
         &self.instance
     }
 
-    /// Milliseconds since the hub started (the clock of `Conn::seen`).
+    /// Milliseconds since the hub started (the clock of `Subscriber::seen`).
     #[inline]
     pub fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
@@ -175,12 +175,12 @@ impl Shared {
         self.index.view()
     }
 
-    /// Moves `conn` from the `old` channels to the `new` ones in the index.
-    pub fn set_index(&self, conn: &Arc<Conn>, old: &[String], new: &[String]) {
+    /// Moves `sub` from the `old` channels to the `new` ones in the index.
+    pub fn set_index(&self, sub: &Arc<Subscriber>, old: &[String], new: &[String]) {
         let left: Vec<String> = old.iter().filter(|c| !new.contains(c)).cloned().collect();
         let joined: Vec<String> = new.iter().filter(|c| !old.contains(c)).cloned().collect();
-        conn.track_channels(&left, &joined);
-        self.index.move_conn(conn, &left, &joined);
+        sub.track_channels(&left, &joined);
+        self.index.move_subscriber(sub, &left, &joined);
         let delta = new.len() as i64 - old.len() as i64;
         self.metrics
             .subscriptions
@@ -224,7 +224,7 @@ impl Shared {
         true
     }
 
-    /// Takes a message token from `user`'s bucket (shared with their sockets); false when the
+    /// Takes a message token from `user`'s bucket (shared with their sockets and streams); false when the
     /// user is over the message rate.
     pub fn try_send_as(&self, user: &str) -> bool {
         let s = &self.settings;
@@ -250,7 +250,7 @@ impl Shared {
 
     /// Admits a subscriber for `principal`: refused when the hub is stopping, the instance has
     /// `max_connections` subscribers open (503), or the user `max_connections_per_user` (429).
-    pub fn admit(&self, principal: Principal, token: &str) -> Result<Arc<Conn>, Refused> {
+    pub fn admit(&self, principal: Principal, token: &str) -> Result<Arc<Subscriber>, Refused> {
         if self.is_stopping() {
             return Err(Refused::Busy("the server is shutting down".into()));
         }
@@ -277,11 +277,11 @@ impl Shared {
         };
         let id = subs.next_id;
         subs.next_id += 1;
-        let conn = Arc::new(Conn::new(
+        let sub = Arc::new(Subscriber::new(
             id,
             principal.id,
             user,
-            ConnAuth {
+            SubscriberAuth {
                 token: token.into(),
                 name: principal.name,
                 perms: Arc::new(principal.perms),
@@ -293,25 +293,25 @@ impl Shared {
             self.last_published(),
             self.now_ms(),
         ));
-        subs.by_id.insert(id, conn.clone());
+        subs.by_id.insert(id, sub.clone());
         drop(subs);
         self.metrics
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
+        Ok(sub)
     }
 
     /// Takes a subscriber out of the hub (its socket or stream ended).
-    pub fn leave(&self, conn: &Arc<Conn>) {
-        conn.mark_closed();
-        let channels = conn.with_auth(|a| std::mem::take(&mut a.channels));
-        self.set_index(conn, &channels, &[]);
+    pub fn leave(&self, sub: &Arc<Subscriber>) {
+        sub.mark_closed();
+        let channels = sub.with_auth(|a| std::mem::take(&mut a.channels));
+        self.set_index(sub, &channels, &[]);
         let all_left = {
             let mut subs = lock(&self.subscribers);
-            subs.by_id.remove(&conn.id);
+            subs.by_id.remove(&sub.id);
             subs.by_id.is_empty()
         };
-        Users::release(&conn.user);
+        Users::release(&sub.user);
         self.metrics
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
@@ -321,7 +321,7 @@ impl Shared {
     }
 
     /// A snapshot of the open subscribers.
-    pub fn conns(&self) -> Vec<Arc<Conn>> {
+    pub fn subscribers(&self) -> Vec<Arc<Subscriber>> {
         lock(&self.subscribers).by_id.values().cloned().collect()
     }
 

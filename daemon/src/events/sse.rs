@@ -10,7 +10,7 @@ use std::{collections::VecDeque, fmt::Write, time::Duration};
 use futures_util::Stream;
 use serde_json::Value;
 
-use super::{Admission, conn::Out, protocol};
+use super::{Admission, protocol, subscriber::Out};
 
 /// The event stream of an admitted subscriber: subscribes to `channels` (replaying after
 /// `since`), then yields chunks of the stream until the hub closes it or the client leaves
@@ -21,17 +21,17 @@ pub async fn stream(
     since: Option<i64>,
     keepalive: Duration,
 ) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static {
-    let (shared, conn) = (admission.shared.clone(), admission.conn.clone());
+    let (shared, sub) = (admission.shared.clone(), admission.sub.clone());
     let since = shared.clamp_since(since).await;
-    let granted = shared.set_interest(&conn, &channels, since);
-    conn.push_notice(protocol::interest_frame(
+    let granted = shared.set_interest(&sub, &channels, since);
+    sub.push_notice(protocol::interest_frame(
         &granted.channels,
         &granted.denied,
         granted.since,
         "processed interest in",
     ));
     // The replay waits for room as the stream drains, so it runs beside it.
-    tokio::spawn(async move { shared.replay(&conn, granted).await });
+    tokio::spawn(async move { shared.replay(&sub, granted).await });
     let state = State {
         admission,
         queue: VecDeque::new(),
@@ -61,32 +61,32 @@ impl State {
         if self.done {
             return None;
         }
-        let (shared, conn) = (&self.admission.shared, &self.admission.conn);
+        let (shared, sub) = (&self.admission.shared, &self.admission.sub);
         if self.unaccounted > 0 {
             shared.metrics().messages_delivered.fetch_add(
                 self.unaccounted as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            conn.written(std::mem::take(&mut self.unaccounted), shared.metrics());
+            sub.written(std::mem::take(&mut self.unaccounted), shared.metrics());
         }
         loop {
-            conn.take(&mut self.queue);
+            sub.take(&mut self.queue);
             if !self.queue.is_empty() {
                 break;
             }
-            if conn.is_closed() {
+            if sub.is_closed() {
                 return None;
             }
-            if tokio::time::timeout(self.keepalive, conn.wait_for_frames())
+            if tokio::time::timeout(self.keepalive, sub.wait_for_frames())
                 .await
                 .is_err()
             {
-                conn.seen(shared.now_ms());
+                sub.seen(shared.now_ms());
                 return Some(": keepalive\n\n".into());
             }
         }
         // The client takes what we write: that is its sign of life (it sends nothing else).
-        conn.seen(shared.now_ms());
+        sub.seen(shared.now_ms());
         let mut out = String::new();
         for frame in self.queue.drain(..) {
             match frame {

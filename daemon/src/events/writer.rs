@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    conn::{Conn, ReplySlot},
     dispatch::Dispatch,
     protocol::{self, ErrorKind},
     shared::Shared,
+    subscriber::{ReplySlot, Subscriber},
 };
 use crate::storage::{
     self,
@@ -39,7 +39,7 @@ pub struct Pending {
 pub enum ReplyTo {
     /// A socket: the ack or error goes into the reply slot of the frame that sent it.
     Socket {
-        conn: Arc<Conn>,
+        sub: Arc<Subscriber>,
         slot: ReplySlot,
         /// The frame's correlation id, echoed on the reply.
         id: Option<String>,
@@ -64,7 +64,7 @@ impl ReplyTo {
     fn send(self, outcome: Result<Stored, &Failed>) {
         match self {
             Self::Socket {
-                conn,
+                sub,
                 slot,
                 id,
                 added_interest,
@@ -73,7 +73,7 @@ impl ReplyTo {
                     Ok(s) => protocol::ack_frame(s.message_id, added_interest, s.duplicate),
                     Err((kind, message)) => protocol::error_frame(*kind, message),
                 };
-                conn.fill_reply(slot, protocol::with_id(frame, id.as_deref()));
+                sub.fill_reply(slot, protocol::with_id(frame, id.as_deref()));
             }
             Self::Caller(tx) => {
                 let _ = tx.send(outcome.map_err(Clone::clone));
