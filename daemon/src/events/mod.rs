@@ -337,7 +337,3 @@ impl Drop for Admission {
         self.shared.leave(&self.sub);
     }
 }
-
-/// The hub stops and takes no more messages.
-#[derive(Debug)]
-pub(crate) struct Stopping;

@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use super::{
-    Refused, Stopping,
+    Refused,
     dispatch::Dispatch,
     index::{Index, View},
     limits::Users,
@@ -61,6 +61,10 @@ pub struct Shared {
     /// The clock of `Subscriber::last_seen`.
     clock: Instant,
 }
+
+/// The hub stops and takes no more messages.
+#[derive(Debug)]
+pub struct Stopping;
 
 /// The open subscribers, by id, and the next id to give.
 struct Subscribers {

@@ -32,20 +32,21 @@ pub async fn stream(
     ));
     // The replay waits for room as the stream drains, so it runs beside it.
     tokio::spawn(async move { shared.replay(&sub, granted).await });
-    let state = State {
+    let sender = Sender {
         admission,
         queue: VecDeque::new(),
         unaccounted: 0,
         done: false,
         keepalive: keepalive.max(Duration::from_secs(1)),
     };
-    futures_util::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((Ok(chunk), state))
+    futures_util::stream::unfold(sender, |mut sender| async move {
+        let chunk = sender.next_chunk().await?;
+        Some((Ok(chunk), sender))
     })
 }
 
-struct State {
+/// The sender of an event stream: drains the subscriber's queue into chunks of the stream.
+struct Sender {
     admission: Admission,
     queue: VecDeque<Out>,
     /// Events of the last chunk, freed from the queue limit once the next one is asked for.
@@ -56,7 +57,7 @@ struct State {
     keepalive: Duration,
 }
 
-impl State {
+impl Sender {
     async fn next_chunk(&mut self) -> Option<String> {
         if self.done {
             return None;

@@ -3,7 +3,7 @@
 //!
 //! A batch that fails before PostgreSQL got it is retried; one whose COMMIT outcome is unknown (the
 //! connection died mid-flight, e.g. PostgreSQL restarting) is looked up in `event_batches` before it
-//! is retried, and the batch id's primary key makes a double store impossible. Senders wait up to
+//! is retried, and the batch id's primary key makes a double store impossible. Publishers wait up to
 //! `commit_timeout_ms` for the database to come back before they get an error frame.
 
 use std::{
@@ -43,7 +43,7 @@ pub enum ReplyTo {
         slot: ReplySlot,
         /// The frame's correlation id, echoed on the reply.
         id: Option<String>,
-        /// The message also added its channel to the sender's interests (the ack's `type`).
+        /// The message also added its channel to the socket's interests (the ack's `type`).
         added_interest: bool,
     },
     /// An HTTP request.
