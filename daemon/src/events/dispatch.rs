@@ -11,7 +11,7 @@ use std::{
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 
-use super::{Shared, conn::Pushed, protocol};
+use super::{protocol, shared::Shared, subscriber::Pushed};
 use crate::storage::{self, events::EventRow};
 
 /// The NOTIFY channel of committed batches (payload `<instance> <first id> <last id>`).
@@ -32,7 +32,7 @@ pub enum Dispatch {
     Stop,
 }
 
-pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Dispatch>, head: i64) {
+pub async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Dispatch>, head: i64) {
     let mut last = head;
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -42,20 +42,20 @@ pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Dispatch>, 
                 };
                 if first > last + 1 {
                     // Another instance committed in between; its NOTIFY may still be on the way.
-                    fetch_until(&inner, &mut last, first - 1).await;
+                    fetch_until(&shared, &mut last, first - 1).await;
                 }
                 let fresh: Vec<EventRow> = events.into_iter().filter(|e| e.id > last).collect();
-                publish(&inner, &mut last, &fresh);
+                publish(&shared, &mut last, &fresh);
             }
             Dispatch::Remote { upto } => {
                 if upto > last {
-                    fetch_until(&inner, &mut last, upto).await;
+                    fetch_until(&shared, &mut last, upto).await;
                 }
             }
             Dispatch::CatchUp { upto } => {
                 let upto = match upto {
                     Some(u) => u,
-                    None => match storage::events::head(&inner.pool).await {
+                    None => match storage::events::head(shared.pool()).await {
                         Ok(h) => h,
                         Err(e) => {
                             tracing::warn!(error = %e, "event catch-up could not read the head");
@@ -64,7 +64,7 @@ pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Dispatch>, 
                     },
                 };
                 if upto > last {
-                    fetch_until(&inner, &mut last, upto).await;
+                    fetch_until(&shared, &mut last, upto).await;
                 }
             }
             Dispatch::Stop => break,
@@ -74,17 +74,17 @@ pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Dispatch>, 
 
 /// Reads and publishes every event after `last` up to `upto`; retries while the database is away
 /// (ids up to `upto` are committed, so they must come).
-async fn fetch_until(inner: &Shared, last: &mut i64, upto: i64) {
+async fn fetch_until(shared: &Shared, last: &mut i64, upto: i64) {
     let mut delay = Duration::from_millis(50);
     while *last < upto {
-        match storage::events::range(&inner.pool, *last, upto, FETCH).await {
+        match storage::events::range(shared.pool(), *last, upto, FETCH).await {
             Ok(rows) if rows.is_empty() => return,
             Ok(rows) => {
                 delay = Duration::from_millis(50);
-                publish(inner, last, &rows);
+                publish(shared, last, &rows);
             }
             Err(e) => {
-                if inner.stopping.load(Ordering::SeqCst) {
+                if shared.is_stopping() {
                     return;
                 }
                 tracing::warn!(error = %e, "reading events for fan-out failed; retrying");
@@ -95,16 +95,16 @@ async fn fetch_until(inner: &Shared, last: &mut i64, upto: i64) {
     }
 }
 
-/// Encodes each event once and offers the shared bytes to every interested socket.
-fn publish(inner: &Shared, last: &mut i64, events: &[EventRow]) {
+/// Encodes each event once and offers the shared bytes to every interested subscriber.
+fn publish(shared: &Shared, last: &mut i64, events: &[EventRow]) {
     let mut dropped = 0u64;
     {
-        let index = inner.index.view();
+        let index = shared.index();
         for e in events {
             if index.has_subscribers(&e.channel) {
                 let frame = protocol::event_frame(e);
-                for conn in index.subscribers(&e.channel) {
-                    if conn.push_event(e.id, &frame) == Pushed::Dropped {
+                for sub in index.subscribers(&e.channel) {
+                    if sub.push_event(e.id, &frame) == Pushed::Dropped {
                         dropped += 1;
                     }
                 }
@@ -112,10 +112,10 @@ fn publish(inner: &Shared, last: &mut i64, events: &[EventRow]) {
             *last = e.id;
         }
     }
-    inner.last_published.store(*last, Ordering::SeqCst);
+    shared.set_last_published(*last);
     if dropped > 0 {
-        inner
-            .metrics
+        shared
+            .metrics()
             .events_dropped
             .fetch_add(dropped, Ordering::Relaxed);
     }
@@ -123,26 +123,26 @@ fn publish(inner: &Shared, last: &mut i64, events: &[EventRow]) {
 
 /// One LISTEN connection per instance, on a pool of its own (a listening connection must never go
 /// back to the shared pool).
-pub async fn listen(inner: Arc<Shared>) {
+pub async fn listen(shared: Arc<Shared>) {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
         .max_lifetime(None)
         .idle_timeout(None)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with((*inner.pool.connect_options()).clone());
+        .connect_lazy_with((*shared.pool().connect_options()).clone());
     let mut delay = Duration::from_millis(100);
     loop {
         match subscribe(&pool).await {
             Ok(mut listener) => {
                 delay = Duration::from_millis(100);
                 // Whatever committed while nobody listened comes from the table.
-                let _ = inner.dispatch.send(Dispatch::CatchUp { upto: None });
+                shared.dispatch(Dispatch::CatchUp { upto: None });
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(n)) => {
-                            if let Some(upto) = remote_upto(n.payload(), &inner.instance) {
-                                let _ = inner.dispatch.send(Dispatch::Remote { upto });
+                            if let Some(upto) = remote_upto(n.payload(), shared.instance()) {
+                                shared.dispatch(Dispatch::Remote { upto });
                             }
                         }
                         Ok(None) => break,
@@ -152,8 +152,8 @@ pub async fn listen(inner: Arc<Shared>) {
                         }
                     }
                 }
-                inner
-                    .metrics
+                shared
+                    .metrics()
                     .listener_reconnects
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("the event listener lost its connection; reconnecting");

@@ -6,9 +6,9 @@ use std::{
     sync::{Arc, RwLock, RwLockReadGuard},
 };
 
-use super::conn::Conn;
+use super::subscriber::Subscriber;
 
-type Map = HashMap<String, HashMap<u64, Arc<Conn>>>;
+type Map = HashMap<String, HashMap<u64, Arc<Subscriber>>>;
 
 #[derive(Default)]
 pub struct Index {
@@ -20,7 +20,7 @@ pub struct View<'a>(RwLockReadGuard<'a, Map>);
 
 impl View<'_> {
     /// The subscribers of `channel`.
-    pub fn subscribers(&self, channel: &str) -> impl Iterator<Item = &Arc<Conn>> {
+    pub fn subscribers(&self, channel: &str) -> impl Iterator<Item = &Arc<Subscriber>> {
         self.0
             .get(channel)
             .into_iter()
@@ -38,12 +38,12 @@ impl Index {
         View(self.map.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Takes `conn` off the `left` channels and puts it on the `joined` ones.
-    pub fn move_conn(&self, conn: &Arc<Conn>, left: &[String], joined: &[String]) {
+    /// Takes `sub` off the `left` channels and puts it on the `joined` ones.
+    pub fn move_subscriber(&self, sub: &Arc<Subscriber>, left: &[String], joined: &[String]) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for ch in left {
             if let Some(subs) = map.get_mut(ch) {
-                subs.remove(&conn.id);
+                subs.remove(&sub.id);
                 if subs.is_empty() {
                     map.remove(ch);
                 }
@@ -52,7 +52,7 @@ impl Index {
         for ch in joined {
             map.entry(ch.clone())
                 .or_default()
-                .insert(conn.id, conn.clone());
+                .insert(sub.id, sub.clone());
         }
     }
 }

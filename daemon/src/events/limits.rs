@@ -1,4 +1,4 @@
-//! Per-user limits of one instance: open sockets and a token bucket for messages.
+//! Per-user limits of one instance: open subscribers and a token bucket for messages.
 
 use std::{
     collections::HashMap,
@@ -39,7 +39,7 @@ impl TokenBucket {
     }
 }
 
-/// What one user shares across their sockets.
+/// What one user shares across their subscribers.
 #[derive(Debug)]
 pub struct UserShare {
     pub(super) bucket: Mutex<TokenBucket>,
@@ -52,7 +52,7 @@ pub struct Users {
 }
 
 impl Users {
-    /// Counts a new socket of `user`; `None` when the user is at `max` already.
+    /// Counts a new subscriber of `user`; `None` when the user is at `max` already.
     pub fn admit(&self, user: &str, max: usize, burst: u32) -> Option<Arc<UserShare>> {
         let mut map = self.map.lock().ok()?;
         let share = map
@@ -73,7 +73,7 @@ impl Users {
         Some(share)
     }
 
-    /// The user's share without counting a socket (HTTP publish takes from the same bucket).
+    /// The user's share without counting a subscriber (HTTP publish takes from the same bucket).
     pub fn share(&self, user: &str, burst: u32) -> Arc<UserShare> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(user.to_string())
@@ -92,7 +92,7 @@ impl Users {
         }
     }
 
-    /// Forgets users without sockets whose bucket has refilled (so reconnecting gains nothing).
+    /// Forgets users without subscribers whose bucket has refilled (so reconnecting gains nothing).
     pub fn purge(&self, rate: u32, burst: u32) {
         let now = Instant::now();
         if let Ok(mut map) = self.map.lock() {

@@ -27,9 +27,9 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    Shared,
-    conn::{Conn, Out},
     protocol::{self, ErrorKind, Request},
+    shared::Shared,
+    subscriber::{Out, Subscriber},
     writer::{Pending, ReplyTo},
 };
 use crate::{domain::Channel, envelope::format_ts, metrics::Metrics};
@@ -38,16 +38,16 @@ type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
 
 pub async fn run(
-    inner: Arc<Shared>,
-    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    sub: Arc<Subscriber>,
     ws: WebSocketStream<Upgraded>,
     since: Option<i64>,
 ) {
     let (sink, mut stream) = ws.split();
-    let mut sender = tokio::spawn(send_loop(conn.clone(), sink, inner.metrics.clone()));
+    let mut sender = tokio::spawn(send_loop(sub.clone(), sink, shared.metrics().clone()));
     let mut reader = Reader {
-        inner: &inner,
-        conn: &conn,
+        shared: &shared,
+        sub: &sub,
         since,
         subscribed: false,
         oversized: false,
@@ -82,7 +82,7 @@ pub async fn run(
             .await;
         }
     } else {
-        conn.mark_closed();
+        sub.mark_closed();
         if end == End::PeerClose {
             // tungstenite queued the reply to the client's close frame (RFC 6455 §5.5.1); the
             // next read sends it and then reports the connection closed.
@@ -109,8 +109,8 @@ enum End {
 }
 
 struct Reader<'a> {
-    inner: &'a Arc<Shared>,
-    conn: &'a Arc<Conn>,
+    shared: &'a Arc<Shared>,
+    sub: &'a Arc<Subscriber>,
     /// `?since=` of the connect: applies to the first interest frame without its own.
     since: Option<i64>,
     /// An interest frame was handled already (the next ones are rate-limited).
@@ -126,12 +126,12 @@ impl Reader<'_> {
         loop {
             let msg = tokio::select! {
                 biased;
-                _ = self.conn.closed() => return End::Server,
+                _ = self.sub.closed() => return End::Server,
                 msg = stream.next() => msg,
             };
             if let Some(Ok(_)) = &msg {
                 // Anything, a pong included, shows the client is there.
-                self.conn.seen(self.inner.now_ms());
+                self.sub.seen(self.shared.now_ms());
             }
             let text = match msg {
                 Some(Err(tungstenite::Error::Capacity(e))) => {
@@ -144,16 +144,16 @@ impl Reader<'_> {
                         other => format!("frame too large: {other}"),
                     };
                     self.oversized = true;
-                    self.conn.close(super::close::TOO_BIG, reason);
+                    self.sub.close(super::close::TOO_BIG, reason);
                     return End::Server;
                 }
                 Some(Err(tungstenite::Error::Protocol(e))) => {
-                    self.conn
+                    self.sub
                         .close(super::close::PROTOCOL, format!("protocol error: {e}"));
                     return End::Server;
                 }
                 Some(Err(tungstenite::Error::Utf8(_))) => {
-                    self.conn
+                    self.sub
                         .close(super::close::INVALID_DATA, "text frame is not valid UTF-8");
                     return End::Server;
                 }
@@ -167,8 +167,8 @@ impl Reader<'_> {
             // being read.
             tokio::select! {
                 biased;
-                _ = self.conn.closed() => return End::Server,
-                permit = self.conn.replies.acquire() => match permit {
+                _ = self.sub.closed() => return End::Server,
+                permit = self.sub.replies.acquire() => match permit {
                     Ok(p) => p.forget(),
                     Err(_) => return End::Server,
                 },
@@ -186,20 +186,20 @@ impl Reader<'_> {
 
     /// The reply to the current frame, with its correlation id.
     fn reply(&self, frame: Utf8Bytes) {
-        self.conn
+        self.sub
             .push_reply(protocol::with_id(frame, self.id.as_deref()));
     }
 
     fn error(&self, kind: ErrorKind, message: &str) {
-        self.inner
-            .metrics
+        self.shared
+            .metrics()
             .frame_errors
             .fetch_add(1, Ordering::Relaxed);
         self.reply(protocol::error_frame(kind, message));
     }
 
     async fn handle(&mut self, text: Utf8Bytes) {
-        let limit = self.inner.settings.max_frame_bytes;
+        let limit = self.shared.settings().max_frame_bytes;
         if text.len() > limit {
             return self.error(
                 ErrorKind::TooLarge,
@@ -224,11 +224,11 @@ impl Reader<'_> {
 
     /// Applies the bounds of interest frames; true (and an error frame sent) when refused.
     fn interest_refused(&mut self, requested: &[String]) -> bool {
-        let s = &self.inner.settings;
+        let s = self.shared.settings();
         let free = !std::mem::replace(&mut self.subscribed, true);
-        if !free && !self.conn.user.try_send(s.messages_per_second, s.burst) {
-            self.inner
-                .metrics
+        if !free && !self.sub.user.try_send(s.messages_per_second, s.burst) {
+            self.shared
+                .metrics()
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
             self.error(ErrorKind::RateLimited, &format!(
@@ -250,20 +250,20 @@ impl Reader<'_> {
     }
 
     async fn interest(&mut self, requested: &[String], since: Option<i64>) {
-        let since = self.inner.clamp_since(since).await;
+        let since = self.shared.clamp_since(since).await;
         if since.is_some() {
             // The reply goes before the replay: let the replies of earlier frames (acks waiting
             // for their commit) go out first.
-            self.conn.replies_settled().await;
+            self.sub.replies_settled().await;
         }
-        let granted = self.inner.set_interest(self.conn, requested, since);
+        let granted = self.shared.set_interest(self.sub, requested, since);
         self.reply(protocol::interest_frame(
             &granted.channels,
             &granted.denied,
             granted.since,
             "processed interest in",
         ));
-        self.inner.replay(self.conn, granted).await;
+        self.shared.replay(self.sub, granted).await;
     }
 
     fn message(&mut self, raw_channel: &str, data: String, key: Option<String>) {
@@ -272,7 +272,7 @@ impl Reader<'_> {
             Err(e) => return self.error(ErrorKind::Malformed, &format!("malformed message: {e}")),
         };
         let (may_write, author) = self
-            .conn
+            .sub
             .with_auth(|a| (a.perms.event(&channel, true), a.name.clone()));
         if !may_write {
             return self.error(
@@ -280,10 +280,10 @@ impl Reader<'_> {
                 &format!("no write permission on channel [{channel}]"),
             );
         }
-        let s = &self.inner.settings;
-        if !self.conn.user.try_send(s.messages_per_second, s.burst) {
-            self.inner
-                .metrics
+        let s = self.shared.settings();
+        if !self.sub.user.try_send(s.messages_per_second, s.burst) {
+            self.shared
+                .metrics()
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
             return self.error(ErrorKind::RateLimited, &format!(
@@ -291,50 +291,50 @@ impl Reader<'_> {
                 s.messages_per_second, s.burst
             ));
         }
-        let added_interest = self.inner.add_interest(self.conn, &channel);
-        let slot = self.conn.reserve_reply();
+        let added_interest = self.shared.add_interest(self.sub, &channel);
+        let slot = self.sub.reserve_reply();
         let pending = Pending {
             channel,
             author,
             data,
             key,
             reply: ReplyTo::Socket {
-                conn: self.conn.clone(),
+                sub: self.sub.clone(),
                 slot,
                 id: self.id.clone(),
                 added_interest,
             },
         };
-        if self.inner.submit(pending).is_err() {
-            self.inner
-                .metrics
+        if self.shared.submit(pending).is_err() {
+            self.shared
+                .metrics()
                 .frame_errors
                 .fetch_add(1, Ordering::Relaxed);
             let frame = protocol::error_frame(
                 ErrorKind::Unavailable,
                 "the server is shutting down; message not stored",
             );
-            self.conn
+            self.sub
                 .fill_reply(slot, protocol::with_id(frame, self.id.as_deref()));
         }
     }
 
     async fn token(&mut self, token: &str) {
-        match self.inner.auth.verify_token(token).await {
+        match self.shared.auth().verify_token(token).await {
             Err(e) => self.error(ErrorKind::Unauthorized, &format!("token rejected: {e}")),
-            Ok(p) if p.id != self.conn.user_id => self.error(
+            Ok(p) if p.id != self.sub.user_id => self.error(
                 ErrorKind::Unauthorized,
                 "token rejected: it belongs to another user",
             ),
             Ok(p) => {
                 let exp = p.claims.exp;
-                self.conn.with_auth(|a| {
+                self.sub.with_auth(|a| {
                     a.token = token.into();
                     a.name = p.name;
                     a.perms = Arc::new(p.perms);
                     a.exp = exp;
                 });
-                self.inner.refilter(self.conn);
+                self.shared.refilter(self.sub);
                 let expires = time::OffsetDateTime::from_unix_timestamp(exp)
                     .map(format_ts)
                     .unwrap_or_default();
@@ -347,15 +347,15 @@ impl Reader<'_> {
 /// Writes queued frames until the socket closes; every frame taken in one round goes out with a
 /// single flush.
 /// Returns the sink after it sent a close frame.
-async fn send_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) -> Option<Sink> {
+async fn send_loop(sub: Arc<Subscriber>, mut sink: Sink, metrics: Metrics) -> Option<Sink> {
     let mut queue = VecDeque::new();
     loop {
-        conn.take(&mut queue);
+        sub.take(&mut queue);
         if queue.is_empty() {
-            if conn.is_closed() {
+            if sub.is_closed() {
                 return None;
             }
-            conn.wait_for_frames().await;
+            sub.wait_for_frames().await;
             continue;
         }
         let (mut events, mut replies) = (0usize, 0usize);
@@ -378,19 +378,19 @@ async fn send_loop(conn: Arc<Conn>, mut sink: Sink, metrics: Metrics) -> Option<
                 }
             };
             if sink.feed(msg).await.is_err() {
-                conn.mark_closed();
+                sub.mark_closed();
                 return None;
             }
         }
         if sink.flush().await.is_err() {
-            conn.mark_closed();
+            sub.mark_closed();
             return None;
         }
-        conn.replies.add_permits(replies);
+        sub.replies.add_permits(replies);
         metrics
             .messages_delivered
             .fetch_add(events as u64, Ordering::Relaxed);
-        conn.written(events, &metrics);
+        sub.written(events, &metrics);
         if queue.capacity() > 256 {
             queue = VecDeque::new();
         }

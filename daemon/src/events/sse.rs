@@ -5,12 +5,12 @@
 //! server's pings (and keepalives during silence) as comments, and a close as `event: close` with its code and reason, after
 //! which the stream ends.
 
-use std::{collections::VecDeque, fmt::Write, sync::Arc, time::Duration};
+use std::{collections::VecDeque, fmt::Write, time::Duration};
 
 use futures_util::Stream;
 use serde_json::Value;
 
-use super::{Admission, Shared, conn::Out, protocol};
+use super::{Admission, protocol, subscriber::Out};
 
 /// The event stream of an admitted subscriber: subscribes to `channels` (replaying after
 /// `since`), then yields chunks of the stream until the hub closes it or the client leaves
@@ -21,31 +21,32 @@ pub async fn stream(
     since: Option<i64>,
     keepalive: Duration,
 ) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static {
-    let (inner, conn) = (admission.inner.clone(), admission.conn.clone());
-    let since = inner.clamp_since(since).await;
-    let granted = inner.set_interest(&conn, &channels, since);
-    conn.push_notice(protocol::interest_frame(
+    let (shared, sub) = (admission.shared.clone(), admission.sub.clone());
+    let since = shared.clamp_since(since).await;
+    let granted = shared.set_interest(&sub, &channels, since);
+    sub.push_notice(protocol::interest_frame(
         &granted.channels,
         &granted.denied,
         granted.since,
         "processed interest in",
     ));
     // The replay waits for room as the stream drains, so it runs beside it.
-    tokio::spawn(async move { inner.replay(&conn, granted).await });
-    let state = State {
+    tokio::spawn(async move { shared.replay(&sub, granted).await });
+    let sender = Sender {
         admission,
         queue: VecDeque::new(),
         unaccounted: 0,
         done: false,
         keepalive: keepalive.max(Duration::from_secs(1)),
     };
-    futures_util::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((Ok(chunk), state))
+    futures_util::stream::unfold(sender, |mut sender| async move {
+        let chunk = sender.next_chunk().await?;
+        Some((Ok(chunk), sender))
     })
 }
 
-struct State {
+/// The sender of an event stream: drains the subscriber's queue into chunks of the stream.
+struct Sender {
     admission: Admission,
     queue: VecDeque<Out>,
     /// Events of the last chunk, freed from the queue limit once the next one is asked for.
@@ -56,37 +57,37 @@ struct State {
     keepalive: Duration,
 }
 
-impl State {
+impl Sender {
     async fn next_chunk(&mut self) -> Option<String> {
         if self.done {
             return None;
         }
-        let (inner, conn): (&Arc<Shared>, _) = (&self.admission.inner, &self.admission.conn);
+        let (shared, sub) = (&self.admission.shared, &self.admission.sub);
         if self.unaccounted > 0 {
-            inner.metrics.messages_delivered.fetch_add(
+            shared.metrics().messages_delivered.fetch_add(
                 self.unaccounted as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            conn.written(std::mem::take(&mut self.unaccounted), &inner.metrics);
+            sub.written(std::mem::take(&mut self.unaccounted), shared.metrics());
         }
         loop {
-            conn.take(&mut self.queue);
+            sub.take(&mut self.queue);
             if !self.queue.is_empty() {
                 break;
             }
-            if conn.is_closed() {
+            if sub.is_closed() {
                 return None;
             }
-            if tokio::time::timeout(self.keepalive, conn.wait_for_frames())
+            if tokio::time::timeout(self.keepalive, sub.wait_for_frames())
                 .await
                 .is_err()
             {
-                conn.seen(inner.now_ms());
+                sub.seen(shared.now_ms());
                 return Some(": keepalive\n\n".into());
             }
         }
         // The client takes what we write: that is its sign of life (it sends nothing else).
-        conn.seen(inner.now_ms());
+        sub.seen(shared.now_ms());
         let mut out = String::new();
         for frame in self.queue.drain(..) {
             match frame {

@@ -3,7 +3,7 @@
 //!
 //! A batch that fails before PostgreSQL got it is retried; one whose COMMIT outcome is unknown (the
 //! connection died mid-flight, e.g. PostgreSQL restarting) is looked up in `event_batches` before it
-//! is retried, and the batch id's primary key makes a double store impossible. Senders wait up to
+//! is retried, and the batch id's primary key makes a double store impossible. Publishers wait up to
 //! `commit_timeout_ms` for the database to come back before they get an error frame.
 
 use std::{
@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    Shared,
-    conn::{Conn, ReplySlot},
     dispatch::Dispatch,
     protocol::{self, ErrorKind},
+    shared::Shared,
+    subscriber::{ReplySlot, Subscriber},
 };
 use crate::storage::{
     self,
@@ -39,11 +39,11 @@ pub struct Pending {
 pub enum ReplyTo {
     /// A socket: the ack or error goes into the reply slot of the frame that sent it.
     Socket {
-        conn: Arc<Conn>,
+        sub: Arc<Subscriber>,
         slot: ReplySlot,
         /// The frame's correlation id, echoed on the reply.
         id: Option<String>,
-        /// The message also added its channel to the sender's interests (the ack's `type`).
+        /// The message also added its channel to the socket's interests (the ack's `type`).
         added_interest: bool,
     },
     /// An HTTP request.
@@ -64,7 +64,7 @@ impl ReplyTo {
     fn send(self, outcome: Result<Stored, &Failed>) {
         match self {
             Self::Socket {
-                conn,
+                sub,
                 slot,
                 id,
                 added_interest,
@@ -73,7 +73,7 @@ impl ReplyTo {
                     Ok(s) => protocol::ack_frame(s.message_id, added_interest, s.duplicate),
                     Err((kind, message)) => protocol::error_frame(*kind, message),
                 };
-                conn.fill_reply(slot, protocol::with_id(frame, id.as_deref()));
+                sub.fill_reply(slot, protocol::with_id(frame, id.as_deref()));
             }
             Self::Caller(tx) => {
                 let _ = tx.send(outcome.map_err(Clone::clone));
@@ -82,16 +82,16 @@ impl ReplyTo {
     }
 }
 
-pub async fn run(inner: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let max = inner.settings.batch_max.max(1);
+pub async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let max = shared.settings().batch_max.max(1);
     let mut batch = Vec::with_capacity(max);
     while rx.recv_many(&mut batch, max).await > 0 {
-        commit(&inner, &mut batch).await;
+        commit(&shared, &mut batch).await;
     }
     tracing::debug!("event writer flushed and stopped");
 }
 
-async fn commit(inner: &Shared, batch: &mut Vec<Pending>) {
+async fn commit(shared: &Shared, batch: &mut Vec<Pending>) {
     let started = Instant::now();
     let mut rows = NewBatch::default();
     let keyed = batch.iter().any(|p| p.key.is_some());
@@ -108,14 +108,14 @@ async fn commit(inner: &Shared, batch: &mut Vec<Pending>) {
     if keyed {
         rows.keys = Some(keys);
     }
-    match store(inner, &rows).await {
+    match store(shared, &rows).await {
         Ok(appended) => {
             let events = rows_to_events(rows, &appended);
-            inner
-                .metrics
+            shared
+                .metrics()
                 .record_commit(events.len() as u64, started.elapsed().as_micros() as u64);
-            inner
-                .metrics
+            shared
+                .metrics()
                 .messages_published
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
             for (i, p) in batch.drain(..).enumerate() {
@@ -126,7 +126,7 @@ async fn commit(inner: &Shared, batch: &mut Vec<Pending>) {
                 }));
             }
             if !events.is_empty() {
-                let _ = inner.dispatch.send(Dispatch::Local(events));
+                shared.dispatch(Dispatch::Local(events));
             }
         }
         Err(failed) => {
@@ -189,14 +189,14 @@ fn maybe_sent(e: &sqlx::Error) -> bool {
     !matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
-async fn store(inner: &Shared, rows: &NewBatch) -> Result<Appended, Failed> {
+async fn store(shared: &Shared, rows: &NewBatch) -> Result<Appended, Failed> {
     let batch = Uuid::new_v4();
-    let deadline = Instant::now() + Duration::from_millis(inner.settings.commit_timeout_ms);
+    let deadline = Instant::now() + Duration::from_millis(shared.settings().commit_timeout_ms);
     let mut in_doubt = false;
     let mut delay = Duration::from_millis(50);
     loop {
         let e = if in_doubt {
-            match storage::events::batch_outcome(&inner.pool, batch).await {
+            match storage::events::batch_outcome(shared.pool(), batch).await {
                 Ok(Some(stored)) => return Ok(stored),
                 Ok(None) => {
                     in_doubt = false;
@@ -205,8 +205,10 @@ async fn store(inner: &Shared, rows: &NewBatch) -> Result<Appended, Failed> {
                 Err(e) => e,
             }
         } else {
-            let window = inner.settings.idempotency_window_secs;
-            match storage::events::append(&inner.pool, batch, &inner.instance, rows, window).await {
+            let window = shared.settings().idempotency_window_secs;
+            match storage::events::append(shared.pool(), batch, shared.instance(), rows, window)
+                .await
+            {
                 Ok(stored) => return Ok(stored),
                 Err(e) if storage::is_unique_violation(&e) => {
                     // An earlier attempt of this batch did commit.

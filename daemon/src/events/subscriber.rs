@@ -1,14 +1,14 @@
-//! One open socket as the rest of the hub sees it: its principal, its interests, and its
+//! One subscriber (a WebSocket or an event stream) as the rest of the hub sees it: its principal, its interests, and its
 //! bounded outbound queue with the lag rule.
 //!
 //! The queue holds at most `outbound_queue` event frames (queued or being written). When an event
-//! finds it full, the socket is marked lagged and every further event is dropped for it, until
+//! finds it full, the subscriber is marked lagged and every further event is dropped for it, until
 //! the sender has written everything queued; then it gets one `gap` frame naming the last id it
 //! received, and live delivery resumes. Replies (acks, errors) never count against the limit:
 //! each client frame takes one of `max_unacked` reply permits first, so they are bounded too.
 //!
-//! A socket gets every id at most once, also across re-subscriptions, and live events in
-//! increasing order. A re-subscription with `since` replays, per channel, what this socket was
+//! A subscriber gets every id at most once, also across re-subscriptions, and live events in
+//! increasing order. A re-subscription with `since` replays, per channel, what this subscriber was
 //! not sent yet: for each channel the outbox remembers the id ranges in which it may have sent
 //! that channel's events (from subscribing to unsubscribing), and the replay skips them.
 //!
@@ -45,10 +45,10 @@ pub enum Out {
     Close(u16, String),
 }
 
-/// Who is on the socket and what they listen to; changed by interest and token frames and by the
+/// Who the subscriber is and what they listen to; changed by interest and token frames and by the
 /// permission re-check.
 #[derive(Debug, Clone)]
-pub struct ConnAuth {
+pub struct SubscriberAuth {
     pub token: Arc<str>,
     pub name: String,
     pub perms: Arc<PermissionSet>,
@@ -63,7 +63,7 @@ struct Outbox {
     frames: VecDeque<Out>,
     /// Event frames queued or being written.
     events: usize,
-    /// Id of the last event queued for this socket (or the position it subscribed at); events
+    /// Id of the last event queued for this subscriber (or the position it subscribed at); events
     /// with ids up to it are skipped.
     last_id: i64,
     /// Id of the last event the sender took from the queue: it is on its way to the client and
@@ -93,7 +93,7 @@ const RANGES_KEPT: usize = 8;
 pub struct Sent(HashMap<String, Vec<(i64, i64)>>);
 
 impl Sent {
-    /// Was the event `id` of `channel` sent to this socket before the replay?
+    /// Was the event `id` of `channel` sent to this subscriber before the replay?
     pub fn contains(&self, channel: &str, id: i64) -> bool {
         self.0
             .get(channel)
@@ -101,26 +101,26 @@ impl Sent {
     }
 }
 
-/// The place of one client frame's reply in the socket's reply order.
+/// The place of one client frame's reply in the subscriber's reply order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplySlot(u64);
 
-/// What happened to an event offered to a socket.
+/// What happened to an event offered to a subscriber.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
     /// Already had it (resume overlap).
     Skipped,
-    /// Dropped: the socket is behind and will get a gap frame.
+    /// Dropped: the subscriber is behind and will get a gap frame.
     Dropped,
 }
 
-pub struct Conn {
+pub struct Subscriber {
     pub id: u64,
     pub user_id: String,
     pub user: Arc<UserShare>,
     cap: usize,
-    auth: Mutex<ConnAuth>,
+    auth: Mutex<SubscriberAuth>,
     out: Mutex<Outbox>,
     /// Wakes the sender.
     wake: Notify,
@@ -141,15 +141,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Conn {
-    /// A socket positioned at `head` (the hub's last published id): a gap before its first
+impl Subscriber {
+    /// A subscriber positioned at `head` (the hub's last published id): a gap before its first
     /// event names that position, never 0. `now_ms` starts its silence clock.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
         user_id: String,
         user: Arc<UserShare>,
-        auth: ConnAuth,
+        auth: SubscriberAuth,
         cap: usize,
         max_unacked: usize,
         head: i64,
@@ -198,7 +198,7 @@ impl Conn {
     }
 
     /// A subscription without `since` starts live at `head` (the last id the hub published: every
-    /// event up to it was offered before this socket joined the index). A socket that is behind
+    /// event up to it was offered before this subscriber joined the index). A subscriber that is behind
     /// keeps its position, so its gap frame still covers what it missed.
     pub fn start_live(&self, head: i64) {
         let mut o = lock(&self.out);
@@ -207,7 +207,7 @@ impl Conn {
         }
     }
 
-    pub fn with_auth<R>(&self, f: impl FnOnce(&mut ConnAuth) -> R) -> R {
+    pub fn with_auth<R>(&self, f: impl FnOnce(&mut SubscriberAuth) -> R) -> R {
         f(&mut lock(&self.auth))
     }
 
@@ -291,7 +291,7 @@ impl Conn {
         self.fill_reply(slot, frame);
     }
 
-    /// Waits until every reserved reply was filled (or the socket closes).
+    /// Waits until every reserved reply was filled (or the subscriber is closed).
     pub async fn replies_settled(&self) {
         loop {
             let settled = self.settled.notified();
@@ -345,7 +345,7 @@ impl Conn {
     /// Starts a resume from `since` on `channels` (already in the interest set): events queued
     /// but not yet taken by the sender are dropped (the replay brings them again), live events
     /// are held until [`Self::end_hold`]. Returns what the replay must skip: per channel, the
-    /// events this socket was already sent.
+    /// events this subscriber was already sent.
     pub fn begin_hold(&self, since: i64, channels: &[String]) -> Sent {
         let mut o = lock(&self.out);
         let before = o.frames.len();
@@ -377,7 +377,7 @@ impl Conn {
         o.closing || o.events < self.cap
     }
 
-    /// Waits until the sender made room (or the socket closes).
+    /// Waits until the sender made room (or the subscriber is closed).
     pub async fn wait_for_room(&self) {
         loop {
             let drained = self.drained.notified();
@@ -390,7 +390,7 @@ impl Conn {
         }
     }
 
-    /// Queues a replayed event the socket was not sent yet (the caller waited for room and
+    /// Queues a replayed event the subscriber was not sent yet (the caller waited for room and
     /// skipped what [`Sent`] names). Replayed ids rise; they may be below live ids sent earlier
     /// on other channels.
     pub fn push_replayed(&self, id: i64, frame: Utf8Bytes) {
@@ -407,7 +407,7 @@ impl Conn {
     }
 
     /// Ends a resume: held events newer than the replay follow it. With `failed`, the replay
-    /// stopped early and the socket gets a gap frame instead of the rest.
+    /// stopped early and the subscriber gets a gap frame instead of the rest.
     pub fn end_hold(&self, failed: bool) {
         {
             let mut o = lock(&self.out);
@@ -445,7 +445,7 @@ impl Conn {
         o.ping_queued = false;
     }
 
-    /// For the sender, after writing `events` event frames: frees their room and, if the socket
+    /// For the sender, after writing `events` event frames: frees their room and, if the subscriber
     /// is lagged and now fully drained, queues its gap frame. Returns true when it queued one.
     pub fn written(&self, events: usize, metrics: &Metrics) -> bool {
         let gap = {
@@ -474,7 +474,7 @@ impl Conn {
         self.wake.notified().await
     }
 
-    /// Asks the sender to close the socket after what is queued, and the reader to stop.
+    /// Asks the sender to close the transport after what is queued, and the reader to stop.
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         {
             let mut o = lock(&self.out);
@@ -489,7 +489,7 @@ impl Conn {
         self.wake.notify_one();
     }
 
-    /// Marks the socket gone without a close frame (the peer went away).
+    /// Marks the subscriber gone without a close frame (the peer went away).
     pub fn mark_closed(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_notify.notify_waiters();
@@ -534,19 +534,19 @@ mod tests {
     use super::*;
     use crate::events::limits::Users;
 
-    fn conn(cap: usize) -> Conn {
-        conn_at(cap, 0)
+    fn sub(cap: usize) -> Subscriber {
+        sub_at(cap, 0)
     }
 
-    /// A socket admitted when the hub had published up to `head`.
-    fn conn_at(cap: usize, head: i64) -> Conn {
+    /// A subscriber admitted when the hub had published up to `head`.
+    fn sub_at(cap: usize, head: i64) -> Subscriber {
         let users = Users::default();
         let share = users.admit("u", 10, 10).unwrap();
-        Conn::new(
+        Subscriber::new(
             1,
             "u".into(),
             share,
-            ConnAuth {
+            SubscriberAuth {
                 token: "t".into(),
                 name: "u".into(),
                 perms: Arc::new(PermissionSet::default()),
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_then_sends_one_gap_after_draining() {
-        let c = conn(2);
+        let c = sub(2);
         let m = Metrics::default();
         assert_eq!(c.push_event(1, &ev(1)), Pushed::Queued);
         assert_eq!(c.push_event(2, &ev(2)), Pushed::Queued);
@@ -584,7 +584,7 @@ mod tests {
 
     #[test]
     fn resume_holds_live_events_and_skips_what_the_replay_brought() {
-        let c = conn(10);
+        let c = sub(10);
         c.push_event(1, &ev(1));
         c.push_reply("r".into());
         c.begin_hold(0, &[]);
@@ -599,7 +599,7 @@ mod tests {
 
     #[test]
     fn an_overflowing_hold_ends_in_a_gap_after_the_last_held_event() {
-        let c = conn(1);
+        let c = sub(1);
         let m = Metrics::default();
         c.begin_hold(5, &[]);
         c.push_event(7, &ev(7));
@@ -612,12 +612,12 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_skips_per_channel_what_the_socket_was_sent() {
+    fn a_replay_skips_per_channel_what_the_subscriber_was_sent() {
         let (a, b) = (
             vec!["a".to_string()],
             vec!["a".to_string(), "b".to_string()],
         );
-        let c = conn(10);
+        let c = sub(10);
         c.track_channels(&[], &a);
         for id in 1..=3 {
             c.push_event(id, &ev(id));
@@ -647,14 +647,14 @@ mod tests {
 
     #[test]
     fn a_subscription_without_since_starts_at_the_hub_position() {
-        let c = conn(1);
+        let c = sub(1);
         let m = Metrics::default();
         c.start_live(40);
-        // Events up to the position were published before the socket joined.
+        // Events up to the position were published before the subscriber joined.
         assert_eq!(c.push_event(40, &ev(40)), Pushed::Skipped);
         assert_eq!(c.push_event(41, &ev(41)), Pushed::Queued);
         assert_eq!(c.push_event(42, &ev(42)), Pushed::Dropped);
-        // A socket that is behind keeps its position: its gap must cover what it missed.
+        // A subscriber that is behind keeps its position: its gap must cover what it missed.
         c.start_live(50);
         assert_eq!(c.frames(), ["e41"]);
         assert!(c.written(1, &m));
@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn replies_keep_frame_order_and_events_pass_them() {
-        let c = conn(10);
+        let c = sub(10);
         let ack = c.reserve_reply();
         c.push_reply("error".into());
         c.push_event(1, &ev(1));
@@ -675,7 +675,7 @@ mod tests {
 
     #[test]
     fn one_ping_waits_at_a_time() {
-        let c = conn(4);
+        let c = sub(4);
         c.push_ping();
         c.push_ping();
         assert_eq!(c.frames(), ["ping"]);
@@ -687,7 +687,7 @@ mod tests {
 
     #[test]
     fn close_goes_after_queued_frames_and_stops_further_pushes() {
-        let c = conn(4);
+        let c = sub(4);
         c.push_event(1, &ev(1));
         c.close(1008, "token revoked");
         c.push_event(2, &ev(2));
