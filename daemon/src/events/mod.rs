@@ -68,7 +68,9 @@ use crate::{
 /// Close codes the server uses (defined with the frames in core4-proto).
 pub use core4_proto::close;
 
-/// Bytes the WebSocket reader keeps per socket (idle sockets must stay small).
+/// Bytes the WebSocket reader keeps per socket (idle sockets must stay small: tungstenite
+/// zero-fills the buffer up to its capacity, so all of it is resident). A larger frame grows the
+/// buffer to its length and is read in steps of this size.
 const READ_BUFFER: usize = 1024;
 
 #[derive(Clone)]
