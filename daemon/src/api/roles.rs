@@ -25,7 +25,7 @@ use crate::{
     error::{ApiError, ApiResult},
     storage::{
         self,
-        roles::{Changed, ListFilter, NewRole, RoleRow, SortKey},
+        roles::{Changed, ListFilter, NewRole, Paging, RoleRow, SortKey},
     },
 };
 
@@ -524,13 +524,19 @@ impl RolesApi {
             realname: realname.0,
             q: q.0,
         };
-        let total = storage::roles::count(&self.state.pool, &f).await?;
+        let search = self.state.role_search;
+        let total = storage::roles::count(&self.state.pool, &f, search).await?;
         let (page, page_count, offset) = pager.resolve(total);
         let rows = if offset >= total {
             vec![]
         } else {
-            storage::roles::list(&self.state.pool, &f, sort_key, desc, pager.per_page, offset)
-                .await?
+            let paging = Paging {
+                sort: sort_key,
+                desc,
+                limit: pager.per_page,
+                offset,
+            };
+            storage::roles::list(&self.state.pool, &f, search, paging).await?
         };
         Ok(ListResponse::Ok(pager.reply(
             page,
