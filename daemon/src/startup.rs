@@ -107,7 +107,7 @@ impl Application {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         };
-        let role_search = storage::roles::prepare_search(&pool).await;
+        storage::roles::prepare_search(&pool).await;
         storage::roles::backfill_skeletons(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -129,7 +129,6 @@ impl Application {
             settings: Arc::new(settings),
             hub,
             metrics,
-            role_search,
         };
         spawn_housekeeping(state.pool.clone());
         Ok(Self {

@@ -28,8 +28,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub hub: Hub,
     pub metrics: Metrics,
-    /// How `GET /roles?q=` is matched on this database, decided at startup.
-    pub role_search: crate::storage::roles::Search,
 }
 
 #[derive(Tags)]
@@ -203,7 +201,6 @@ pub async fn offline_spec(settings: &Settings) -> anyhow::Result<String> {
         settings: Arc::new(settings.clone()),
         hub: Hub::offline(),
         metrics: Metrics::default(),
-        role_search: crate::storage::roles::Search::Scan,
     };
     Ok(spec_json(&state))
 }

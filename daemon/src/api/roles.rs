@@ -524,8 +524,7 @@ impl RolesApi {
             realname: realname.0,
             q: q.0,
         };
-        let search = self.state.role_search;
-        let total = storage::roles::count(&self.state.pool, &f, search).await?;
+        let total = storage::roles::count(&self.state.pool, &f).await?;
         let (page, page_count, offset) = pager.resolve(total);
         let rows = if offset >= total {
             vec![]
@@ -536,7 +535,7 @@ impl RolesApi {
                 limit: pager.per_page,
                 offset,
             };
-            storage::roles::list(&self.state.pool, &f, search, paging).await?
+            storage::roles::list(&self.state.pool, &f, paging).await?
         };
         Ok(ListResponse::Ok(pager.reply(
             page,

@@ -228,36 +228,18 @@ fn like_escape(s: &str) -> String {
 /// How `q` is matched. Both give the same rows; they differ in speed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Search {
-    /// Through the trigram index `roles_search` (pg_trgm), for a `q` with a trigram.
+    /// The trigram index `roles_search` (pg_trgm) narrows a `q` with a trigram down.
     Trigram,
-    /// By reading every role (no pg_trgm, or no privilege to create it).
+    /// Every role's `search_text` is read (no pg_trgm, or no privilege to create it).
     Scan,
 }
-
-/// The haystack as the trigram index is built over it: the query must say exactly this for the
-/// planner to use the index (migration 0009 defines the function).
-const HAYSTACK_INDEXED: &str = "core4_role_haystack(r.name, r.realname, r.email, r.perm)";
-
-/// The same haystack written out: on a scan it costs a quarter less than the function call.
-const HAYSTACK_INLINE: &str = "lower(r.name || ' ' || coalesce(r.realname, '') || ' ' \
-     || coalesce(r.email, '') || ' ' || array_to_string(r.perm, ' '))";
 
 const SEARCH_INDEX: &str = "roles_search";
 
 /// Held while one instance creates the search index.
 const SEARCH_LOCK: i64 = 4242002;
 
-/// Whether pg_trgm can narrow a `LIKE '%q%'` down: it needs a run of three word characters
-/// (letters or digits). A shorter `q` cannot use the index and is matched by a scan.
-fn has_trigram(q: &str) -> bool {
-    let mut run = 0;
-    q.chars().any(|c| {
-        run = if c.is_alphanumeric() { run + 1 } else { 0 };
-        run >= 3
-    })
-}
-
-fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &ListFilter, search: Search) {
+fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &ListFilter) {
     qb.push(" WHERE true");
     if let Some(name) = &f.name {
         qb.push(" AND r.name_key = ")
@@ -272,15 +254,10 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &ListFilter, search: Search) 
             .push_bind(like_escape(realname));
     }
     if let Some(q) = &f.q {
-        // One case-folded haystack per row instead of four ILIKEs and an unnest.
-        let q = q.to_lowercase();
-        let haystack = if search == Search::Trigram && has_trigram(&q) {
-            HAYSTACK_INDEXED
-        } else {
-            HAYSTACK_INLINE
-        };
-        qb.push(format!(" AND {haystack} LIKE "))
-            .push_bind(like_escape(&q));
+        // The stored, case-folded haystack of migration 0009; the trigram index, where there
+        // is one, serves this LIKE.
+        qb.push(" AND r.search_text LIKE ")
+            .push_bind(like_escape(&q.to_lowercase()));
     }
 }
 
@@ -288,20 +265,20 @@ fn is_unfiltered(f: &ListFilter) -> bool {
     f.name.is_none() && f.email.is_none() && f.realname.is_none() && f.q.is_none()
 }
 
-fn count_query(prefix: &str, f: &ListFilter, search: Search) -> QueryBuilder<Postgres> {
+fn count_query(prefix: &str, f: &ListFilter) -> QueryBuilder<Postgres> {
     let mut qb = QueryBuilder::new(format!("{prefix}SELECT count(*) FROM roles r"));
-    push_filter(&mut qb, f, search);
+    push_filter(&mut qb, f);
     qb
 }
 
-pub async fn count(pool: &PgPool, f: &ListFilter, search: Search) -> ApiResult<u64> {
+pub async fn count(pool: &PgPool, f: &ListFilter) -> ApiResult<u64> {
     if is_unfiltered(f) {
         let n: i64 = sqlx::query_scalar("SELECT n FROM role_count")
             .fetch_one(pool)
             .await?;
         return Ok(n as u64);
     }
-    let n: i64 = count_query("", f, search)
+    let n: i64 = count_query("", f)
         .build_query_scalar()
         .fetch_one(pool)
         .await?;
@@ -317,7 +294,7 @@ pub struct Paging {
     pub offset: u64,
 }
 
-fn list_query(prefix: &str, f: &ListFilter, search: Search, p: Paging) -> QueryBuilder<Postgres> {
+fn list_query(prefix: &str, f: &ListFilter, p: Paging) -> QueryBuilder<Postgres> {
     // Page the ids first: PostgreSQL evaluates the select list (the `role` subquery) for every
     // row an OFFSET skips, so the full rows are built for the page only.
     let dir = if p.desc { "DESC" } else { "ASC" };
@@ -326,7 +303,7 @@ fn list_query(prefix: &str, f: &ListFilter, search: Search, p: Paging) -> QueryB
     let mut qb = QueryBuilder::new(format!(
         "{prefix}{SELECT_ROLE} JOIN (SELECT r.id FROM roles r"
     ));
-    push_filter(&mut qb, f, search);
+    push_filter(&mut qb, f);
     qb.push(format!("{order} LIMIT "));
     qb.push_bind(p.limit as i64)
         .push(" OFFSET ")
@@ -335,13 +312,8 @@ fn list_query(prefix: &str, f: &ListFilter, search: Search, p: Paging) -> QueryB
     qb
 }
 
-pub async fn list(
-    pool: &PgPool,
-    f: &ListFilter,
-    search: Search,
-    p: Paging,
-) -> ApiResult<Vec<RoleRow>> {
-    Ok(list_query("", f, search, p)
+pub async fn list(pool: &PgPool, f: &ListFilter, p: Paging) -> ApiResult<Vec<RoleRow>> {
+    Ok(list_query("", f, p)
         .build_query_as()
         .fetch_all(pool)
         .await?)
@@ -349,17 +321,9 @@ pub async fn list(
 
 /// The plans of the two queries a listing runs (the count, then the page), as `EXPLAIN` prints
 /// them: for tests and for an operator checking that `q` uses the index.
-pub async fn explain_list(
-    pool: &PgPool,
-    f: &ListFilter,
-    search: Search,
-    p: Paging,
-) -> ApiResult<(String, String)> {
+pub async fn explain_list(pool: &PgPool, f: &ListFilter, p: Paging) -> ApiResult<(String, String)> {
     let mut plans = Vec::new();
-    for mut qb in [
-        count_query("EXPLAIN ", f, search),
-        list_query("EXPLAIN ", f, search, p),
-    ] {
+    for mut qb in [count_query("EXPLAIN ", f), list_query("EXPLAIN ", f, p)] {
         let lines: Vec<String> = qb.build_query_scalar().fetch_all(pool).await?;
         plans.push(lines.join("\n"));
     }
@@ -400,7 +364,7 @@ pub async fn prepare_search(pool: &PgPool) -> Search {
         }
         Err(why) => {
             tracing::warn!(
-                "role search (GET /roles?q=) reads every role, which is slow with many roles: {why}; \
+                "role search (GET /roles?q=) reads every role, slow with many roles: {why}; \
                  to enable its trigram index, run `CREATE EXTENSION pg_trgm;` in this database as \
                  a superuser (or grant core4d's database user CREATE on the database) and restart \
                  core4d. pg_trgm ships with PostgreSQL (Debian: in the postgresql package; \
@@ -486,10 +450,9 @@ async fn build_search_index_locked(conn: &mut sqlx::PgConnection) -> Result<bool
     }
     let schema = schema.ok_or("the extension pg_trgm is missing after it was created")?;
     // CONCURRENTLY: instances already running keep writing roles (and logging in) meanwhile.
-    let haystack = HAYSTACK_INDEXED.replace("r.", "");
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {SEARCH_INDEX} ON roles \
-         USING gin ({haystack} {schema}.gin_trgm_ops)"
+         USING gin (search_text {schema}.gin_trgm_ops)"
     )))
     .execute(&mut *conn)
     .await
