@@ -9,7 +9,7 @@
 #   RESULT search core4d p50_ms=… p99_ms=… req_per_s=…
 # Whether core4d searches through the trigram index or scans decides the figure: its log says
 # at startup (a warning when it scans). To compare on one server, start core4d once as a
-# database user that may not create pg_trgm (it scans, as before the index), run this, then
+# database user that may not create pg_trgm (it reads every role), run this, then
 # `CREATE EXTENSION pg_trgm;` as a superuser, restart core4d (it builds the index) and run again.
 # Needs: wrk, curl, python3.
 set -euo pipefail
