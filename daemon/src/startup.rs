@@ -107,6 +107,7 @@ impl Application {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         };
+        storage::roles::prepare_search(&pool).await;
         storage::roles::backfill_skeletons(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

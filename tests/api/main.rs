@@ -11,6 +11,7 @@ mod protocol;
 mod readme;
 mod retention;
 mod roles;
+mod search;
 mod security;
 mod security_hashing;
 mod security_http;

@@ -25,7 +25,7 @@ use crate::{
     error::{ApiError, ApiResult},
     storage::{
         self,
-        roles::{Changed, ListFilter, NewRole, RoleRow, SortKey},
+        roles::{Changed, ListFilter, NewRole, Paging, RoleRow, SortKey},
     },
 };
 
@@ -529,8 +529,13 @@ impl RolesApi {
         let rows = if offset >= total {
             vec![]
         } else {
-            storage::roles::list(&self.state.pool, &f, sort_key, desc, pager.per_page, offset)
-                .await?
+            let paging = Paging {
+                sort: sort_key,
+                desc,
+                limit: pager.per_page,
+                offset,
+            };
+            storage::roles::list(&self.state.pool, &f, paging).await?
         };
         Ok(ListResponse::Ok(pager.reply(
             page,

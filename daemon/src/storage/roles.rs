@@ -225,6 +225,20 @@ fn like_escape(s: &str) -> String {
     out
 }
 
+/// How `q` is matched. Both give the same rows; they differ in speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// The trigram index `roles_search` (pg_trgm) narrows a `q` with a trigram down.
+    Trigram,
+    /// Every role's `search_text` is read (no pg_trgm, or no privilege to create it).
+    Scan,
+}
+
+const SEARCH_INDEX: &str = "roles_search";
+
+/// Held while one instance creates the search index.
+const SEARCH_LOCK: i64 = 4242002;
+
 fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &ListFilter) {
     qb.push(" WHERE true");
     if let Some(name) = &f.name {
@@ -240,49 +254,210 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &ListFilter) {
             .push_bind(like_escape(realname));
     }
     if let Some(q) = &f.q {
-        // One case-folded haystack per row instead of four ILIKEs and an unnest.
-        qb.push(
-            " AND lower(r.name || ' ' || coalesce(r.realname, '') || ' ' || coalesce(r.email, '') \
-             || ' ' || array_to_string(r.perm, ' ')) LIKE ",
-        )
-        .push_bind(like_escape(&q.to_lowercase()));
+        // The stored, case-folded haystack of migration 0009; the trigram index, where there
+        // is one, serves this LIKE.
+        qb.push(" AND r.search_text LIKE ")
+            .push_bind(like_escape(&q.to_lowercase()));
     }
 }
 
+fn is_unfiltered(f: &ListFilter) -> bool {
+    f.name.is_none() && f.email.is_none() && f.realname.is_none() && f.q.is_none()
+}
+
+fn count_query(prefix: &str, f: &ListFilter) -> QueryBuilder<Postgres> {
+    let mut qb = QueryBuilder::new(format!("{prefix}SELECT count(*) FROM roles r"));
+    push_filter(&mut qb, f);
+    qb
+}
+
 pub async fn count(pool: &PgPool, f: &ListFilter) -> ApiResult<u64> {
-    if f.name.is_none() && f.email.is_none() && f.realname.is_none() && f.q.is_none() {
+    if is_unfiltered(f) {
         let n: i64 = sqlx::query_scalar("SELECT n FROM role_count")
             .fetch_one(pool)
             .await?;
         return Ok(n as u64);
     }
-    let mut qb = QueryBuilder::new("SELECT count(*) FROM roles r");
-    push_filter(&mut qb, f);
-    let n: i64 = qb.build_query_scalar().fetch_one(pool).await?;
+    let n: i64 = count_query("", f)
+        .build_query_scalar()
+        .fetch_one(pool)
+        .await?;
     Ok(n as u64)
 }
 
-pub async fn list(
-    pool: &PgPool,
-    f: &ListFilter,
-    sort: SortKey,
-    desc: bool,
-    limit: u32,
-    offset: u64,
-) -> ApiResult<Vec<RoleRow>> {
+/// One page of a listing.
+#[derive(Clone, Copy, Debug)]
+pub struct Paging {
+    pub sort: SortKey,
+    pub desc: bool,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+fn list_query(prefix: &str, f: &ListFilter, p: Paging) -> QueryBuilder<Postgres> {
     // Page the ids first: PostgreSQL evaluates the select list (the `role` subquery) for every
     // row an OFFSET skips, so the full rows are built for the page only.
-    let dir = if desc { "DESC" } else { "ASC" };
+    let dir = if p.desc { "DESC" } else { "ASC" };
     // PostgreSQL's default null placement, so the (column, id) btrees serve both directions.
-    let order = format!(" ORDER BY {} {dir}, r.id {dir}", sort.column());
-    let mut qb = QueryBuilder::new(format!("{SELECT_ROLE} JOIN (SELECT r.id FROM roles r"));
+    let order = format!(" ORDER BY {} {dir}, r.id {dir}", p.sort.column());
+    let mut qb = QueryBuilder::new(format!(
+        "{prefix}{SELECT_ROLE} JOIN (SELECT r.id FROM roles r"
+    ));
     push_filter(&mut qb, f);
     qb.push(format!("{order} LIMIT "));
-    qb.push_bind(limit as i64)
+    qb.push_bind(p.limit as i64)
         .push(" OFFSET ")
-        .push_bind(offset.min(i64::MAX as u64) as i64);
+        .push_bind(p.offset.min(i64::MAX as u64) as i64);
     qb.push(format!(") page ON page.id = r.id{order}"));
-    Ok(qb.build_query_as().fetch_all(pool).await?)
+    qb
+}
+
+pub async fn list(pool: &PgPool, f: &ListFilter, p: Paging) -> ApiResult<Vec<RoleRow>> {
+    Ok(list_query("", f, p)
+        .build_query_as()
+        .fetch_all(pool)
+        .await?)
+}
+
+/// The plans of the two queries a listing runs (the count, then the page), as `EXPLAIN` prints
+/// them: for tests and for an operator checking that `q` uses the index.
+pub async fn explain_list(pool: &PgPool, f: &ListFilter, p: Paging) -> ApiResult<(String, String)> {
+    let mut plans = Vec::new();
+    for mut qb in [count_query("EXPLAIN ", f), list_query("EXPLAIN ", f, p)] {
+        let lines: Vec<String> = qb.build_query_scalar().fetch_all(pool).await?;
+        plans.push(lines.join("\n"));
+    }
+    let page = plans.pop().unwrap_or_default();
+    Ok((plans.pop().unwrap_or_default(), page))
+}
+
+/// How this database answers `q` now: [`Search::Trigram`] when the search index exists and is
+/// valid.
+pub async fn search_mode(pool: &PgPool) -> ApiResult<Search> {
+    let valid: Option<bool> = sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+    )
+    .bind(SEARCH_INDEX)
+    .fetch_optional(pool)
+    .await?;
+    Ok(if valid == Some(true) {
+        Search::Trigram
+    } else {
+        Search::Scan
+    })
+}
+
+/// Creates pg_trgm and the trigram index over the haystack where it can (at startup), else
+/// logs once what is slower and how to enable it. Several instances may start at once: one
+/// builds the index, the others wait for it.
+pub async fn prepare_search(pool: &PgPool) -> Search {
+    let started = std::time::Instant::now();
+    match build_search_index(pool).await {
+        Ok(built) => {
+            if built {
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "built the trigram index for role search (`q`)"
+                );
+            }
+            Search::Trigram
+        }
+        Err(why) => {
+            tracing::warn!(
+                "role search (GET /roles?q=) reads every role, slow with many roles: {why}; \
+                 to enable its trigram index, run `CREATE EXTENSION pg_trgm;` in this database as \
+                 a superuser (or grant core4d's database user CREATE on the database) and restart \
+                 core4d. pg_trgm ships with PostgreSQL (Debian: in the postgresql package; \
+                 elsewhere often postgresql-contrib)"
+            );
+            Search::Scan
+        }
+    }
+}
+
+/// PostgreSQL's own message, without sqlx's wrapping.
+fn db(e: sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(d) => d.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Ok(true) when this call built the index, Ok(false) when it was there.
+async fn build_search_index(pool: &PgPool) -> Result<bool, String> {
+    if search_mode(pool).await.map_err(|e| e.to_string())? == Search::Trigram {
+        return Ok(false);
+    }
+    let mut conn = pool.acquire().await.map_err(db)?;
+    // Polled, not waited for: a statement waiting in pg_advisory_lock holds a snapshot, and
+    // CREATE INDEX CONCURRENTLY in the instance holding the lock waits for old snapshots.
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        .bind(SEARCH_LOCK)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let built = build_search_index_locked(&mut conn).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SEARCH_LOCK)
+        .execute(&mut *conn)
+        .await;
+    if unlocked.is_err() {
+        // Never hand a connection that may still hold the lock back to the pool.
+        let _ = conn.close().await;
+    }
+    built
+}
+
+async fn build_search_index_locked(conn: &mut sqlx::PgConnection) -> Result<bool, String> {
+    let valid: Option<bool> = sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+    )
+    .bind(SEARCH_INDEX)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    match valid {
+        Some(true) => return Ok(false),
+        // A concurrent build that was interrupted leaves an invalid index behind.
+        Some(false) => {
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {SEARCH_INDEX}"
+            )))
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        }
+        None => {}
+    }
+    let schema_query = "SELECT quote_ident(n.nspname) FROM pg_extension e \
+         JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'";
+    let mut schema: Option<String> = sqlx::query_scalar(schema_query)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    if schema.is_none() {
+        sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| format!("the extension pg_trgm could not be created ({})", db(e)))?;
+        schema = sqlx::query_scalar(schema_query)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    let schema = schema.ok_or("the extension pg_trgm is missing after it was created")?;
+    // CONCURRENTLY: instances already running keep writing roles (and logging in) meanwhile.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {SEARCH_INDEX} ON roles \
+         USING gin (search_text {schema}.gin_trgm_ops)"
+    )))
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| format!("the trigram index could not be created ({})", db(e)))?;
+    Ok(true)
 }
 
 pub async fn distinct_names(pool: &PgPool) -> ApiResult<Vec<String>> {
