@@ -45,7 +45,7 @@ want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 has() { [[ ",$SYSTEMS," == *",$1,"* ]]; }
 
 # Windows: the full run measures 20 s per figure, --quick 5 s.
-if [ "$QUICK" = 1 ]; then D=5; DMAX=4; DREST=5; IDLE_N=10000; else D=20; DMAX=8; DREST=15; IDLE_N=19000; fi
+if [ "$QUICK" = 1 ]; then D=5; DMAX=3; DREST=5; IDLE_N=10000; else D=20; DMAX=8; DREST=15; IDLE_N=19000; fi
 
 log() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 

@@ -914,24 +914,43 @@ async fn next_nats(ws: &mut Ws) -> Result<String> {
     }
 }
 
-/// The publish-time of every NATS `MSG` in `bytes` (each payload starts with its send time).
-fn nats_msgs(bytes: &[u8], mut each: impl FnMut(u64)) {
-    let mut rest = bytes;
-    while let Some(pos) = rest.windows(4).position(|w| w == b"MSG ") {
-        let after = &rest[pos..];
-        let Some(nl) = after.windows(2).position(|w| w == b"\r\n") else {
+/// Parses the NATS protocol stream in `buf` (WebSocket frames need not end at a protocol line:
+/// the server may split a `MSG` across frames), calls `each` with the publish time of every
+/// complete `MSG`, answers nothing, and returns whether a `PING` came; consumed bytes are removed.
+fn nats_stream(buf: &mut Vec<u8>, mut each: impl FnMut(u64)) -> bool {
+    let mut ping = false;
+    let mut at = 0;
+    loop {
+        let rest = &buf[at..];
+        let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") else {
             break;
         };
-        let body = &after[nl + 2..];
-        if let Some(sent) = body
-            .get(..12)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| d.parse::<u64>().ok())
-        {
-            each(sent);
+        let line = &rest[..nl];
+        if line.starts_with(b"MSG ") {
+            let len = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            if rest.len() < nl + 2 + len + 2 {
+                break;
+            }
+            let body = &rest[nl + 2..nl + 2 + len];
+            if let Some(sent) = body
+                .get(..12)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse::<u64>().ok())
+            {
+                each(sent);
+            }
+            at += nl + 2 + len + 2;
+        } else {
+            ping |= line.starts_with(b"PING");
+            at += nl + 2;
         }
-        rest = &body[body.len().min(12)..];
     }
+    buf.drain(..at);
+    ping
 }
 
 /// A core NATS connection over plain TCP: CONNECT, then PING until PONG.
@@ -1043,23 +1062,22 @@ async fn nats_fanout(cli: &Cli, url: &str, args: &FanoutArgs) -> Result<()> {
                 while !next_nats(&mut ws).await?.contains("PONG") {}
                 let sink = stats.sink();
                 tokio::spawn(async move {
+                    let mut buf = Vec::new();
                     while let Some(Ok(msg)) = ws.next().await {
-                        let bytes = match &msg {
-                            Message::Binary(b) => &b[..],
-                            Message::Text(t) => t.as_bytes(),
+                        match &msg {
+                            Message::Binary(b) => buf.extend_from_slice(b),
+                            Message::Text(t) => buf.extend_from_slice(t.as_bytes()),
                             _ => continue,
-                        };
-                        if bytes.starts_with(b"PING") {
-                            let _ = ws.send(Message::binary(b"PONG\r\n".to_vec())).await;
-                            continue;
                         }
-                        // One WebSocket frame may carry several MSGs.
-                        nats_msgs(bytes, |sent| {
+                        let ping = nats_stream(&mut buf, |sent| {
                             if in_window(sent) {
                                 Stats::record(&sink, micros_now().saturating_sub(sent));
                                 stats.received.fetch_add(1, Relaxed);
                             }
                         });
+                        if ping {
+                            let _ = ws.send(Message::binary(b"PONG\r\n".to_vec())).await;
+                        }
                     }
                 });
                 Ok(())
