@@ -213,3 +213,58 @@ async fn a_quiet_stream_outlives_the_idle_timeout_with_keepalive_comments() {
     let id = post(&app, &admin, "message", "still here").await;
     assert_eq!(s.message().await.id, Some(id));
 }
+
+/// A stream that stops reading falls behind like a socket: a prefix of the events, one `gap`
+/// event naming the last id it got, then live events again; resuming from the gap with
+/// `Last-Event-ID` fills it from the stored messages with no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stops_reading_gets_a_gap_event_and_resumes_from_it() {
+    let url = core4_tests::fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.events.outbound_queue = 8;
+    settings.events.messages_per_second = 100_000;
+    settings.events.burst = 100_000;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut slow = Stream::open(&app, "channel=message", &admin, None).await;
+    let interest = slow.next().await.expect("the interest event");
+    assert_eq!(interest.event.as_deref(), Some("interest"), "{interest:?}");
+    // Big messages fill the socket buffers quickly; the stream reads nothing meanwhile.
+    let big = "x".repeat(60 * 1024);
+    let n = 300;
+    let mut ids = vec![];
+    for i in 0..n {
+        ids.push(post(&app, &admin, "message", &format!("{i}{big}")).await);
+    }
+    let mut received = vec![];
+    let gap = loop {
+        let e = slow.next().await.expect("stream open");
+        if e.comment {
+            continue;
+        }
+        if e.event.as_deref() == Some("gap") {
+            break e.json();
+        }
+        assert_eq!(e.event, None, "{e:?}");
+        received.push(e.id.clone().expect("an id"));
+    };
+    assert!(
+        !received.is_empty() && received.len() < n,
+        "{} of {n} before the gap",
+        received.len()
+    );
+    assert_eq!(received, ids[..received.len()]);
+    assert_eq!(gap["after"], received.last().unwrap().as_str());
+    let live = post(&app, &admin, "message", "after the gap").await;
+    assert_eq!(slow.message().await.id.as_deref(), Some(&*live));
+
+    // Resuming from the gap: every missed message once, in order, then the live one.
+    let after = gap["after"].as_str().unwrap();
+    let mut resumed = Stream::open(&app, "channel=message", &admin, Some(after)).await;
+    let missed = &ids[received.len()..];
+    for id in missed.iter().chain([&live]) {
+        assert_eq!(resumed.message().await.id.as_deref(), Some(id.as_str()));
+    }
+    let later = post(&app, &admin, "message", "later").await;
+    assert_eq!(resumed.message().await.id.as_deref(), Some(&*later));
+}

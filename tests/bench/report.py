@@ -66,6 +66,27 @@ def per_cpu(res, sc, sys_):
     return out
 
 
+def first_misses(res, system):
+    """Per repeat, the rate that missed and why (`–` when 800 msg/s held)."""
+    out = []
+    for run in sorted({r.get("run") for r in res.get(("fanout-max", system), [])}):
+        miss = "–"
+        for rate in (20, 50, 100, 200, 400, 800):
+            rows = [r for r in res.get((f"fanout-max-{rate}", system), []) if r.get("run") == run]
+            if not rows:
+                break
+            r = rows[0]
+            lost = (num(r.get("expected")) or 0) - (num(r.get("received")) or 0)
+            p99 = num(r.get("p99_ms")) or 0
+            if lost > 0 or p99 > 50:
+                why = [f"{lost:,.0f} not delivered"] if lost > 0 else []
+                why += [f"p99 {p99:.1f} ms"] if p99 > 50 else []
+                miss = f"{rate} msg/s: {', '.join(why)}"
+                break
+        out.append(miss)
+    return " / ".join(out) if out else "–"
+
+
 def fmt_list(v, fmt="{:,.0f}"):
     return " / ".join(fmt.format(x) for x in v) if v else "–"
 
@@ -138,13 +159,14 @@ def report(run, res, meta):
     rows = []
     for s in ("core4d", "nats", "nats-tcp", "socketio"):
         if ("fanout-max", s) in res:
-            rows.append([s, cell(res, "fanout-max", s, "rate") + " msg/s"])
+            rows.append([s, cell(res, "fanout-max", s, "rate") + " msg/s", first_misses(res, s)])
     if rows:
         md.append("### fanout-max: highest rate × 1,000 subscribers with every message delivered and p99 ≤ 50 ms")
         md.append("")
-        md.append("Tried in order 20, 50, 100, 200, 400, 800 msg/s, stopping at the first miss.")
+        md.append("Tried in order 20, 50, 100, 200, 400, 800 msg/s, stopping at the first miss; the goals "
+                  "below take the worst repeat.")
         md.append("")
-        md.append(table(["system", "rate"], rows))
+        md.append(table(["system", "rate sustained", "first miss"], rows))
         md.append("")
 
     for sc, window in (("publish1", 1), ("publish4", 4)):
@@ -232,7 +254,8 @@ def report(run, res, meta):
             pp = mid(res, sc, peer, "p99_ms")
             if cp99 is not None and pp is not None:
                 goals.append(goal_row(f"{sc}: p99 no worse than {peer}", f"{cp99:.1f} vs {pp:.1f} ms", cp99 <= pp))
-    c, s = mid(res, "fanout-max", "core4d", "rate"), mid(res, "fanout-max", "socketio", "rate")
+    worst = lambda sys_: min(values(res, "fanout-max", sys_, "rate"), default=None)
+    c, s = worst("core4d"), worst("socketio")
     if c is not None:
         goals.append(goal_row("fanout-max: core4d ≥ 400 msg/s", f"{c:.0f} msg/s", c >= 400))
         if s is not None:

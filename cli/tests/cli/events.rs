@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::helpers::{Cli, Running, TestServer, WAIT};
+use crate::helpers::{ADMIN, ADMIN_PASSWORD, Cli, LossyRelay, Running, TestServer, WAIT};
 
 fn ids(stdout: &str) -> Vec<u64> {
     stdout
@@ -221,6 +221,78 @@ fn tail_resumes_across_a_core4d_restart_without_loss_or_duplicates() {
     assert!(
         stderr.contains("reconnecting"),
         "the reconnect is reported: {stderr}"
+    );
+}
+
+/// The texts of `channel`'s stored messages, oldest first.
+fn stored_texts(cli: &Cli, channel: &str) -> Vec<String> {
+    let history = cli
+        .run(&["event", "history", channel, "-o", "json"])
+        .success()
+        .json();
+    let mut texts: Vec<String> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap().to_owned())
+        .collect();
+    texts.reverse();
+    texts
+}
+
+/// The ack of a stored line is lost with the connection: `send -` reconnects and sends the line
+/// again with its key, and core4d acknowledges the stored message instead of storing it twice.
+#[test]
+fn send_dash_resends_a_line_whose_ack_was_lost_and_it_is_stored_once() {
+    let server = TestServer::spawn();
+    let relay = LossyRelay::to(&server);
+    let cli = Cli::new();
+    cli.run_with_stdin(
+        &["login", "--server", &relay.url, "--username", ADMIN, "--password-stdin"],
+        Some(&format!("{ADMIN_PASSWORD}\n")),
+    )
+    .success();
+    let direct = Cli::new();
+    direct.login_admin(&server).success();
+
+    let mut send = cli.spawn(&["event", "send", "message", "-"], true);
+    send.write_line("first");
+    let first_id = send.line(WAIT);
+    relay.lose_replies();
+    send.write_line("second");
+    // core4d stores it, but its ack never reaches core4ctl.
+    let guard = std::time::Instant::now() + WAIT;
+    while stored_texts(&direct, "message") != ["first", "second"] {
+        assert!(std::time::Instant::now() < guard, "`second` was never stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        send.line_within(Duration::from_millis(300)).is_none(),
+        "no ack can have arrived"
+    );
+    relay.cut_and_heal();
+    let second_id = send.line(WAIT);
+    send.write_line("third");
+    let third_id = send.line(WAIT);
+    let (code, stderr) = send.wait();
+    assert_eq!(code, 0, "{stderr}");
+
+    assert_eq!(stored_texts(&direct, "message"), ["first", "second", "third"]);
+    let history = direct
+        .run(&["event", "history", "message", "-o", "json"])
+        .success()
+        .json();
+    let stored_ids: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| e["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stored_ids,
+        [first_id.trim(), second_id.trim(), third_id.trim()],
+        "the resent line is acked with the id it was stored under"
     );
 }
 

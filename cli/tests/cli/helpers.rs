@@ -428,3 +428,73 @@ impl Drop for Running {
 }
 
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A TCP relay in front of a core4d that a test can make lose the server's replies and then cut,
+/// as a dying network path would: what the client sent still reaches the server (and is stored),
+/// but the acknowledgements never come back.
+pub struct LossyRelay {
+    pub url: String,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl LossyRelay {
+    pub fn to(server: &TestServer) -> Self {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = format!("127.0.0.1:{}", server.port);
+        let swallow = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (swallow_l, open_l) = (swallow.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                if let Ok(mut open) = open_l.lock() {
+                    open.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                }
+                let pipe = |mut from: std::net::TcpStream,
+                            mut to: std::net::TcpStream,
+                            swallow: Option<Arc<AtomicBool>>| {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let lose = swallow
+                                .as_ref()
+                                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+                            if !lose && to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), None);
+                pipe(server, client, Some(swallow_l.clone()));
+            }
+        });
+        Self { url, swallow, open }
+    }
+
+    /// From now on the server's bytes are dropped on the way to the client.
+    pub fn lose_replies(&self) {
+        self.swallow.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts every open connection and lets new ones through again.
+    pub fn cut_and_heal(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            for s in open.drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        self.swallow.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
