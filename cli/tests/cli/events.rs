@@ -248,7 +248,14 @@ fn send_dash_resends_a_line_whose_ack_was_lost_and_it_is_stored_once() {
     let relay = LossyRelay::to(&server);
     let cli = Cli::new();
     cli.run_with_stdin(
-        &["login", "--server", &relay.url, "--username", ADMIN, "--password-stdin"],
+        &[
+            "login",
+            "--server",
+            &relay.url,
+            "--username",
+            ADMIN,
+            "--password-stdin",
+        ],
         Some(&format!("{ADMIN_PASSWORD}\n")),
     )
     .success();
@@ -263,7 +270,10 @@ fn send_dash_resends_a_line_whose_ack_was_lost_and_it_is_stored_once() {
     // core4d stores it, but its ack never reaches core4ctl.
     let guard = std::time::Instant::now() + WAIT;
     while stored_texts(&direct, "message") != ["first", "second"] {
-        assert!(std::time::Instant::now() < guard, "`second` was never stored");
+        assert!(
+            std::time::Instant::now() < guard,
+            "`second` was never stored"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
@@ -277,7 +287,10 @@ fn send_dash_resends_a_line_whose_ack_was_lost_and_it_is_stored_once() {
     let (code, stderr) = send.wait();
     assert_eq!(code, 0, "{stderr}");
 
-    assert_eq!(stored_texts(&direct, "message"), ["first", "second", "third"]);
+    assert_eq!(
+        stored_texts(&direct, "message"),
+        ["first", "second", "third"]
+    );
     let history = direct
         .run(&["event", "history", "message", "-o", "json"])
         .success()

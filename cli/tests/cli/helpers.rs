@@ -476,7 +476,11 @@ impl LossyRelay {
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 };
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), None);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    None,
+                );
                 pipe(server, client, Some(swallow_l.clone()));
             }
         });
@@ -485,7 +489,8 @@ impl LossyRelay {
 
     /// From now on the server's bytes are dropped on the way to the client.
     pub fn lose_replies(&self) {
-        self.swallow.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.swallow
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Cuts every open connection and lets new ones through again.
@@ -495,6 +500,7 @@ impl LossyRelay {
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
         }
-        self.swallow.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.swallow
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
