@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=$2; shift ;;
         --systems) SYSTEMS=$2; shift ;;
         --no-write) WRITE=0 ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -41,6 +41,9 @@ if [ -n "$ONLY" ]; then
         case " $ALL_SCENARIOS " in *" $s "*) ;; *) echo "run.sh: unknown scenario $s (one of: $ALL_SCENARIOS)" >&2; exit 2 ;; esac
     done
 fi
+for s in ${SYSTEMS//,/ }; do
+    case " core4d socketio nats nats-tcp pg-naive pocketbase " in *" $s "*) ;; *) echo "run.sh: unknown system $s (one of: core4d socketio nats nats-tcp pg-naive pocketbase)" >&2; exit 2 ;; esac
+done
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 has() { [[ ",$SYSTEMS," == *",$1,"* ]]; }
 
