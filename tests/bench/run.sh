@@ -96,7 +96,8 @@ PIDS=()
 PGDIR=$(mktemp -d /var/tmp/core4-bench-pg.XXXXXX)
 chmod 755 "$PGDIR"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-PGPORT=55440
+# Below the ephemeral range (32768-60999), so no client socket of an earlier run can hold it.
+PGPORT=25440
 AS=()
 if [ "$(id -u)" = 0 ]; then
     chown postgres:postgres "$PGDIR"
@@ -118,10 +119,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on port $PGPORT (fsync on, synchronous_commit on)"
 "${AS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
-"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
-    -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null
+until "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
+    -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null; do
+    if ! grep -q "could not bind" "$PGDIR/server.log" || [ "$PGPORT" -ge 25460 ]; then
+        tail -5 "$PGDIR/server.log" >&2
+        exit 1
+    fi
+    PGPORT=$((PGPORT + 1))
+done
+log "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on port $PGPORT (fsync on, synchronous_commit on)"
 PGURL=postgres://postgres@127.0.0.1:$PGPORT
 psql_() { psql -qAt -h 127.0.0.1 -p $PGPORT -U postgres "$@"; }
 for db in core4d sio naive search; do psql_ -c "CREATE DATABASE $db" postgres; done
