@@ -1,5 +1,6 @@
 //! Server-Sent Events end to end: ids and frames, resume on another instance, pings, the cookie's
-//! origin check, revocation, and a Python client reading the stream with `requests`.
+//! origin check, revocation, a stream that falls behind (gap), a resume below what retention kept
+//! (truncated), and a Python client reading the stream with `requests`.
 
 use std::time::Duration;
 
@@ -267,4 +268,50 @@ async fn a_stream_that_stops_reading_gets_a_gap_event_and_resumes_from_it() {
     }
     let later = post(&app, &admin, "message", "later").await;
     assert_eq!(resumed.message().await.id.as_deref(), Some(&*later));
+}
+
+/// A resume from below what retention kept is told so before the replay: a `truncated` event
+/// naming the oldest kept id, then exactly the kept messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_below_what_retention_kept_gets_a_truncated_event_first() {
+    let rules = vec![core4d::settings::RetentionRule {
+        channel: "logs*".into(),
+        max_count: Some(3),
+        max_age_secs: None,
+    }];
+    let mut settings = test_settings(&core4_tests::fresh_database().await);
+    settings.events.retention = rules.clone();
+    settings.events.retention_interval_secs = 3600;
+    let app = spawn_app_with(settings).await;
+    let admin = app.admin_token().await;
+    let mut ids = vec![];
+    for i in 0..8 {
+        ids.push(post(&app, &admin, "logs-a", &format!("l{i}")).await);
+    }
+    let pool = core4d::startup::connect(&app.database_url, 2)
+        .await
+        .unwrap();
+    let pruned = core4d::events::retention::prune_round(&pool, &rules)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(pruned, 5);
+
+    let mut stream = Stream::open(&app, "channel=logs-a", &admin, Some(&ids[0])).await;
+    let interest = stream.next().await.expect("the interest event");
+    assert_eq!(interest.event.as_deref(), Some("interest"), "{interest:?}");
+    let notice = loop {
+        let e = stream.next().await.expect("stream open");
+        if !e.comment {
+            break e;
+        }
+    };
+    assert_eq!(notice.event.as_deref(), Some("truncated"), "{notice:?}");
+    assert_eq!(
+        notice.json(),
+        json!({"type": "truncated", "channel": "logs-a", "first": ids[5]})
+    );
+    for id in &ids[5..] {
+        assert_eq!(stream.message().await.id.as_deref(), Some(id.as_str()));
+    }
 }
