@@ -208,57 +208,44 @@ EOF
 }
 
 # ---- scenarios --------------------------------------------------------------------------------
+# One fan-out (1,000 subscribers, 100-byte messages) against one system, its server started for it
+# and stopped after it.
+fanout_on() { # system log-name scenario rate seconds [latency-out file]
+    local sys=$1 name=$2 sc=$3 url curve=()
+    local load=(--subscribers 1000 --rate "$4" --size 100 --duration "$5")
+    if [ -n "${6:-}" ]; then curve=(--latency-out "$6"); fi
+    case $sys in
+        core4d) start_core4d 5101 core4d
+            measure "$name" lg --url http://127.0.0.1:5101 --pid "$PID" --scenario "$sc" "${curve[@]}" \
+                fanout "${load[@]}" ;;
+        socketio) start_sio 5201
+            measure "$name" sio fanout --url http://127.0.0.1:5201 --pid "$PID" --scenario "$sc" \
+                "${curve[@]}" "${load[@]}" ;;
+        nats|nats-tcp) start_nats
+            url=ws://127.0.0.1:19222
+            if [ "$sys" = nats-tcp ]; then url=nats://127.0.0.1:14222; fi
+            measure "$name" lg --pid "$PID" --scenario "$sc" --system "$sys" "${curve[@]}" \
+                fanout --nats "$url" "${load[@]}" ;;
+    esac
+    stop_all
+}
+
 fanout() { # scenario rate
-    local sc=$1 rate=$2 pid pid2
-    if has core4d; then
-        start_core4d 5101 core4d; pid=$PID
-        measure "$sc-core4d-$REP" lg --url http://127.0.0.1:5101 --pid "$pid" --scenario "$sc" \
-            --latency-out "$(lat "$sc" core4d)" fanout --subscribers 1000 --rate "$rate" --size 100 --duration $D
-        stop_all
-    fi
-    if has socketio; then
-        start_sio 5201; pid=$PID
-        measure "$sc-socketio-$REP" sio fanout --url http://127.0.0.1:5201 --pid "$pid" --scenario "$sc" \
-            --latency-out "$(lat "$sc" socketio)" --subscribers 1000 --rate "$rate" --size 100 --duration $D
-        stop_all
-    fi
-    if has nats; then
-        start_nats; pid=$PID
-        measure "$sc-nats-$REP" lg --pid "$pid" --scenario "$sc" --system nats --latency-out "$(lat "$sc" nats)" \
-            fanout --nats ws://127.0.0.1:19222 --subscribers 1000 --rate "$rate" --size 100 --duration $D
-        stop_all
-    fi
-    if has nats-tcp; then
-        start_nats; pid=$PID
-        measure "$sc-nats-tcp-$REP" lg --pid "$pid" --scenario "$sc" --system nats-tcp \
-            --latency-out "$(lat "$sc" nats-tcp)" \
-            fanout --nats nats://127.0.0.1:14222 --subscribers 1000 --rate "$rate" --size 100 --duration $D
-        stop_all
-    fi
+    local sc=$1 rate=$2 sys
+    for sys in core4d socketio nats nats-tcp; do
+        has "$sys" || continue
+        fanout_on "$sys" "$sc-$sys-$REP" "$sc" "$rate" $D "$(lat "$sc" "$sys")"
+    done
 }
 
 fanout_max() {
-    local sys rate best pid name
+    local sys rate best name
     for sys in core4d socketio nats nats-tcp; do
         has "$sys" || continue
         best=0
         for rate in 20 50 100 200 400 800; do
             name=fanout-max-$sys-$rate-$REP
-            case $sys in
-                core4d) start_core4d 5101 core4d; pid=$PID
-                    measure "$name" lg --url http://127.0.0.1:5101 --pid "$pid" --scenario fanout-max-$rate \
-                        fanout --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
-                socketio) start_sio 5201; pid=$PID
-                    measure "$name" sio fanout --url http://127.0.0.1:5201 --pid "$pid" --scenario fanout-max-$rate \
-                        --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
-                nats) start_nats; pid=$PID
-                    measure "$name" lg --pid "$pid" --scenario fanout-max-$rate --system nats \
-                        fanout --nats ws://127.0.0.1:19222 --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
-                nats-tcp) start_nats; pid=$PID
-                    measure "$name" lg --pid "$pid" --scenario fanout-max-$rate --system nats-tcp \
-                        fanout --nats nats://127.0.0.1:14222 --subscribers 1000 --rate $rate --size 100 --duration $DMAX ;;
-            esac
-            stop_all
+            fanout_on "$sys" "$name" "fanout-max-$rate" $rate $DMAX
             if sustained "$name"; then best=$rate; else break; fi
         done
         echo "RESULT fanout-max $sys rate=$best run=$REP" | tee -a "$RESULTS" >&2

@@ -227,7 +227,15 @@ fn tail_resumes_across_a_core4d_restart_without_loss_or_duplicates() {
 /// The texts of `channel`'s stored messages, oldest first.
 fn stored_texts(cli: &Cli, channel: &str) -> Vec<String> {
     let history = cli
-        .run(&["event", "history", channel, "-o", "json"])
+        .run(&[
+            "event",
+            "history",
+            channel,
+            "--per-page",
+            "100",
+            "-o",
+            "json",
+        ])
         .success()
         .json();
     let mut texts: Vec<String> = history
@@ -850,25 +858,7 @@ fn chat_waits_out_the_rate_limit_and_keeps_the_lines_in_order() {
     let (code, stderr) = chat.wait();
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("rate limit"), "{stderr}");
-    let history = cli
-        .run(&[
-            "event",
-            "history",
-            "message",
-            "--per-page",
-            "100",
-            "-o",
-            "json",
-        ])
-        .success()
-        .json();
-    let mut texts: Vec<String> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"].as_str().unwrap().to_owned())
-        .collect();
-    texts.reverse();
+    let texts = stored_texts(&cli, "message");
     let expected: Vec<String> = (1..=12).map(|i| format!("c{i}")).collect();
     assert_eq!(texts, expected, "every line once, in input order");
 }

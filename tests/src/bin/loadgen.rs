@@ -405,6 +405,30 @@ fn report(cli: &Cli, default_system: &str, latencies: &[u32], metrics: &[(&str, 
     }
 }
 
+/// The `RESULT` figures of a fan-out window; `latencies` sorted.
+fn fanout_metrics(
+    received: u64,
+    expected: u64,
+    secs: f64,
+    latencies: &[u32],
+    cpu: Option<f64>,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("deliveries_per_s", format!("{:.0}", received as f64 / secs)),
+        ("p50_ms", f1(percentile(latencies, 0.5))),
+        ("p99_ms", f1(percentile(latencies, 0.99))),
+        ("p999_ms", f1(percentile(latencies, 0.999))),
+        ("cpu_pct", cpu_text(cpu)),
+        ("expected", expected.to_string()),
+        ("received", received.to_string()),
+    ]
+}
+
+/// A CPU percentage for a `RESULT` line (`na` without `--pid`).
+fn cpu_text(cpu: Option<f64>) -> String {
+    cpu.map_or("na".into(), |c| format!("{c:.0}"))
+}
+
 fn f1(x: f64) -> String {
     format!("{x:.1}")
 }
@@ -482,8 +506,12 @@ fn writer_summary(before: &str, after: &str) -> String {
 /// The send time (micros since start) at the front of a message's text.
 fn sent_at(frame: &[u8], marker: &[u8]) -> Option<u64> {
     let pos = frame.windows(marker.len()).position(|w| w == marker)? + marker.len();
-    let digits = frame.get(pos..pos + 12)?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    leading_time(&frame[pos..])
+}
+
+/// The send time a payload starts with (12 digits, see `payload_at`).
+fn leading_time(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload.get(..12)?).ok()?.parse().ok()
 }
 
 fn payload(size: usize) -> String {
@@ -629,15 +657,16 @@ async fn fanout(cli: &Cli, args: &FanoutArgs) -> Result<()> {
         "core4d",
         &latencies,
         &[
-            ("deliveries_per_s", format!("{:.0}", received as f64 / secs)),
-            ("p50_ms", f1(percentile(&latencies, 0.5))),
-            ("p99_ms", f1(percentile(&latencies, 0.99))),
-            ("p999_ms", f1(percentile(&latencies, 0.999))),
-            ("cpu_pct", cpu.map_or("na".into(), |c| format!("{c:.0}"))),
-            ("expected", (sent_n * args.subscribers as u64).to_string()),
-            ("received", received.to_string()),
-            ("gaps", stats.gaps.load(Relaxed).to_string()),
-        ],
+            fanout_metrics(
+                received,
+                sent_n * args.subscribers as u64,
+                secs,
+                &latencies,
+                cpu,
+            ),
+            vec![("gaps", stats.gaps.load(Relaxed).to_string())],
+        ]
+        .concat(),
     );
     if args.sse > 0 {
         println!(
@@ -792,7 +821,7 @@ async fn publish(cli: &Cli, args: &PublishArgs) -> Result<()> {
             ("acked_per_s", format!("{:.0}", acked as f64 / secs)),
             ("p50_ms", f1(percentile(&latencies, 0.5))),
             ("p99_ms", f1(percentile(&latencies, 0.99))),
-            ("cpu_pct", cpu.map_or("na".into(), |c| format!("{c:.0}"))),
+            ("cpu_pct", cpu_text(cpu)),
             ("errors", stats.errors.load(Relaxed).to_string()),
         ],
     );
@@ -936,11 +965,7 @@ fn nats_stream(buf: &mut Vec<u8>, mut each: impl FnMut(u64)) -> bool {
                 break;
             }
             let body = &rest[nl + 2..nl + 2 + len];
-            if let Some(sent) = body
-                .get(..12)
-                .and_then(|d| std::str::from_utf8(d).ok())
-                .and_then(|d| d.parse::<u64>().ok())
-            {
+            if let Some(sent) = leading_time(body) {
                 each(sent);
             }
             at += nl + 2 + len + 2;
@@ -969,13 +994,21 @@ async fn nats_tcp_connect(
     r.read_line(&mut line).await?; // INFO
     w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
         .await?;
+    until_pong(&mut r).await?;
+    Ok((r, w))
+}
+
+/// Reads lines until the server's PONG (the answer to our PING: everything before it is done).
+async fn until_pong(r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
     loop {
         line.clear();
         if r.read_line(&mut line).await? == 0 {
             bail!("nats closed the connection");
         }
         if line.starts_with("PONG") {
-            return Ok((r, w));
+            return Ok(());
         }
     }
 }
@@ -1014,10 +1047,7 @@ async fn nats_tcp_read(
         if r.read_exact(&mut body).await.is_err() {
             return;
         }
-        if let Some(sent) = body
-            .get(..12)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| d.parse::<u64>().ok())
+        if let Some(sent) = leading_time(&body)
             && in_window(sent)
         {
             Stats::record(&sink, micros_now().saturating_sub(sent));
@@ -1037,20 +1067,11 @@ async fn nats_fanout(cli: &Cli, url: &str, args: &FanoutArgs) -> Result<()> {
             let (subject, stats) = (subject.clone(), stats.clone());
             async move {
                 if let Some(addr) = tcp {
-                    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                    use tokio::io::AsyncWriteExt;
                     let (mut r, mut w) = nats_tcp_connect(addr).await?;
                     w.write_all(format!("SUB {subject} 1\r\nPING\r\n").as_bytes())
                         .await?;
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).await? == 0 {
-                            bail!("nats closed the connection");
-                        }
-                        if line.starts_with("PONG") {
-                            break;
-                        }
-                    }
+                    until_pong(&mut r).await?;
                     tokio::spawn(nats_tcp_read(r, w, stats));
                     return Ok::<_, anyhow::Error>(());
                 }
@@ -1157,15 +1178,13 @@ async fn nats_fanout(cli: &Cli, url: &str, args: &FanoutArgs) -> Result<()> {
         cli,
         "nats",
         &latencies,
-        &[
-            ("deliveries_per_s", format!("{:.0}", received as f64 / secs)),
-            ("p50_ms", f1(percentile(&latencies, 0.5))),
-            ("p99_ms", f1(percentile(&latencies, 0.99))),
-            ("p999_ms", f1(percentile(&latencies, 0.999))),
-            ("cpu_pct", cpu.map_or("na".into(), |c| format!("{c:.0}"))),
-            ("expected", (sent_n * args.subscribers as u64).to_string()),
-            ("received", received.to_string()),
-        ],
+        &fanout_metrics(
+            received,
+            sent_n * args.subscribers as u64,
+            secs,
+            &latencies,
+            cpu,
+        ),
     );
     if let (Some(c), Some((_, rss))) = (cpu, usage_after) {
         println!("nats-server: {c:.0}% CPU, RSS {} MiB", rss / 1024);
