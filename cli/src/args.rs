@@ -142,6 +142,26 @@ mod tests {
     }
 
     #[test]
+    fn global_options_are_listed_apart_from_the_commands_own() {
+        let mut cli = Cli::command();
+        cli.build(); // propagates the global options to the subcommands
+        let list = cli
+            .find_subcommand_mut("roles")
+            .and_then(|r| r.find_subcommand_mut("list"))
+            .unwrap();
+        let help = list.render_long_help().to_string();
+        let heading = help.find("Global options:").expect("a heading");
+        let at = |option: &str| help.find(option).unwrap();
+        assert!(
+            at("--page") < at("--per-page") && at("--all") < heading,
+            "{help}"
+        );
+        for global in ["--server", "--cacert", "--output"] {
+            assert!(at(global) > heading, "{global}: {help}");
+        }
+    }
+
+    #[test]
     fn a_channel_command_without_event_is_pointed_there() {
         let argv: Vec<String> = ["core4ctl", "tail", "message"].map(String::from).into();
         let err = point_to_event(Cli::try_parse_from(&argv).unwrap_err(), &argv);

@@ -23,7 +23,8 @@ use crate::{
     sanitize::sanitize,
 };
 
-const API_PREFIX: &str = "/core4/api/v1";
+/// Where core4d serves its API, below the server URL.
+pub const API_PREFIX: &str = "/core4/api/v1";
 
 /// One page of a paged listing.
 #[derive(Debug, Clone)]
@@ -188,6 +189,15 @@ impl ApiClient {
     async fn send(&self, builder: RequestBuilder) -> Result<serde_json::Map<String, Value>> {
         let response = builder.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| response.url().join(l).ok());
+            return Err(redirected(&self.server, status, location));
+        }
+        let path = response.url().path().to_owned();
         if let Some(token) = refreshed_token(response.headers()) {
             self.remember_token(&token);
         }
@@ -201,8 +211,10 @@ impl ApiClient {
             .await
             .map_err(|e| self.transport_error(e))?;
         let envelope = match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(map)) => map,
-            _ if !status.is_success() => {
+            // Every core4d error reply says what went wrong in `error`.
+            Ok(Value::Object(map)) if status.is_success() || map.contains_key("error") => map,
+            // A proxy's own page while core4d behind it is away or busy.
+            _ if proxy_may_answer(status) => {
                 return Err(map_error(
                     &self.server,
                     status,
@@ -211,12 +223,7 @@ impl ApiClient {
                     retry_after.as_deref(),
                 ));
             }
-            _ => {
-                return Err(CliError::Other(format!(
-                    "unexpected reply from {} (HTTP {status}, not a core4d JSON envelope): is this core4d?",
-                    self.server
-                )));
-            }
+            _ => return Err(not_core4d(&self.server, status, &path)),
         };
         if status.is_success() {
             return Ok(envelope);
@@ -233,6 +240,9 @@ impl ApiClient {
     }
 
     fn transport_error(&self, err: reqwest::Error) -> CliError {
+        if let Some(hint) = wrong_scheme(&self.server, &err) {
+            return hint;
+        }
         let cause = root_cause(&err);
         if cause.contains("certificate") {
             return untrusted(&self.server, &cause);
@@ -397,6 +407,19 @@ impl ApiClient {
                     .and_then(Value::as_str);
                 let status = StatusCode::from_u16(response.status().as_u16())
                     .unwrap_or(StatusCode::BAD_GATEWAY);
+                if status.is_redirection() {
+                    let location = response
+                        .headers()
+                        .get("location")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|l| self.event_url(None).ok()?.join(l).ok());
+                    return redirected(&self.server, status, location);
+                }
+                if envelope.as_ref().is_none_or(|e| e.get("error").is_none())
+                    && !proxy_may_answer(status)
+                {
+                    return not_core4d(&self.server, status, &format!("{API_PREFIX}/event"));
+                }
                 let retry_after = response
                     .headers()
                     .get("retry-after")
@@ -407,6 +430,15 @@ impl ApiClient {
                     }
                     other => other,
                 }
+            }
+            tungstenite::Error::Io(e) if wrong_scheme(&self.server, &e).is_some() => {
+                wrong_scheme(&self.server, &e).expect("checked")
+            }
+            // A TLS server's alert read as an HTTP reply.
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HttparseError(_))
+                if self.server.starts_with("http://") =>
+            {
+                expects_tls(&self.server)
             }
             tungstenite::Error::Io(e) if e.to_string().contains("certificate") => {
                 untrusted(&self.server, &root_cause(&e))
@@ -438,6 +470,83 @@ fn untrusted(server: &str, detail: &str) -> CliError {
     CliError::Other(format!(
         "cannot verify the TLS certificate of {server} ({detail}): pass the certificate or its \
          CA with --cacert FILE (or CORE4_CACERT)"
+    ))
+}
+
+/// A TLS client meeting a plain-HTTP server, or a plain one meeting a TLS server: found by the
+/// error types in the chain (rustls read an HTTP reply as a TLS record; hyper read a TLS alert
+/// as an HTTP reply).
+fn wrong_scheme(server: &str, err: &(dyn std::error::Error + 'static)) -> Option<CliError> {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) =
+            tls_error(err)
+        {
+            let http = server.replacen("https://", "http://", 1);
+            return Some(CliError::Other(format!(
+                "{server} does not speak TLS: it answered in plain HTTP — use --server {http}"
+            )));
+        }
+        if let Some(e) = err.downcast_ref::<hyper::Error>()
+            && e.is_parse()
+            && server.starts_with("http://")
+        {
+            return Some(expects_tls(server));
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// The rustls error `err` is or wraps: `io::Error::source` skips the error an `io::Error`
+/// wraps, so look inside (io errors may wrap io errors).
+fn tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    tls_error(inner)
+}
+
+fn expects_tls(server: &str) -> CliError {
+    let https = server.replacen("http://", "https://", 1);
+    CliError::Other(format!(
+        "{server} does not answer plain HTTP; it seems to expect TLS — use --server {https}"
+    ))
+}
+
+/// core4d never redirects; a proxy or another server at that address does. Its `Location`,
+/// cut before the API path, is the server to use.
+fn redirected(server: &str, status: StatusCode, location: Option<Url>) -> CliError {
+    let Some(mut url) = location else {
+        return CliError::Other(format!(
+            "{server} answered HTTP {status} without saying where to: check --server"
+        ));
+    };
+    let shown = sanitize(url.as_str()).into_owned();
+    url.set_query(None);
+    url.set_fragment(None);
+    if let Some(at) = url.path().find(API_PREFIX) {
+        let base = url.path()[..at].to_owned();
+        url.set_path(&base);
+    }
+    let suggestion = sanitize(url.as_str().trim_end_matches('/')).into_owned();
+    CliError::Other(format!(
+        "{server} redirects (HTTP {status}) to {shown} — use --server {suggestion}"
+    ))
+}
+
+/// A proxy in front of core4d may answer these itself: 429, and 502–504 while core4d is away.
+fn proxy_may_answer(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502..=504)
+}
+
+/// An answer without core4d's JSON envelope: another server listens at that address.
+fn not_core4d(server: &str, status: StatusCode, path: &str) -> CliError {
+    CliError::Other(format!(
+        "{server} does not look like core4d: {} answered HTTP {status} without core4d's JSON \
+         reply — check --server",
+        sanitize(path)
     ))
 }
 

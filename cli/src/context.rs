@@ -11,19 +11,21 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    client::{ApiClient, TokenSink},
+    client::{API_PREFIX, ApiClient, TokenSink},
     error::{CliError, Result},
     output::OutputMode,
 };
 
-/// The options every command takes (flattened into the command line by `args`).
+/// The options every command takes (flattened into the command line by `args`), listed under
+/// their own heading so each command's own options stay together in `--help`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// core4d base URL [default: the server saved at login, else http://127.0.0.1:5001]
     #[arg(long, global = true, env = "CORE4_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// Trust only the certificate(s) in this PEM file for https:// and wss:// (a self-signed
-    /// certificate or a private CA) instead of the system's
+    /// certificate or a private CA) instead of the system's [default: the one given at login]
     #[arg(long, global = true, env = "CORE4_CACERT", value_name = "FILE")]
     pub cacert: Option<std::path::PathBuf>,
     /// Output format: tables for people, JSON with stable field names for scripts
@@ -48,6 +50,10 @@ pub struct Config {
 pub struct HostEntry {
     pub username: Option<String>,
     pub token: Option<String>,
+    /// The `--cacert` given at login (absolute): used while no other is given. Kept at logout,
+    /// as the server's certificate does not change with the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// The config file. Writes go to a private temporary file that is renamed into place, so a
@@ -177,8 +183,9 @@ fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
         .open(path)
 }
 
-/// Accepts `host:port`, `http://host:port/` and the like; returns `scheme://host[:port][/path]`
-/// without a trailing slash, which is also the key tokens are saved under.
+/// Accepts `host:port`, `http://host:port/` and the like, and the API URL itself
+/// (`…/core4/api/v1`); returns `scheme://host[:port][/path]` without a trailing slash, which is
+/// also the key tokens are saved under.
 pub fn normalize_server(raw: &str) -> Result<String> {
     let raw = raw.trim();
     let with_scheme = if raw.contains("://") {
@@ -196,6 +203,16 @@ pub fn normalize_server(raw: &str) -> Result<String> {
             "invalid server URL [{raw}]: use http://HOST:PORT or https://HOST:PORT"
         )));
     }
+    // The API URL the README and Swagger UI show: the server is what comes before it.
+    let mut url = url;
+    let base = url
+        .path()
+        .trim_end_matches('/')
+        .strip_suffix(API_PREFIX)
+        .map(str::to_owned);
+    if let Some(base) = base {
+        url.set_path(&base);
+    }
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
@@ -203,8 +220,10 @@ pub fn normalize_server(raw: &str) -> Result<String> {
 #[derive(Debug)]
 pub struct Context {
     pub server: String,
-    /// `--cacert`: the only certificates trusted for TLS.
+    /// `--cacert`, else the one saved at login: the only certificates trusted for TLS.
     pub cacert: Option<PathBuf>,
+    /// Whether `cacert` is the one saved at login (for the message when it is unusable).
+    cacert_saved: bool,
     pub output: OutputMode,
     pub store: ConfigStore,
     pub config: Config,
@@ -223,9 +242,12 @@ impl Context {
             (None, Some(saved)) => normalize_server(saved)?,
             (None, None) => DEFAULT_SERVER.to_owned(),
         };
+        let saved_cacert = config.hosts.get(&server).and_then(|h| h.cacert.clone());
+        let cacert_saved = global.cacert.is_none() && saved_cacert.is_some();
         Ok(Self {
             server,
-            cacert: global.cacert.clone(),
+            cacert: global.cacert.clone().or(saved_cacert),
+            cacert_saved,
             output: global.output,
             store,
             config,
@@ -247,9 +269,24 @@ impl Context {
 
     fn trusting(&self, client: ApiClient) -> Result<ApiClient> {
         match &self.cacert {
-            Some(file) => client.with_cacert(file),
+            Some(file) => client.with_cacert(file).map_err(|e| match e {
+                CliError::Usage(why) if self.cacert_saved => CliError::Usage(format!(
+                    "{why} (it was saved at login to {}; pass --cacert again)",
+                    self.server
+                )),
+                other => other,
+            }),
             None => Ok(client),
         }
+    }
+
+    /// The `--cacert` to save at login: absolute, so it works from any directory later.
+    pub fn cacert_to_save(&self) -> Result<Option<PathBuf>> {
+        self.cacert
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("cannot use --cacert: {e}")))
     }
 
     /// A client carrying the saved token, saving refreshed tokens as they arrive.
@@ -310,6 +347,56 @@ mod tests {
     }
 
     #[test]
+    fn the_api_url_names_its_server() {
+        for (given, server) in [
+            (
+                "http://127.0.0.1:5001/core4/api/v1",
+                "http://127.0.0.1:5001",
+            ),
+            (
+                "http://127.0.0.1:5001/core4/api/v1/",
+                "http://127.0.0.1:5001",
+            ),
+            ("127.0.0.1:5001/core4/api/v1", "http://127.0.0.1:5001"),
+            ("https://h/proxy/core4/api/v1/", "https://h/proxy"),
+            // Only the whole suffix: a path that merely ends alike is kept.
+            ("http://h:1/my-core4/api/v1", "http://h:1/my-core4/api/v1"),
+            ("http://h:1/core4/api", "http://h:1/core4/api"),
+        ] {
+            assert_eq!(normalize_server(given).unwrap(), server, "{given}");
+        }
+    }
+
+    #[test]
+    fn the_cacert_given_at_login_is_used_until_another_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::at(dir.path());
+        // A config file written before the cacert was saved still loads.
+        fs::write(
+            store.path(),
+            r#"{"current":"https://h:1","hosts":{"https://h:1":{"username":"a","token":"t"}}}"#,
+        )
+        .unwrap();
+        let ctx = Context::resolve_with(&global(None), store.clone()).unwrap();
+        assert_eq!(ctx.cacert, None);
+        store
+            .update(|c| {
+                c.hosts.get_mut("https://h:1").unwrap().cacert = Some("/etc/saved.pem".into());
+            })
+            .unwrap();
+        let ctx = Context::resolve_with(&global(None), store.clone()).unwrap();
+        assert_eq!(ctx.cacert.as_deref(), Some(Path::new("/etc/saved.pem")));
+        let mut flag = global(None);
+        flag.cacert = Some("given.pem".into());
+        let ctx = Context::resolve_with(&flag, store.clone()).unwrap();
+        assert_eq!(ctx.cacert.as_deref(), Some(Path::new("given.pem")));
+        assert!(ctx.cacert_to_save().unwrap().unwrap().is_absolute());
+        // Another server does not get this one's certificate.
+        let ctx = Context::resolve_with(&global(Some("https://other:1")), store).unwrap();
+        assert_eq!(ctx.cacert, None);
+    }
+
+    #[test]
     fn bad_server_urls_are_usage_errors() {
         for bad in ["ftp://x", "http://", "http://a b"] {
             let err = normalize_server(bad).unwrap_err();
@@ -336,6 +423,7 @@ mod tests {
                     HostEntry {
                         username: Some("admin".into()),
                         token: Some("t1".into()),
+                        cacert: None,
                     },
                 );
             })

@@ -30,10 +30,12 @@ const LOGIN_EXAMPLES: &str = "\
 Examples:
   core4ctl login                                  # prompts for username and password
   core4ctl login --server http://core4:5001 --username admin
+  core4ctl login --server https://core4.example --cacert ca.pem --username admin
   printf '%s\\n' \"$PASSWORD\" | core4ctl login --username admin --password-stdin
 
 The server and token are saved in $XDG_CONFIG_HOME/core4ctl/config.json (mode 0600); the
-server becomes the default for later commands.";
+server becomes the default for later commands, and a --cacert given here is used for it
+until another is given.";
 
 const LOGOUT_EXAMPLES: &str = "\
 Examples:
@@ -120,6 +122,7 @@ async fn login(args: &LoginArgs, ctx: &Context) -> Result<()> {
     };
 
     let client = ctx.anonymous_client()?;
+    let cacert = ctx.cacert_to_save()?;
     let body = serde_json::json!({"username": username, "password": password});
     let reply: LoginReply = client.post("/login", &body).await?;
     // A `token` header may carry the same token; the body is authoritative.
@@ -131,6 +134,7 @@ async fn login(args: &LoginArgs, ctx: &Context) -> Result<()> {
             HostEntry {
                 username: Some(username.clone()),
                 token: Some(reply.token.clone()),
+                cacert: cacert.clone(),
             },
         );
     })?;
@@ -148,6 +152,9 @@ async fn login(args: &LoginArgs, ctx: &Context) -> Result<()> {
 async fn logout(ctx: &Context) -> Result<()> {
     let Some(_) = ctx.saved_token() else {
         eprintln!("not logged in to {}", ctx.server);
+        if ctx.json() {
+            return print_json(&serde_json::json!({"server": ctx.server, "logged_out": false}));
+        }
         return Ok(());
     };
     let client = ctx.client()?;

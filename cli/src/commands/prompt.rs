@@ -18,13 +18,34 @@ pub fn prompt_line(label: &str) -> Result<String> {
     Ok(line.trim().to_owned())
 }
 
-/// Asks for a secret without echo.
+/// Asks for a secret without echo, on the terminal itself (even when stdin is a pipe).
 pub fn prompt_secret(label: &str) -> Result<String> {
     rpassword::prompt_password(label).map_err(|e| {
-        CliError::Usage(format!(
-            "cannot prompt for a password ({e}): pass it with --password-stdin"
-        ))
+        if has_terminal() {
+            CliError::Usage(format!(
+                "cannot prompt for a password ({e}): pass it with --password-stdin"
+            ))
+        } else {
+            CliError::Usage(
+                "no terminal to prompt for the password: pipe it in with --password-stdin".into(),
+            )
+        }
     })
+}
+
+/// Whether this process has a terminal to prompt on, as the password prompt opens it.
+#[cfg(unix)]
+fn has_terminal() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_ok()
+}
+
+#[cfg(not(unix))]
+fn has_terminal() -> bool {
+    io::stdin().is_terminal()
 }
 
 /// A password from stdin: its first line, without the line ending.

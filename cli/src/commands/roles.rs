@@ -70,8 +70,13 @@ const CREATE_EXAMPLES: &str = "\
 Examples:
   core4ctl roles create alice --realname 'Alice A.' --email alice@example.com \\
       --password-prompt --role standard_user
-  printf '%s\\n' \"$PW\" | core4ctl roles create bot --email bot@example.com --password-stdin
-  core4ctl roles create editors --perm 'api://core4.api.v1.request.role/r' --perm app://store/x";
+  printf '%s\\n' \"$PW\" | core4ctl roles create bot --email bot@example.com --password-stdin \\
+      --role standard_user
+  core4ctl roles create editors --perm 'api://core4.api.v1.request.role/r' --perm app://store/x
+
+A user needs a password to log in, and a role or permission to do anything once logged in:
+without any it can log in but not even read its own profile (`core4ctl whoami`).
+standard_user lets a user log in, read its profile and chat on the message channel.";
 
 const UPDATE_EXAMPLES: &str = "\
 Examples:
@@ -114,7 +119,7 @@ impl SortField {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Page number, from 1
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = super::page_number)]
     pub page: u64,
     /// Items per page [default: 10, or 100 with --all]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -128,7 +133,7 @@ pub struct ListArgs {
     /// Exact match (case-insensitive) on name, email or realname, e.g. --filter name=alice
     #[arg(long, value_name = "FIELD=VALUE", value_parser = parse_filter)]
     pub filter: Vec<(FilterField, String)>,
-    /// Free-text search over name, real name and permissions
+    /// Free-text search (case-insensitive substring) over name, real name, email and permissions
     #[arg(short = 'q', long = "query", value_name = "TEXT")]
     pub query: Option<String>,
     /// Fetch every page
@@ -199,6 +204,7 @@ pub struct UpdateArgs {
     /// Real name ("" clears it)
     #[arg(long)]
     pub realname: Option<String>,
+    /// Email; a role given one becomes a user (which needs a password to log in)
     #[arg(long)]
     pub email: Option<String>,
     /// Read the new password from the first line of stdin
@@ -422,7 +428,14 @@ async fn list(args: &ListArgs, ctx: &Context, client: &ApiClient) -> Result<()> 
         ]);
     }
     if items.is_empty() {
-        eprintln!("no users or roles match");
+        if last_page.total_count > 0 {
+            eprintln!(
+                "page {} is past the end: {} users and roles match, on {} page(s) of {}",
+                args.page, last_page.total_count, last_page.page_count, last_page.per_page
+            );
+        } else {
+            eprintln!("no users or roles match");
+        }
         return Ok(());
     }
     output::print_table(&table)?;
@@ -485,8 +498,18 @@ fn read_password(from_stdin: bool, prompt: bool) -> Result<Option<String>> {
     }
 }
 
+/// The API takes a user without a password (as core4 did); say that it cannot log in yet.
+fn warn_no_password(user: &Role, became: &str) {
+    let name = sanitize(&user.name);
+    eprintln!(
+        "warning: {name}{became} has no password and cannot log in until one is set: \
+         core4ctl roles update {name} --password-prompt"
+    );
+}
+
 async fn create(args: &CreateArgs, ctx: &Context, client: &ApiClient) -> Result<()> {
     let password = read_password(args.password_stdin, args.password_prompt)?;
+    let has_password = password.is_some();
     let mut body = Map::new();
     body.insert("name".into(), json!(args.name));
     if let Some(realname) = &args.realname {
@@ -512,6 +535,9 @@ async fn create(args: &CreateArgs, ctx: &Context, client: &ApiClient) -> Result<
     }
 
     let created: Role = client.post("/roles", &Value::Object(body)).await?;
+    if created.kind() == "user" && !has_password {
+        warn_no_password(&created, "");
+    }
     if ctx.json() {
         return print_json(&created);
     }
@@ -568,6 +594,7 @@ async fn update(args: &UpdateArgs, ctx: &Context, client: &ApiClient) -> Result<
         ));
     }
     let password = read_password(args.password_stdin, args.password_prompt)?;
+    let sets_password = password.is_some();
     let current = resolve(client, &args.role).await?;
     let etag = args
         .etag
@@ -637,6 +664,11 @@ async fn update(args: &UpdateArgs, ctx: &Context, client: &ApiClient) -> Result<
         body.insert("is_active".into(), json!(args.active));
     }
 
+    let was_role = current.kind() == "role";
+    let own = ctx
+        .host()
+        .and_then(|h| h.username.as_deref())
+        .is_some_and(|me| same_name(me, &current.name));
     let reply: Value = client
         .put(&format!("/roles/{}", current.id), &Value::Object(body))
         .await
@@ -649,6 +681,16 @@ async fn update(args: &UpdateArgs, ctx: &Context, client: &ApiClient) -> Result<
         ),
         _ => (false, current),
     };
+    // A role has no password, so one given an email is a user that cannot log in yet.
+    if changed && was_role && role.kind() == "user" && !sets_password {
+        warn_no_password(&role, " is now a user; it");
+    }
+    if changed && sets_password && own {
+        eprintln!(
+            "note: changing your own password ended all your sessions, this one too: run \
+             `core4ctl login` again"
+        );
+    }
     if ctx.json() {
         return print_json(&role);
     }

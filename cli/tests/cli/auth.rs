@@ -191,3 +191,60 @@ fn core4_server_overrides_the_saved_server_and_server_overrides_both() {
     // And it did not change the saved default.
     assert_eq!(cli.config()["current"], second.url.as_str());
 }
+
+#[test]
+fn logout_when_not_logged_in_still_prints_json() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    let out = cli
+        .run(&["--server", &server.url, "logout", "-o", "json"])
+        .success();
+    let reply = out.json();
+    assert_eq!(reply["server"], server.url.as_str(), "{out:?}");
+    assert_eq!(reply["logged_out"], false, "{out:?}");
+    cli.login_admin(&server).success();
+    let reply = cli.run(&["logout", "-o", "json"]).success().json();
+    assert_eq!(reply["logged_out"], true, "{reply}");
+}
+
+#[test]
+fn the_api_url_works_as_the_server() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    let api = format!("{}/core4/api/v1/", server.url);
+    cli.run_with_stdin(
+        &[
+            "login",
+            "--server",
+            &api,
+            "--username",
+            ADMIN,
+            "--password-stdin",
+        ],
+        Some(&format!("{}\n", crate::helpers::ADMIN_PASSWORD)),
+    )
+    .success();
+    // Saved under the server's own URL, so both spellings find the token.
+    assert_eq!(cli.config()["current"], server.url.as_str());
+    cli.run(&["--server", api.trim_end_matches('/'), "whoami"])
+        .success();
+    cli.run(&["--server", &server.url, "whoami"]).success();
+}
+
+#[test]
+fn a_password_prompt_without_a_terminal_says_to_use_password_stdin() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    let output = cli
+        .command_without_terminal(&["login", "--server", &server.url, "--username", ADMIN])
+        .output()
+        .expect("setsid (util-linux) runs core4ctl");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no terminal to prompt for the password")
+            && stderr.contains("--password-stdin"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("os error"), "{stderr}");
+}

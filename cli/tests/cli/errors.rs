@@ -116,3 +116,81 @@ fn server_strings_are_sanitised_in_tables() {
         "JSON keeps the value, escaped"
     );
 }
+
+/// A web server that is not core4d: answers every request with `reply`.
+fn fake_server(reply: &'static str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 8192];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn a_redirect_names_where_it_points_as_the_server_to_use() {
+    let server = fake_server(
+        "HTTP/1.1 301 Moved Permanently\r\n\
+         Location: https://core4.example/core4/api/v1/login\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    let cli = Cli::new();
+    let out = cli
+        .run_with_stdin(
+            &[
+                "login",
+                "--server",
+                &server,
+                "--username",
+                "a",
+                "--password-stdin",
+            ],
+            Some("password\n"),
+        )
+        .failure(1, "https://core4.example/core4/api/v1/login");
+    assert!(
+        out.stderr.contains("use --server https://core4.example"),
+        "{out:?}"
+    );
+    assert!(!cli.config_path().exists());
+}
+
+#[test]
+fn a_server_that_is_not_core4d_is_called_so() {
+    // What `python3 -m http.server` answers a POST.
+    let server = fake_server(
+        "HTTP/1.0 501 Unsupported method ('POST')\r\nContent-Type: text/html\r\n\
+         Connection: close\r\n\r\n<html><body>Error 501</body></html>",
+    );
+    let cli = Cli::new();
+    cli.run_with_stdin(
+        &[
+            "login",
+            "--server",
+            &server,
+            "--username",
+            "a",
+            "--password-stdin",
+        ],
+        Some("password\n"),
+    )
+    .failure(1, &format!("{server} does not look like core4d"));
+    // And a GET it cannot find.
+    let server = fake_server(
+        "HTTP/1.0 404 File not found\r\nContent-Type: text/html\r\n\
+         Connection: close\r\n\r\n<html><body>Error 404</body></html>",
+    );
+    let mut config = serde_json::json!({"hosts": {}});
+    config["hosts"][&server] = serde_json::json!({"token": "a.b.c"});
+    std::fs::create_dir_all(cli.config_dir()).unwrap();
+    std::fs::write(cli.config_path(), config.to_string()).unwrap();
+    let out = cli
+        .run(&["--server", &server, "whoami"])
+        .failure(1, "does not look like core4d");
+    assert!(out.stderr.contains("/core4/api/v1/profile"), "{out:?}");
+}

@@ -198,8 +198,19 @@ impl Cli {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
+        self.with_home(Command::new(env!("CARGO_BIN_EXE_core4ctl")), args)
+    }
+
+    /// core4ctl in a session of its own (util-linux `setsid`): no controlling terminal, even
+    /// when the tests run on one.
+    pub fn command_without_terminal(&self, args: &[&str]) -> Command {
+        let mut setsid = Command::new("setsid");
+        setsid.args(["--wait", env!("CARGO_BIN_EXE_core4ctl")]);
+        self.with_home(setsid, args)
+    }
+
+    fn with_home(&self, mut cmd: Command, args: &[&str]) -> Command {
         let home = self.home.path();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_core4ctl"));
         cmd.args(args)
             .env("HOME", home)
             .env("XDG_CONFIG_HOME", home.join("config"))

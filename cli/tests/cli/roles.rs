@@ -490,3 +490,162 @@ fn a_deactivated_users_token_is_reported_as_revoked_by_what_can_revoke_it() {
     assert!(out.stderr.contains("deactivation"), "{out:?}");
     assert!(!out.stderr.contains("(logged out)"), "{out:?}");
 }
+
+#[test]
+fn a_user_without_a_password_is_created_with_a_warning_saying_how_to_set_one() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let fix = "core4ctl roles update bob --password-prompt";
+
+    let out = cli
+        .run(&["roles", "create", "bob", "--email", "bob@example.com"])
+        .success();
+    assert!(out.stdout.starts_with("Created user bob"), "{out:?}");
+    assert!(
+        out.stderr.contains("bob has no password and cannot log in") && out.stderr.contains(fix),
+        "{out:?}"
+    );
+    // The warning is true: bob cannot log in.
+    cli.login(&server, "bob", "any-password-1")
+        .failure(3, "wrong username or password");
+    // With a password, or for a role, there is nothing to warn about.
+    let out = cli
+        .run_with_stdin(
+            &[
+                "roles",
+                "create",
+                "carol",
+                "--email",
+                "carol@example.com",
+                "--password-stdin",
+            ],
+            Some("carol-pw-1\n"),
+        )
+        .success();
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let out = cli.run(&["roles", "create", "editors"]).success();
+    assert!(out.stderr.is_empty(), "{out:?}");
+
+    // A role given an email becomes a user without a password.
+    let out = cli
+        .run(&["roles", "update", "editors", "--email", "ed@example.com"])
+        .success();
+    assert!(out.stdout.contains("Updated user editors"), "{out:?}");
+    assert!(
+        out.stderr.contains("editors is now a user")
+            && out.stderr.contains("no password")
+            && out
+                .stderr
+                .contains("core4ctl roles update editors --password-prompt"),
+        "{out:?}"
+    );
+    // A user's email changing is no news.
+    let out = cli
+        .run(&["roles", "update", "carol", "--email", "c@example.com"])
+        .success();
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+/// The `roles create --help` example makes an account that can log in and use core4d.
+#[test]
+fn the_help_example_user_can_log_in_and_read_its_profile() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let help = cli.run(&["roles", "create", "--help"]).success().stdout;
+    let example = help
+        .split("core4ctl roles create bot ")
+        .nth(1)
+        .and_then(|rest| rest.split("\n  core4ctl").next())
+        .expect("the bot example is in the help");
+    let args: Vec<&str> = example.split_whitespace().filter(|a| *a != "\\").collect();
+    let mut command = vec!["roles", "create", "bot"];
+    command.extend(&args);
+    cli.run_with_stdin(&command, Some("bot-password-1\n"))
+        .success();
+    assert!(help.contains("not even read its own profile"), "{help}");
+
+    let bot = Cli::new();
+    bot.login(&server, "bot", "bot-password-1").success();
+    bot.run(&["whoami"]).success();
+
+    // Without a role it can log in, but not read its profile: what the help says.
+    create_user(&cli, "bare", &[]);
+    let bare = Cli::new();
+    bare.login(&server, "bare", "secret-pw").success();
+    bare.run(&["whoami"]).failure(3, "forbidden");
+}
+
+#[test]
+fn paging_past_the_end_says_so_and_page_0_is_refused_plainly() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    let out = cli.run(&["roles", "list", "--page", "9"]).success();
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // admin and standard_user.
+    assert!(
+        out.stderr
+            .contains("page 9 is past the end: 2 users and roles match, on 1 page(s) of 10"),
+        "{out:?}"
+    );
+    let out = cli.run(&["roles", "list", "-q", "no-such-thing"]).success();
+    assert!(out.stderr.contains("no users or roles match"), "{out:?}");
+    let out = cli
+        .run(&["roles", "list", "--page", "0"])
+        .failure(2, "must be at least 1");
+    assert!(!out.stderr.contains("18446744073709551615"), "{out:?}");
+    cli.run(&["event", "history", "message", "--page", "0"])
+        .failure(2, "must be at least 1");
+}
+
+#[test]
+fn changing_your_own_password_says_to_log_in_again() {
+    let server = TestServer::spawn();
+    let cli = Cli::new();
+    cli.login_admin(&server).success();
+    create_user(&cli, "dave", &["--role", "standard_user"]);
+    // Someone else's password: no note.
+    let out = cli
+        .run_with_stdin(
+            &["roles", "update", "dave", "--password-stdin"],
+            Some("dave-password-2\n"),
+        )
+        .success();
+    assert!(out.stderr.is_empty(), "{out:?}");
+
+    let out = cli
+        .run_with_stdin(
+            &["roles", "update", "admin", "--password-stdin"],
+            Some("admin-password-2\n"),
+        )
+        .success();
+    assert!(
+        out.stderr.contains("ended all your sessions") && out.stderr.contains("core4ctl login"),
+        "{out:?}"
+    );
+    cli.run(&["whoami"]).failure(3, "revoked");
+    cli.login(&server, "admin", "admin-password-2").success();
+}
+
+#[test]
+fn the_search_help_names_every_field_searched() {
+    let cli = Cli::new();
+    let help = cli.run(&["roles", "list", "--help"]).success().stdout;
+    assert!(
+        help.contains("name, real name, email and permissions"),
+        "{help}"
+    );
+    let help = cli.run(&["roles", "update", "--help"]).success().stdout;
+    let email = help
+        .split("--email <EMAIL>")
+        .nth(1)
+        .expect("--email is listed");
+    assert!(
+        email
+            .trim_start()
+            .starts_with("Email; a role given one becomes a user"),
+        "{help}"
+    );
+}

@@ -21,7 +21,7 @@ pub struct HistoryArgs {
     /// Channel name
     pub channel: String,
     /// Page number, from 1 (page 1 holds the newest messages)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = crate::commands::page_number)]
     pub page: u64,
     /// Messages per page
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -47,7 +47,18 @@ pub(super) async fn run(args: &HistoryArgs, ctx: &Context) -> Result<()> {
         );
     }
     if page.data.is_empty() {
-        eprintln!("no messages on {} (page {})", sanitize(&channel), args.page);
+        if page.total_count > 0 {
+            eprintln!(
+                "page {} is past the end: {} has {} messages, on {} page(s) of {}",
+                args.page,
+                sanitize(&channel),
+                page.total_count,
+                page.page_count,
+                page.per_page
+            );
+        } else {
+            eprintln!("no messages on {}", sanitize(&channel));
+        }
         return Ok(());
     }
     let mut table = output::table(&["ID", "TIME", "AUTHOR", "TEXT"]);
