@@ -186,6 +186,7 @@ impl Application {
             exempt: web::proxy::TrustedProxies::new(&state.settings.trusted_proxies),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = web::server::serve(
             listener,
             tls,
@@ -197,25 +198,36 @@ impl Application {
                     _ = shutdown => {}
                     _ = stop_rx => {}
                 }
+                let _ = stopping_tx.send(());
             },
             Duration::from_secs(10),
         );
-        let result = match &embedded {
-            Some(pg) => {
-                tokio::pin!(server);
-                tokio::select! {
-                    r = &mut server => r.map_err(anyhow::Error::from),
-                    exit = pg.exited() => {
-                        let _ = stop_tx.send(());
-                        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-                        Err(anyhow::anyhow!("the embedded PostgreSQL stopped unexpectedly: {exit}"))
+        // Once no new connections are taken, the hub stops beside the server's drain: it flushes
+        // the event writer, then closes sockets with 1001 and event streams with `event: close`.
+        // Event streams are requests the drain waits for, so they must end first.
+        let hub_stop = async {
+            if stopping_rx.await.is_ok() {
+                state.hub.shutdown().await;
+            }
+        };
+        let serving = async {
+            match &embedded {
+                Some(pg) => {
+                    tokio::pin!(server);
+                    tokio::select! {
+                        r = &mut server => r.map_err(anyhow::Error::from),
+                        exit = pg.exited() => {
+                            let _ = stop_tx.send(());
+                            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+                            Err(anyhow::anyhow!("the embedded PostgreSQL stopped unexpectedly: {exit}"))
+                        }
                     }
                 }
+                None => server.await.map_err(anyhow::Error::from),
             }
-            None => server.await.map_err(anyhow::Error::from),
         };
-        // No new connections now (upgraded sockets are not the server's): flush the event
-        // writer, then close the sockets with 1001.
+        let (result, ()) = tokio::join!(serving, hub_stop);
+        // A no-op when it ran above (the server can also end without a shutdown signal).
         state.hub.shutdown().await;
         state.pool.close().await;
         if let Some(pg) = embedded

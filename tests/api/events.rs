@@ -361,6 +361,18 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_usable() {
             "{frame:.60}: {reply}"
         );
     }
+    // A frame refused for its size, unparsed, still gets its correlation id back.
+    let big = format!(
+        r#"{{"type":"message","channel":"message","text":"{}","id":"big"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    ws.send_text(&big).await;
+    let reply = ws.recv().await;
+    assert_eq!(
+        (reply["kind"].as_str(), reply["id"].as_str()),
+        (Some("too_large"), Some("big")),
+        "{reply}"
+    );
     ws.inner
         .send(Message::binary(vec![1u8, 2, 3]))
         .await
@@ -384,7 +396,7 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_usable() {
     assert!(
         metrics.contains(&format!(
             "core4d_event_frame_errors_total {}",
-            cases.len() + 1
+            cases.len() + 2
         )),
         "{metrics}"
     );

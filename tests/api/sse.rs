@@ -130,12 +130,43 @@ async fn events_stream_with_their_ids_and_resume_on_another_instance() {
     while got.last() != Some(&m5) {
         got.push(s.message().await.id.unwrap());
     }
-    assert_eq!(got, [m3, m4, m5]);
+    assert_eq!(got, [m3.clone(), m4.clone(), m5]);
     // `?since=` does the same.
     let mut s = Stream::open(&b, &format!("channel=message&since={m1}"), &admin, None).await;
     assert_eq!(s.message().await.json()["data"], "three");
     drop(s);
+    // A page's `EventSource` reconnects to its URL, `since` and all, adding `Last-Event-ID`: the
+    // later of the two wins, so nothing is sent twice.
+    let query = format!("channel=message&channel=system&since={m1}");
+    let mut s = Stream::open(&b, &query, &admin, Some(&m3)).await;
+    assert_eq!(s.message().await.id.as_deref(), Some(m4.as_str()));
+    drop(s);
     b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_at_shutdown_is_closed_with_a_close_event() {
+    let a = spawn_app().await;
+    let admin = a.admin_token().await;
+    let mut s = Stream::open(&a, "channel=message", &admin, None).await;
+    assert_eq!(s.next().await.unwrap().event.as_deref(), Some("interest"));
+    let stopping = tokio::spawn(a.stop());
+    let close = loop {
+        let e = s
+            .next()
+            .await
+            .expect("a close event before the stream ends");
+        if !e.comment {
+            break e;
+        }
+    };
+    assert_eq!(close.event.as_deref(), Some("close"), "{close:?}");
+    assert_eq!(close.json()["code"], 1001);
+    assert!(
+        s.next().await.is_none(),
+        "the stream ends after its close event"
+    );
+    stopping.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -496,7 +496,8 @@ impl EventsApi {
     /// 403); the same permissions, per-user and per-instance connection limits, queue and gap
     /// rule, and re-checks: a revoked or expired token ends the stream. `Last-Event-ID` (which
     /// `EventSource` sends by itself when it reconnects) or `?since=` resumes after that id with
-    /// no gap and no duplicate, on this or any other instance.
+    /// no gap and no duplicate, on this or any other instance; given both, after the later one
+    /// (a page's `EventSource` keeps its `?since=` on every reconnect).
     ///
     /// ```text
     /// GET /core4/api/v1/event/stream?channel=message&channel=system
@@ -517,8 +518,8 @@ impl EventsApi {
         channel: Query<Vec<String>>,
         /// Replay the stored messages after this id first, then continue live.
         since: Query<Option<String>>,
-        /// The id of the last event received (sent by `EventSource` when it reconnects); used
-        /// when `since` is not given.
+        /// The id of the last event received (sent by `EventSource` when it reconnects). With
+        /// `since` as well, the stream resumes after the later of the two.
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<String>>,
     ) -> Reply<EventStream, StreamFailures> {
@@ -527,11 +528,21 @@ impl EventsApi {
             .auth
             .require(&auth, qual::EVENT, Method::Read)
             .await?;
-        let since = match since.0.or(last_event_id.0) {
-            None => None,
-            Some(s) => Some(parse_id_str(&s).ok_or_else(|| {
-                ApiError::BadRequest("parameter [since] must be a message id".into())
-            })?),
+        let id = |raw: Option<String>, name: &str| -> Result<Option<i64>, ApiError> {
+            raw.map(|s| {
+                parse_id_str(&s)
+                    .ok_or_else(|| ApiError::BadRequest(format!("{name} must be a message id")))
+            })
+            .transpose()
+        };
+        // An `EventSource` keeps its URL: on a reconnect its `since` is older than the
+        // `Last-Event-ID` it sends, and resuming from `since` would repeat events.
+        let since = match (
+            id(since.0, "parameter [since]")?,
+            id(last_event_id.0, "header [Last-Event-ID]")?,
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         };
         let hub = &self.state.hub;
         let most = hub

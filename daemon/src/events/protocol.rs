@@ -85,6 +85,19 @@ pub fn parse_frame(text: &str) -> Parsed {
     }
 }
 
+/// The correlation id of a frame that is refused unparsed (over the size limit), so that its
+/// error reply can still carry it; the rest of the document is skipped, not built.
+pub fn frame_id(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct OnlyId {
+        id: Option<String>,
+    }
+    serde_json::from_str::<OnlyId>(text)
+        .ok()?
+        .id
+        .filter(|id| id.chars().count() <= MAX_ID_CHARS)
+}
+
 /// Parses one text frame, without its correlation id.
 pub fn parse(text: &str) -> Result<Request, FrameError> {
     parse_frame(text).request
@@ -446,6 +459,20 @@ mod tests {
             serde_json::json!({"type": "send", "message_id": "3", "message": "OK", "id": "b"})
         );
         assert_eq!(&*with_id(gap_frame(1), None), &*gap_frame(1));
+    }
+
+    #[test]
+    fn the_id_of_an_unparsed_frame_is_found_alone() {
+        let big = "x".repeat(1000);
+        let frame = format!(r#"{{"type":"message","text":{{"a":["{big}"]}},"id":"big"}}"#);
+        assert_eq!(frame_id(&frame).as_deref(), Some("big"));
+        assert_eq!(frame_id(r#"{"type":"message"}"#), None);
+        assert_eq!(frame_id(r#"{"id":5}"#), None);
+        assert_eq!(frame_id("not json"), None);
+        assert_eq!(
+            frame_id(&format!(r#"{{"id":"{}"}}"#, "i".repeat(MAX_ID_CHARS + 1))),
+            None
+        );
     }
 
     fn row() -> EventRow {

@@ -201,6 +201,7 @@ impl Reader<'_> {
     async fn handle(&mut self, text: Utf8Bytes) {
         let limit = self.shared.settings().max_frame_bytes;
         if text.len() > limit {
+            self.id = protocol::frame_id(&text);
             return self.error(
                 ErrorKind::TooLarge,
                 &format!("frame too large: {} bytes (limit {limit})", text.len()),
