@@ -182,7 +182,7 @@ pub struct MessageRequestFrame {
     pub channel: String,
     /// Any JSON value except null and the empty string; stored as the event's `data`.
     pub text: Value,
-    /// Idempotency key (1 to 128 characters): a message with the (author, key) of one stored
+    /// Idempotency key (1 to 128 characters, no control characters): a message with the (author, key) of one stored
     /// within `events.idempotency_window_secs` (24 h) is not stored again; the ack names the
     /// original `message_id` with `"duplicate": true`. Resend with the same key after a
     /// reconnect to publish exactly once.
@@ -391,7 +391,7 @@ pub struct PublishRequest {
     /// `data`. (Both are checked after the credentials, with the socket's error phrases.)
     #[serde(default)]
     pub text: Option<Value>,
-    /// Idempotency key (1 to 128 characters); the `Idempotency-Key` header does the same.
+    /// Idempotency key (1 to 128 characters, no control characters); the `Idempotency-Key` header does the same (both given, they must match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }

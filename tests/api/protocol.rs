@@ -452,3 +452,101 @@ async fn a_resubscription_replays_what_the_socket_was_not_sent_on_every_channel(
     sub.assert_silent(std::time::Duration::from_millis(200))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_database_refuses_costs_no_other_message_its_place() {
+    let url = core4_tests::fresh_database().await;
+    let app = spawn_app_with(test_settings(&url)).await;
+    let admin = app.admin_token().await;
+    // Stand-in for any row PostgreSQL refuses that validation let through.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.data::text = '"poison"' THEN RAISE EXCEPTION 'poisoned'; END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();"#,
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut ws = Ws::connect(&app, &admin).await;
+    // Pipelined, so that they share group commits with the poison.
+    let texts: Vec<String> = (0..41)
+        .map(|i| {
+            if i == 20 {
+                "poison".into()
+            } else {
+                format!("good-{i}")
+            }
+        })
+        .collect();
+    let frames: Vec<String> = texts
+        .iter()
+        .map(|t| json!({"type": "message", "channel": "keyed", "text": t}).to_string())
+        .collect();
+    ws.send_pipelined(&frames).await;
+    for text in &texts {
+        let reply = next_reply(&mut ws).await;
+        if text == "poison" {
+            assert_eq!(reply["kind"], "internal", "{reply}");
+        } else {
+            // (The first also adds the channel to the socket's interests.)
+            assert!(reply["message_id"].is_string(), "{text}: {reply}");
+        }
+    }
+    let mut good: Vec<String> = texts.into_iter().filter(|t| t != "poison").collect();
+    good.sort();
+    assert_eq!(stored_texts(&app, &admin).await, good);
+    // The database holds every stored id: none was lost to the failed batch.
+    let (count, max): (i64, i64) = sqlx::query_as("SELECT count(*), max(id) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, max, "ids stay gapless");
+}
+
+#[tokio::test]
+async fn keys_with_control_characters_are_refused_before_the_database() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    ws.send(
+        json!({"type": "message", "channel": "keyed", "text": "x", "key": "k\u{0}", "id": "n"}),
+    )
+    .await;
+    let reply = next_reply(&mut ws).await;
+    assert_eq!(
+        (reply["kind"].as_str(), reply["id"].as_str()),
+        (Some("malformed"), Some("n")),
+        "{reply}"
+    );
+    let (status, body) = app
+        .post(
+            "/event",
+            &admin,
+            json!({"channel": "keyed", "text": "x", "key": "k\u{0}"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("control characters"),
+        "{body}"
+    );
+    let resp = app
+        .client
+        .post(app.url("/event"))
+        .bearer_auth(&admin)
+        .header("Idempotency-Key", "one")
+        .json(&json!({"channel": "keyed", "text": "x", "key": "other"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(stored_texts(&app, &admin).await.is_empty());
+}

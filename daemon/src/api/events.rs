@@ -600,7 +600,8 @@ impl EventsApi {
         &self,
         auth: TokenAuth,
         body: Json<Strict<PublishRequest>>,
-        /// Idempotency key (1 to 128 characters), used when the body has no `key`.
+        /// Idempotency key (1 to 128 characters, no control characters), used when the body has
+        /// no `key`; given with a different body `key`, a 400.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
     ) -> Reply<PublishResponse, PublishFailures> {
@@ -625,13 +626,19 @@ impl EventsApi {
             }
             Some(v) => v.to_string(),
         };
+        if let (Some(body_key), Some(header_key)) = (&key, &idempotency_key.0)
+            && body_key != header_key
+        {
+            return Err(ApiError::BadRequest(
+                "malformed message: `key` and the Idempotency-Key header differ; send one".into(),
+            )
+            .into());
+        }
         let key = key.or(idempotency_key.0);
         if key.as_deref().is_some_and(|k| !valid_key(k)) {
-            return Err(ApiError::BadRequest(format!(
-                "malformed message: `key` must be a string of 1 to {} characters",
-                crate::events::protocol::MAX_KEY_CHARS
-            ))
-            .into());
+            return Err(
+                ApiError::BadRequest(crate::events::protocol::invalid_key_message()).into(),
+            );
         }
         let stored = self
             .state

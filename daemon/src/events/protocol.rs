@@ -145,11 +145,7 @@ fn parse_object(mut obj: Map<String, Value>) -> Result<Request, FrameError> {
             let key = match obj.get("key") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(k)) if valid_key(k) => Some(k.clone()),
-                Some(_) => {
-                    return Err(FrameError::new(format!(
-                        "malformed message: `key` must be a string of 1 to {MAX_KEY_CHARS} characters"
-                    )));
-                }
+                Some(_) => return Err(FrameError::new(invalid_key_message())),
             };
             Ok(Request::Message { channel, text, key })
         }
@@ -190,9 +186,17 @@ fn parse_interest(obj: &Map<String, Value>) -> Result<Request, FrameError> {
     Ok(Request::Interest { data, since })
 }
 
-/// Is `key` a valid idempotency key (1 to [`MAX_KEY_CHARS`] characters)?
+/// Is `key` a valid idempotency key (1 to [`MAX_KEY_CHARS`] characters, none a control
+/// character: PostgreSQL's text cannot even hold NUL)?
 pub fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.chars().count() <= MAX_KEY_CHARS
+    !key.is_empty() && key.chars().count() <= MAX_KEY_CHARS && !key.chars().any(char::is_control)
+}
+
+/// The error phrase for a key [`valid_key`] refuses.
+pub fn invalid_key_message() -> String {
+    format!(
+        "malformed message: `key` must be a string of 1 to {MAX_KEY_CHARS} characters, none of them control characters"
+    )
 }
 
 /// A message id as sent by clients: a decimal string (or number), not negative.
@@ -434,6 +438,11 @@ mod tests {
         );
         assert!(err(&key).contains("`key` must be a string of 1 to 128"));
         assert!(err(r#"{"type":"message","channel":"c","text":"x","key":""}"#).contains("`key`"));
+        for bad in [r"k\u0000", r"k\n", r"\u007f", r"\u0085"] {
+            let frame = format!(r#"{{"type":"message","channel":"c","text":"x","key":"{bad}"}}"#);
+            assert!(err(&frame).contains("control characters"), "{bad}");
+        }
+        assert!(valid_key("ключ-€-1"));
     }
 
     #[test]

@@ -92,6 +92,33 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) 
 }
 
 async fn commit(shared: &Shared, batch: &mut Vec<Pending>) {
+    if let Err(Isolate) = commit_together(shared, batch).await {
+        // One message the database refuses must not cost the others theirs: each is stored on
+        // its own, in order, and only the one at fault gets the error.
+        tracing::warn!(
+            messages = batch.len(),
+            "a batch of events failed; storing its messages one by one"
+        );
+        let mut one = Vec::with_capacity(1);
+        for p in batch.drain(..) {
+            one.push(p);
+            if commit_together(shared, &mut one).await.is_err() {
+                for p in one.drain(..) {
+                    p.reply.send(Err(&(
+                        ErrorKind::Internal,
+                        "message not stored: internal error".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// A batch of several messages failed for a reason that is not the connection's: its messages
+/// are still in the batch, to be stored one by one.
+struct Isolate;
+
+async fn commit_together(shared: &Shared, batch: &mut Vec<Pending>) -> Result<(), Isolate> {
     let started = Instant::now();
     let mut rows = NewBatch::default();
     let keyed = batch.iter().any(|p| p.key.is_some());
@@ -129,12 +156,31 @@ async fn commit(shared: &Shared, batch: &mut Vec<Pending>) {
                 shared.dispatch(Dispatch::Local(events));
             }
         }
+        Err(failed) if failed.0 == ErrorKind::Internal && batch.len() > 1 => {
+            // Give the messages their fields back, to be tried one by one.
+            let NewBatch {
+                authors,
+                channels,
+                data,
+                keys,
+                ..
+            } = rows;
+            let mut keys = keys.map(Vec::into_iter);
+            for (((p, author), channel), data) in
+                batch.iter_mut().zip(authors).zip(channels).zip(data)
+            {
+                (p.author, p.channel, p.data) = (author, channel, data);
+                p.key = keys.as_mut().and_then(Iterator::next).flatten();
+            }
+            return Err(Isolate);
+        }
         Err(failed) => {
             for p in batch.drain(..) {
                 p.reply.send(Err(&failed));
             }
         }
     }
+    Ok(())
 }
 
 /// The stored messages of a batch (duplicates left out), in id order.
