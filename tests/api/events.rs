@@ -75,9 +75,14 @@ impl Ws {
 
     /// Writes raw bytes on the connection (frames the client library would refuse to build).
     pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
+        self.try_send_raw(bytes).await.expect("raw write");
+    }
+
+    /// [`Self::send_raw`], returning the error of a connection the server closed.
+    pub(crate) async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         match self.inner.get_mut() {
-            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.expect("raw write"),
+            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await,
             _ => panic!("raw frames only on plain sockets"),
         }
     }

@@ -550,3 +550,33 @@ async fn keys_with_control_characters_are_refused_before_the_database() {
     assert_eq!(resp.status(), 400);
     assert!(stored_texts(&app, &admin).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pings_and_never_reads_is_closed_instead_of_buffered() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    let pings: Vec<u8> = raw_frame(0x89, &[b'x'; 125]).repeat(500);
+    // Every ping is answered with a pong this client never reads (unbounded, the pongs piled up
+    // in core4d's memory at 240 MB/s). Pings count against the user's frame rate: past it the
+    // socket is closed, and the writes here fail.
+    let total = 512 * 1024 * 1024 / pings.len();
+    let mut refused = false;
+    for _ in 0..total {
+        if tokio::time::timeout(std::time::Duration::from_secs(20), ws.try_send_raw(&pings))
+            .await
+            .expect("core4d keeps reading or closes")
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "512 MiB of pings were taken without a close");
+    // A client that reads its pongs sees why.
+    let mut ws = Ws::connect(&app, &admin).await;
+    ws.send_raw(&raw_frame(0x89, b"p").repeat(1000)).await;
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.starts_with("too many pings"), "{reason}");
+}

@@ -212,9 +212,14 @@ impl Hub {
             .map(|s| s.max_frame_bytes)
             .unwrap_or(64 * 1024);
         let hard = limit.saturating_mul(16).max(1 << 20);
+        let write_buffer = 16 * 1024;
         WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(16 * 1024)
+            .write_buffer_size(write_buffer)
+            // Only grows past `write_buffer` while the client does not read. The sender waits
+            // for room after every frame, so what piles up beyond that are the automatic pongs of
+            // a client that pings and never reads: a bound, then the socket is closed.
+            .max_write_buffer_size(write_buffer + 2 * hard)
             .max_message_size(Some(hard))
             .max_frame_size(Some(hard))
     }

@@ -161,6 +161,22 @@ impl Reader<'_> {
                 None | Some(Err(_)) => return End::Gone,
                 Some(Ok(Message::Text(text))) => Some(text),
                 Some(Ok(Message::Binary(_))) => None,
+                Some(Ok(Message::Ping(_))) => {
+                    // Each ping is answered with a pong; a flood of them (from a client that
+                    // may not even read the pongs) counts against the user's frame rate.
+                    let s = self.shared.settings();
+                    if !self.sub.user.try_send(s.messages_per_second, s.burst) {
+                        self.sub.close(
+                            super::close::POLICY,
+                            format!(
+                                "too many pings: they count against the limit of {} frames per second per user",
+                                s.messages_per_second
+                            ),
+                        );
+                        return End::Server;
+                    }
+                    continue;
+                }
                 Some(Ok(_)) => continue,
             };
             // One reply permit per client frame: a client that does not read its replies stops
