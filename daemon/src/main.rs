@@ -160,7 +160,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    core4d::telemetry::init(&settings.log_format);
+    core4d::telemetry::init(settings.log_format.as_str());
     raise_open_file_limit();
     let app = Application::build(settings).await?;
     if let Some(pw) = &app.generated_admin_password {
@@ -185,7 +185,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// code says which kind of failure it was.
 async fn administer(command: Command, settings: Settings) -> std::process::ExitCode {
     // Only warnings: the embedded cluster's start-up chatter is not the command's output.
-    core4d::telemetry::init_with_default(&settings.log_format, "warn");
+    core4d::telemetry::init_with_default(settings.log_format.as_str(), "warn");
     let done = match command {
         Command::Admin(AdminCommand::ResetPassword {
             username,
