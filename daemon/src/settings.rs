@@ -640,7 +640,10 @@ fn describe(kind: figment::error::Kind, variable: Option<&str>) -> String {
             format!("unknown key `{found}`; expected one of {}", list(expected))
         }
         Kind::UnknownVariant(found, expected) => {
-            format!("unknown value `{found}`; expected one of {}", list(expected))
+            format!(
+                "unknown value `{found}`; expected one of {}",
+                list(expected)
+            )
         }
         Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
             let expected = plain(&expected);
