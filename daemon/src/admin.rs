@@ -111,6 +111,43 @@ impl Target {
     pub async fn pool(&self) -> Result<sqlx::PgPool, AdminError> {
         Ok(crate::startup::connect(&self.url, 2).await?)
     }
+
+    /// A single connection, for checks that count sessions.
+    pub async fn connection(&self) -> Result<sqlx::PgConnection, AdminError> {
+        Ok(crate::startup::connect_one(&self.url).await?)
+    }
+}
+
+/// The `core4d admin reset-password` command for the database `settings` name (the data dir or
+/// the database URL in use), ready to paste; a password in the URL is shown as `<redacted>`.
+pub fn reset_password_command(settings: &Settings, username: &str) -> String {
+    let target = match &settings.database_url {
+        Some(url) => format!(
+            "--database-url {}",
+            shell_quote(&crate::settings::redact_url(url))
+        ),
+        None => {
+            let dir = std::path::absolute(&settings.data_dir)
+                .unwrap_or_else(|_| settings.data_dir.clone());
+            format!("--data-dir {}", shell_quote(&dir.display().to_string()))
+        }
+    };
+    format!(
+        "core4d {target} admin reset-password --username {}",
+        shell_quote(username)
+    )
+}
+
+/// `s` as one shell word: unchanged when that is safe, else in single quotes.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// What `reset-password` did, for the operator.
@@ -212,4 +249,30 @@ pub fn read_new_password(from_stdin: bool) -> Result<String, AdminError> {
         ));
     }
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reset_password_command_names_the_database_in_use() {
+        let settings = Settings {
+            data_dir: "/srv/core 4d".into(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            reset_password_command(&settings, "admin"),
+            "core4d --data-dir '/srv/core 4d' admin reset-password --username admin"
+        );
+        let settings = Settings {
+            database_url: Some("postgres://core4:pw@db:5432/core4".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            reset_password_command(&settings, "it's"),
+            "core4d --database-url 'postgres://core4:<redacted>@db:5432/core4' admin \
+             reset-password --username 'it'\\''s'"
+        );
+    }
 }

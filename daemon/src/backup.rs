@@ -15,12 +15,12 @@ use std::{
 };
 
 use anyhow::Context;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 use tokio::io::AsyncReadExt;
 
 use crate::{
     admin::{AdminError, Target},
-    embedded_pg::client_tool,
+    embedded_pg::{STARTUP_PROBE, client_tool},
 };
 
 /// What a database holds, for the operator.
@@ -59,16 +59,40 @@ pub async fn backup(
     settings: &crate::settings::Settings,
     file: &Path,
 ) -> Result<BackupReport, AdminError> {
+    check_destination(file)?;
     let target = Target::open(settings, false).await?;
     let result = dump(&target, file).await;
     target.release().await?;
     result
 }
 
+/// Where the backup goes must be a file in a directory that exists, checked before any
+/// database work; otherwise the error would name the internal `FILE.partial`.
+fn check_destination(file: &Path) -> Result<(), AdminError> {
+    if file.is_dir() {
+        return Err(AdminError::Usage(format!(
+            "{} is a directory: name the backup file, e.g. {}",
+            file.display(),
+            file.join("core4d.dump").display()
+        )));
+    }
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(AdminError::Usage(format!(
+            "the directory {} does not exist: create it first, or name a file in another one",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 async fn dump(target: &Target, file: &Path) -> Result<BackupReport, AdminError> {
-    let pool = target.pool().await?;
-    let contents = contents(&pool).await;
-    pool.close().await;
+    let mut conn = target.connection().await?;
+    let contents = contents(&mut conn).await;
+    let _ = conn.close().await;
     let contents = contents?.ok_or_else(|| {
         AdminError::NotFound("this database holds no core4d data: nothing to back up".into())
     })?;
@@ -91,7 +115,17 @@ async fn dump(target: &Target, file: &Path) -> Result<BackupReport, AdminError> 
         .create_new(true)
         .mode(0o600)
         .open(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+        .map_err(|e| {
+            let dir = partial.parent().unwrap_or(Path::new("."));
+            AdminError::Usage(format!(
+                "cannot write the backup into {}: {e}",
+                if dir.as_os_str().is_empty() {
+                    Path::new(".").display()
+                } else {
+                    dir.display()
+                }
+            ))
+        })?;
     let conn = Libpq::from_url(&target.url);
     let mut cmd = tokio::process::Command::new(client_tool("pg_dump"));
     cmd.args(["--format=custom", "--no-owner", "--no-privileges", "--file"])
@@ -165,25 +199,23 @@ async fn restore_into(
                 .into(),
         ));
     }
-    let pool = target.pool().await?;
-    let others: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-    )
-    .fetch_one(&pool)
-    .await
-    .context("cannot inspect the database")?;
+    // One connection, not a pool: a pool may open a second connection of ours while the first
+    // is being returned to it, and this check would count that one as another session.
+    let mut conn = target.connection().await?;
+    let others = other_sessions(&mut conn)
+        .await
+        .context("cannot inspect the database")?;
     let objects: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = 'public')
               + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                  WHERE n.nspname = 'public')",
     )
-    .fetch_one(&pool)
+    .fetch_one(&mut conn)
     .await
     .context("cannot inspect the database")?;
-    let before = contents(&pool).await;
-    pool.close().await;
+    let before = contents(&mut conn).await;
+    let _ = conn.close().await;
     if others > 0 {
         return Err(AdminError::Refused(format!(
             "{others} other sessions are connected to this database (a running core4d?): stop \
@@ -204,9 +236,9 @@ async fn restore_into(
 
     run_restore(&target.url, file, replaced).await?;
 
-    let pool = target.pool().await?;
-    let after = contents(&pool).await;
-    pool.close().await;
+    let mut conn = target.connection().await?;
+    let after = contents(&mut conn).await;
+    let _ = conn.close().await;
     let contents = after?.ok_or_else(|| {
         AdminError::Failed(anyhow::anyhow!(
             "the restore succeeded but the database holds no core4d tables: was {} made by core4d?",
@@ -300,13 +332,27 @@ fn collect(
     })
 }
 
+/// Client sessions on the connection's database other than itself: a running core4d, psql, ...
+/// Background workers (autovacuum, the launcher) are not clients, and the embedded cluster's
+/// start-up probe may still be exiting when the start returns: neither is counted.
+pub async fn other_sessions(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend' AND application_name IS DISTINCT FROM $1",
+    )
+    .bind(STARTUP_PROBE)
+    .fetch_one(conn)
+    .await
+}
+
 /// Counts of what core4d stores; `None` when the database holds no core4d tables.
-async fn contents(pool: &PgPool) -> Result<Option<Contents>, AdminError> {
+async fn contents(conn: &mut PgConnection) -> Result<Option<Contents>, AdminError> {
     let has_tables: bool = sqlx::query_scalar(
         "SELECT to_regclass('public.roles') IS NOT NULL AND to_regclass('public.events') IS NOT NULL
             AND to_regclass('public.event_head') IS NOT NULL",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await
     .context("cannot inspect the database")?;
     if !has_tables {
@@ -318,7 +364,7 @@ async fn contents(pool: &PgPool) -> Result<Option<Contents>, AdminError> {
                 (SELECT count(*) FROM events),
                 (SELECT last_id FROM event_head)",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await
     .context("cannot count core4d's data")?;
     Ok(Some(Contents {

@@ -26,6 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
@@ -42,6 +43,9 @@ const MAX_SOCKET_PATH: usize = 107;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT_SECS: &str = "60";
 const SERVER_BINARIES: [&str; 3] = ["initdb", "postgres", "pg_ctl"];
+/// `application_name` of the connection that checks the server is up. Its backend may still be
+/// exiting when the start returns, so checks for other sessions (restore) leave it out.
+pub const STARTUP_PROBE: &str = "core4d-startup-probe";
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
@@ -481,6 +485,13 @@ impl EmbeddedPostgres {
 
     async fn wait_until_ready(&self) -> Result<(), EmbeddedError> {
         let url = self.url("postgres");
+        let probe = sqlx::postgres::PgConnectOptions::from_str(&url)
+            .map(|o| o.application_name(STARTUP_PROBE))
+            .map_err(|e| EmbeddedError::NotReady {
+                last_error: e.to_string(),
+                log: self.log_path.clone(),
+                log_tail: String::new(),
+            })?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last_error = String::from("the socket never appeared");
         loop {
@@ -488,7 +499,7 @@ impl EmbeddedPostgres {
                 return Err(EmbeddedError::ExitedDuringStartup(exit));
             }
             if self.socket_dir.join(format!(".s.PGSQL.{PORT}")).exists() {
-                match sqlx::PgConnection::connect(&url).await {
+                match sqlx::PgConnection::connect_with(&probe).await {
                     Ok(conn) => {
                         let _ = conn.close().await;
                         return Ok(());
@@ -802,11 +813,10 @@ fn choose_cluster_dir(data_dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf,
         data_dir.display()
     )))?;
     check_owner(&data_dir.join("pg"), run_as)?;
-    let Some(user) = run_as else {
-        return Ok(data_dir.join("pg"));
-    };
-    if can_traverse(&data_dir, user) {
-        return Ok(data_dir.join("pg"));
+    let reachable = run_as.is_none_or(|user| can_traverse(&data_dir, user));
+    let dir = cluster_dir_of(&data_dir, reachable);
+    if reachable {
+        return Ok(dir);
     }
     let parent = Path::new(ROOT_FALLBACK_PARENT);
     fs::DirBuilder::new()
@@ -814,13 +824,54 @@ fn choose_cluster_dir(data_dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf,
         .mode(0o755)
         .create(parent)
         .map_err(io_err(format!("could not create {}", parent.display())))?;
-    let dir = parent.join(format!("pg-{:016x}", fnv1a(data_dir.as_os_str())));
     tracing::info!(
         data_dir = %data_dir.display(),
         cluster = %dir.display(),
         "the postgres user cannot reach the data directory, so the private PostgreSQL cluster lives elsewhere"
     );
     Ok(dir)
+}
+
+/// The cluster dir of a canonical data dir: inside it, or (root, and the `postgres` user cannot
+/// reach it) in the fallback parent under a stable name.
+fn cluster_dir_of(data_dir: &Path, reachable: bool) -> PathBuf {
+    if reachable {
+        data_dir.join("pg")
+    } else {
+        Path::new(ROOT_FALLBACK_PARENT).join(format!("pg-{:016x}", fnv1a(data_dir.as_os_str())))
+    }
+}
+
+/// Where the embedded cluster of `data_dir` is, or will be at the first start, without creating
+/// anything: `core4d config` shows it, so the operator finds `server.log`.
+pub fn cluster_dir_for(data_dir: &Path) -> Result<PathBuf, EmbeddedError> {
+    let run_as = if running_as_root()? {
+        postgres_user()?
+    } else {
+        None
+    };
+    let absolute = std::path::absolute(data_dir).map_err(io_err(format!(
+        "could not resolve the data directory {}",
+        data_dir.display()
+    )))?;
+    // The first start creates the missing part (mode 0755 under the usual umask): only the
+    // directories that exist decide whether the `postgres` user gets through.
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        missing.push(name);
+        existing = parent;
+    }
+    let mut canonical = fs::canonicalize(existing).map_err(io_err(format!(
+        "could not resolve the data directory {}",
+        data_dir.display()
+    )))?;
+    canonical.extend(missing.iter().rev());
+    let reachable = run_as.is_none_or(|user| can_traverse(existing, user));
+    Ok(cluster_dir_of(&canonical, reachable))
 }
 
 /// A cluster must be run by the user that owns it: PostgreSQL refuses others, and root would

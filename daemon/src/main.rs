@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use core4d::{
     settings::{Overrides, Settings},
     startup::Application,
@@ -24,9 +24,9 @@ use core4d::{
 /// with CORE4_ADMIN_PASSWORD, or else a generated password printed once on stderr.
 /// `core4d admin reset-password` sets a forgotten one.
 ///
-/// Exit codes: 0 success, 1 failure, 2 invalid configuration or input, 3 no such user or file
-/// (or no data yet), 4 refused to protect data (restore over data without --force, or while
-/// core4d runs).
+/// Exit codes: 0 success, 1 failure, 2 invalid configuration or input (including a data
+/// directory whose cluster belongs to another user), 3 no such user or file (or no data yet),
+/// 4 refused to protect data (restore over data without --force, or while core4d runs).
 ///
 /// TLS: with tls.cert_file and tls.key_file (PEM; CORE4_TLS__CERT_FILE, CORE4_TLS__KEY_FILE) the
 /// listener serves HTTPS and WSS; SIGHUP re-reads both files. Behind a reverse proxy, list it in
@@ -42,9 +42,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "CORE4_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:5001].
-    #[arg(long, global = true)]
-    listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    listen: ListenArg,
     /// PostgreSQL URL; unset: the embedded private cluster. Also DATABASE_URL.
     #[arg(long, global = true)]
     database_url: Option<String>,
@@ -55,12 +54,27 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// `--listen`, only where it means something: serving, and `config`, which shows it.
+#[derive(Args, Clone, Copy, Default)]
+struct ListenArg {
+    /// Address to listen on [default: 127.0.0.1:5001]. Also CORE4_LISTEN.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (the default).
-    Serve,
-    /// Print the effective configuration as TOML, secrets redacted.
-    Config,
+    Serve {
+        #[command(flatten)]
+        listen: ListenArg,
+    },
+    /// Print the effective configuration as TOML, secrets redacted, and where the embedded
+    /// cluster (and its server.log) is.
+    Config {
+        #[command(flatten)]
+        listen: ListenArg,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Administer users directly in the database, whether core4d runs or not.
@@ -105,8 +119,16 @@ enum AdminCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve {
+        listen: ListenArg::default(),
+    });
+    let listen = match &command {
+        Command::Serve { listen } | Command::Config { listen } => listen.listen,
+        _ => None,
+    }
+    .or(cli.listen.listen);
     let overrides = Overrides {
-        listen: cli.listen,
+        listen,
         database_url: cli.database_url.clone(),
         data_dir: cli.data_dir.clone(),
     };
@@ -117,6 +139,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Serving logs its start-up; the other commands' output is their result, so only warnings.
+    let filter = match command {
+        Command::Serve { .. } => core4d::telemetry::DEFAULT_FILTER,
+        _ => "warn",
+    };
+    core4d::telemetry::init_with_default(settings.log_format.as_str(), filter);
+    for warning in core4d::settings::unknown_variable_warnings() {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,7 +158,6 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let command = cli.command.unwrap_or(Command::Serve);
     if matches!(
         command,
         Command::Admin(_) | Command::Backup { .. } | Command::Restore { .. }
@@ -136,15 +166,15 @@ fn main() -> std::process::ExitCode {
     }
     let result = runtime.block_on(async move {
         match command {
-            Command::Config => {
-                print!("{}", settings.redacted_toml());
+            Command::Config { .. } => {
+                print!("{}", config_text(&settings));
                 Ok(())
             }
             Command::Openapi => {
                 println!("{}", core4d::api::offline_spec(&settings).await?);
                 Ok(())
             }
-            Command::Serve => serve(settings).await,
+            Command::Serve { .. } => serve(settings).await,
             Command::Admin(_) | Command::Backup { .. } | Command::Restore { .. } => {
                 unreachable!("handled by administer")
             }
@@ -154,23 +184,60 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("core4d: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(serve_exit_code(&e))
         }
     }
 }
 
+/// 2 for what the operator must fix in the configuration or invocation (as `--help` says), 1
+/// for everything else.
+fn serve_exit_code(e: &anyhow::Error) -> u8 {
+    let config = e.chain().any(|cause| {
+        cause.is::<core4d::settings::ConfigError>()
+            || matches!(
+                cause.downcast_ref::<core4d::embedded_pg::EmbeddedError>(),
+                Some(core4d::embedded_pg::EmbeddedError::OwnedByOther { .. })
+            )
+    });
+    if config { 2 } else { 1 }
+}
+
+/// The effective configuration, with the embedded cluster's directory after `data_dir`: for
+/// root it is not under `data_dir`, and that is where `server.log` is.
+fn config_text(settings: &Settings) -> String {
+    let cluster = match &settings.database_url {
+        Some(_) => "# embedded cluster: not used (database_url is set)".to_string(),
+        None => match core4d::embedded_pg::cluster_dir_for(&settings.data_dir) {
+            Ok(dir) => format!(
+                "# embedded cluster: {} (PostgreSQL's data and server.log)",
+                dir.display()
+            ),
+            Err(e) => format!("# embedded cluster: unknown ({e})"),
+        },
+    };
+    let mut out = String::new();
+    for line in settings.redacted_toml().lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("data_dir = ") {
+            out.push_str(&cluster);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    core4d::telemetry::init(&settings.log_format);
     raise_open_file_limit();
     let app = Application::build(settings).await?;
     if let Some(pw) = &app.generated_admin_password {
+        let settings = &app.state().settings;
+        let name = settings.admin_username.trim();
+        eprintln!("core4d: created the admin user `{name}` with the password: {pw}");
         eprintln!(
-            "core4d: created the admin user `{}` with the password: {pw}",
-            app.state().settings.admin_username
-        );
-        eprintln!(
-            "core4d: it is shown only this once; change it with `core4ctl roles update` (or \
-             `core4d admin reset-password`)."
+            "core4d: it is shown only this once; change it with `core4ctl roles update {name} \
+             --password-prompt` (or `{}`).",
+            core4d::admin::reset_password_command(settings, name)
         );
     }
     let shutdown = shutdown_signal();
@@ -184,8 +251,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// The administrative commands: what was done goes to stdout, errors to stderr, and the exit
 /// code says which kind of failure it was.
 async fn administer(command: Command, settings: Settings) -> std::process::ExitCode {
-    // Only warnings: the embedded cluster's start-up chatter is not the command's output.
-    core4d::telemetry::init_with_default(&settings.log_format, "warn");
     let done = match command {
         Command::Admin(AdminCommand::ResetPassword {
             username,

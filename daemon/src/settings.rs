@@ -54,10 +54,35 @@ pub struct Settings {
     /// Event channel limits and tuning.
     pub events: EventSettings,
     /// Log format: `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Embedded PostgreSQL only: turn off fsync (tests; never in production).
     pub embedded_fsync: bool,
 }
+
+/// How log lines are written on stderr. Spelt exactly (`text`, `json`), as `core4d config`
+/// prints it: a value that is not one of them is a configuration error, not a silent `text`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// A configuration mistake found after the settings were loaded (a TLS file that cannot be
+/// read, a cluster of another user): the start fails with exit code 2, as for a bad setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -206,7 +231,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             http: HttpSettings::default(),
             events: EventSettings::default(),
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             embedded_fsync: true,
         }
     }
@@ -318,10 +343,21 @@ impl Settings {
         if let Some(v) = raw("CORE4_ADMIN_PASSWORD") {
             settings.admin_password = Some(v);
         }
-        if flags.database_url.is_none()
-            && let Some(v) = raw("CORE4_DATABASE_URL").or_else(|| raw("DATABASE_URL"))
-        {
-            settings.database_url = Some(v);
+        let from_env = ["CORE4_DATABASE_URL", "DATABASE_URL"]
+            .into_iter()
+            .find_map(|name| raw(name).map(|v| (name, v)));
+        let url_source = match (&flags.database_url, from_env, config_file) {
+            (Some(_), _, _) => "--database-url".to_string(),
+            (None, Some((name, v)), _) => {
+                settings.database_url = Some(v);
+                name.to_string()
+            }
+            (None, None, Some(path)) => format!("{}: database_url", path.display()),
+            (None, None, None) => "database_url".to_string(),
+        };
+        if let Some(url) = &settings.database_url {
+            check_database_url(url)
+                .map_err(|e| format!("invalid configuration: {url_source}: {e}"))?;
         }
         settings.validate()?;
         Ok(settings)
@@ -549,34 +585,200 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// figment's message, with a list of valid keys or values written once (its own wraps serde's
-/// "one of `a`, `b`" in another pair of backticks).
+/// One line per figment error, in our words: where the value came from (the file, or the
+/// `CORE4_*` variable), the key, and what was wrong with it. figment's own text names its
+/// internals ("for key \"default.foo\" in c1.toml TOML file", "`CORE4_` environment variable(s)").
 fn config_error(err: figment::Error) -> String {
-    use figment::error::Kind;
     err.into_iter()
-        .map(|mut e| {
-            let list = |expected: &[&str]| {
-                expected
-                    .iter()
-                    .map(|x| format!("`{x}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            e.kind = match e.kind {
-                Kind::UnknownField(found, expected) => Kind::Message(format!(
-                    "unknown key `{found}`: expected one of {}",
-                    list(expected)
-                )),
-                Kind::UnknownVariant(found, expected) => Kind::Message(format!(
-                    "unknown value `{found}`: expected one of {}",
-                    list(expected)
-                )),
-                other => other,
-            };
-            e.to_string()
+        .map(|e| {
+            let key = e.path.join(".");
+            let variable = e
+                .metadata
+                .as_ref()
+                .filter(|m| m.name.contains("environment variable"))
+                .map(|_| format!("CORE4_{}", e.path.join("__").to_ascii_uppercase()));
+            let file = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .and_then(|s| s.file_path())
+                .map(|p| p.display().to_string());
+            let what = describe(e.kind, variable.as_deref());
+            match (variable, file) {
+                (Some(variable), _) => format!("{variable}: {what}"),
+                (None, Some(file)) if !key.is_empty() => format!("{file}: {key}: {what}"),
+                (None, Some(file)) => format!("{file}: {what}"),
+                (None, None) if !key.is_empty() => format!("{key}: {what}"),
+                (None, None) => what,
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What was wrong with one value, without serde's type names; `variable` is the `CORE4_*`
+/// variable it came from, for the hint on how to write a list there.
+fn describe(kind: figment::error::Kind, variable: Option<&str>) -> String {
+    use figment::error::{Actual, Kind};
+    let list = |expected: &[&str]| {
+        expected
+            .iter()
+            .map(|x| format!("`{x}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let plain = |expected: &str| -> String {
+        match expected {
+            "a sequence" => "a list".into(),
+            "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
+            "a boolean" => "true or false".into(),
+            other => other.into(),
+        }
+    };
+    match kind {
+        Kind::UnknownField(found, expected) => {
+            format!("unknown key `{found}`; expected one of {}", list(expected))
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "unknown value `{found}`; expected one of {}",
+                list(expected)
+            )
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            let expected = plain(&expected);
+            let mut text = format!("found {actual}, expected {expected}");
+            if let Some(variable) = variable
+                && expected == "a list"
+            {
+                let items = match &actual {
+                    Actual::Str(s) => s
+                        .split(',')
+                        .map(|item| format!("\"{}\"", item.trim()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => "\"...\"".into(),
+                };
+                text.push_str(&format!(
+                    "; a list is written as TOML, e.g. {variable}='[{items}]'"
+                ));
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `database_url` must be a URL sqlx can use; `notaurl` would otherwise fail only at the first
+/// connection, as "relative URL without a base". A value that is no URL is not echoed: it
+/// may be a libpq keyword string holding a password.
+fn check_database_url(url: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "postgres://core4:PASSWORD@db.example.com:5432/core4";
+    match url.split_once("://") {
+        Some((scheme, _))
+            if scheme.eq_ignore_ascii_case("postgres")
+                || scheme.eq_ignore_ascii_case("postgresql") => {}
+        Some((scheme, _)) => {
+            return Err(format!(
+                "`{scheme}://` is not a PostgreSQL URL: write postgres://USER:PASSWORD@HOST:PORT/DATABASE, e.g. {EXAMPLE}"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "not a postgres:// URL: write postgres://USER:PASSWORD@HOST:PORT/DATABASE, e.g. {EXAMPLE}"
+            ));
+        }
+    }
+    use std::str::FromStr;
+    sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| {
+        let why = match e {
+            sqlx::Error::Configuration(cause) => cause.to_string(),
+            other => other.to_string(),
+        };
+        format!(
+            "{} is not a valid PostgreSQL URL ({why}); e.g. {EXAMPLE}",
+            redact_url(url)
+        )
+    })?;
+    Ok(())
+}
+
+/// `CORE4_*` variables that are not settings but belong to core4d or core4ctl.
+const OTHER_VARIABLES: &[&str] = &[
+    "CORE4_CONFIG",
+    "CORE4_PG_BIN_DIR",
+    "CORE4_SERVER",
+    "CORE4_CACERT",
+];
+
+/// One warning per `CORE4_*` variable in the environment that is neither a setting nor one of
+/// [`OTHER_VARIABLES`] (a misspelt `CORE4_LISTN` would otherwise be ignored without a word),
+/// with the closest known name when one is near.
+pub fn unknown_variable_warnings() -> Vec<String> {
+    unknown_variables(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+}
+
+fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
+    let mut known: Vec<String> = OTHER_VARIABLES.iter().map(|s| s.to_string()).collect();
+    for (key, value) in defaults.as_object().into_iter().flatten() {
+        known.push(format!("CORE4_{}", key.to_ascii_uppercase()));
+        for nested in value.as_object().into_iter().flat_map(|o| o.keys()) {
+            known.push(format!(
+                "CORE4_{}__{}",
+                key.to_ascii_uppercase(),
+                nested.to_ascii_uppercase()
+            ));
+        }
+    }
+    let mut warnings = Vec::new();
+    let mut names: Vec<String> = names.into_iter().collect();
+    names.sort();
+    for name in names {
+        let upper = name.to_ascii_uppercase();
+        let Some(rest) = upper.strip_prefix("CORE4_") else {
+            continue;
+        };
+        if OTHER_VARIABLES.contains(&upper.as_str())
+            || is_setting_key(figment::value::UncasedStr::new(rest))
+            || matches!(rest, "SECRET" | "ADMIN_PASSWORD" | "DATABASE_URL")
+        {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|k| (edit_distance(&upper, k), k))
+            .min_by_key(|(d, _)| *d)
+            .filter(|(d, k)| *d <= 2 || *d * 5 <= k.len());
+        warnings.push(match closest {
+            Some((_, k)) => {
+                format!("{name} is not a core4d setting and is ignored; did you mean {k}?")
+            }
+            None => format!(
+                "{name} is not a core4d setting and is ignored (`core4d config` lists the keys; \
+                 the variable is CORE4_ and the key in capitals, nested keys joined with __)"
+            ),
+        });
+    }
+    warnings
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -589,7 +791,7 @@ mod tests {
             .extract::<Settings>()
             .unwrap_err();
         let msg = super::config_error(err);
-        assert!(msg.contains("unknown key `nope`"), "{msg}");
+        assert!(msg.contains("events.nope: unknown key `nope`"), "{msg}");
         assert!(msg.contains("`max_frame_bytes`"), "{msg}");
         assert!(!msg.contains("``"), "{msg}");
     }
@@ -658,6 +860,101 @@ mod tests {
             !is_setting_key(UncasedStr::new("ADMIN_PASSWORD")),
             "secrets are read verbatim"
         );
+    }
+
+    #[test]
+    fn a_log_format_that_is_not_text_or_json_is_an_error_listing_both() {
+        for bad in ["xml", "JSON"] {
+            let err = Figment::from(Toml::string(&format!("log_format = \"{bad}\"")))
+                .extract::<Settings>()
+                .unwrap_err();
+            let msg = config_error(err);
+            assert!(
+                msg.starts_with("log_format: ")
+                    && msg.contains(&format!("unknown value `{bad}`"))
+                    && msg.contains("`text`, `json`"),
+                "{msg}"
+            );
+        }
+        let json: Settings = Figment::from(Toml::string("log_format = \"json\""))
+            .extract()
+            .unwrap();
+        assert_eq!(json.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_the_key_without_figment_internals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c1.toml");
+        std::fs::write(&path, "foo = 1\n").unwrap();
+        let err = Settings::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(
+            err.contains(&format!("{}: foo: unknown key `foo`", path.display())),
+            "{err}"
+        );
+        assert!(
+            !err.contains("default.") && !err.contains("TOML file") && !err.contains('\n'),
+            "{err}"
+        );
+        std::fs::write(&path, "[events]\nmax_frame_bytes = \"big\"\n").unwrap();
+        let err = Settings::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(
+            err.ends_with(&format!(
+                "{}: events.max_frame_bytes: found string \"big\", expected a whole number (0 or more)",
+                path.display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_database_url_must_be_a_postgres_url_and_is_not_echoed_otherwise() {
+        assert!(check_database_url("postgres://u:pw@db:5432/core4").is_ok());
+        assert!(check_database_url("postgresql:///core4?host=/run/pg").is_ok());
+        let err = check_database_url("host=db password=hunter2").unwrap_err();
+        assert!(err.starts_with("not a postgres:// URL") && err.contains("e.g. postgres://"));
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = check_database_url("mysql://u@db/x").unwrap_err();
+        assert!(err.contains("`mysql://` is not a PostgreSQL URL"), "{err}");
+        let err = check_database_url("postgres://u:hunter2@db:port/x").unwrap_err();
+        assert!(err.contains("not a valid PostgreSQL URL"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_core4_variables_are_warned_about_with_the_closest_name() {
+        let names = [
+            "CORE4_LISTN",
+            "CORE4_EVENTS_MAX_FRAME_BYTES",
+            "CORE4_WHATEVER_ELSE_ENTIRELY",
+            "CORE4_LISTEN",
+            "CORE4_EVENTS__BURST",
+            "CORE4_SECRET",
+            "CORE4_DATABASE_URL",
+            "CORE4_SERVER",
+            "CORE4_CACERT",
+            "CORE4_CONFIG",
+            "CORE4_PG_BIN_DIR",
+            "PATH",
+        ];
+        let warnings = unknown_variables(names.iter().map(|s| s.to_string()));
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("CORE4_EVENTS_MAX_FRAME_BYTES is not a core4d setting")
+                && warnings[0].ends_with("did you mean CORE4_EVENTS__MAX_FRAME_BYTES?"),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings[1].ends_with("did you mean CORE4_LISTEN?"),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings[2].starts_with("CORE4_WHATEVER_ELSE_ENTIRELY is not a core4d setting")
+                && !warnings[2].contains("did you mean"),
+            "{warnings:#?}"
+        );
+        assert_eq!(edit_distance("LISTN", "LISTEN"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -60,24 +60,97 @@ fn random_string(len: usize) -> String {
 }
 
 pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    let options = connect_options(url)?;
+    match PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(options.clone())
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to PostgreSQL at {}",
-                crate::settings::redact_url(url)
-            )
-        })
+    {
+        Ok(pool) => Ok(pool),
+        // The pool retries until its timeout and then reports only the timeout ("pool timed
+        // out while waiting for an open connection"): one direct attempt says why.
+        Err(sqlx::Error::PoolTimedOut) => match connect_with(url, &options).await {
+            Err(e) => Err(e),
+            Ok(conn) => {
+                let _ = sqlx::Connection::close(conn).await;
+                Err(anyhow::anyhow!(
+                    "cannot connect to PostgreSQL at {}: no connection within 5 s",
+                    endpoint(url, &options)
+                ))
+            }
+        },
+        Err(e) => Err(connect_error(url, &options, e)),
+    }
+}
+
+/// One connection to `url`, with the same error messages as [`connect`]: for checks that must
+/// not see a second connection of their own (a pool opens one while the first is returned).
+pub async fn connect_one(url: &str) -> anyhow::Result<sqlx::PgConnection> {
+    connect_with(url, &connect_options(url)?).await
+}
+
+async fn connect_with(
+    url: &str,
+    options: &sqlx::postgres::PgConnectOptions,
+) -> anyhow::Result<sqlx::PgConnection> {
+    use sqlx::ConnectOptions;
+    match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(connect_error(url, options, e)),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {}: no answer within 5 s",
+            endpoint(url, options)
+        )),
+    }
+}
+
+fn connect_options(url: &str) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    use std::str::FromStr;
+    sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| {
+        let why = match e {
+            sqlx::Error::Configuration(cause) => cause.to_string(),
+            other => other.to_string(),
+        };
+        anyhow::anyhow!(
+            "{} is not a valid PostgreSQL URL ({why}); e.g. postgres://core4:PASSWORD@db.example.com:5432/core4",
+            crate::settings::redact_url(url)
+        )
+    })
+}
+
+/// `host:port` (or the socket) and the URL without its password, for connection errors.
+fn endpoint(url: &str, options: &sqlx::postgres::PgConnectOptions) -> String {
+    let at = match options.get_socket() {
+        Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), options.get_port()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!("{at} ({})", crate::settings::redact_url(url))
+}
+
+fn connect_error(
+    url: &str,
+    options: &sqlx::postgres::PgConnectOptions,
+    e: sqlx::Error,
+) -> anyhow::Error {
+    let why = match &e {
+        sqlx::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    };
+    anyhow::anyhow!(
+        "cannot connect to PostgreSQL at {}: {why}",
+        endpoint(url, options)
+    )
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Before anything starts: a bad certificate is the operator's to fix first.
         let certificates = match settings.tls_files() {
-            Some((cert, key)) => Some(Certificates::load(cert, key).map_err(anyhow::Error::msg)?),
+            Some((cert, key)) => Some(
+                Certificates::load(cert, key)
+                    .map_err(|e| crate::settings::ConfigError(e.to_string()))?,
+            ),
             None => None,
         };
         let listener = bind(settings.listen).map_err(|e| listen_error(settings.listen, &e))?;
@@ -310,14 +383,25 @@ async fn seed(
                 let exists = storage::roles::exists_by_name(pool, &key)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let command =
+                    crate::admin::reset_password_command(settings, settings.admin_username.trim());
+                let url_password = settings
+                    .database_url
+                    .as_deref()
+                    .is_some_and(|url| crate::settings::redact_url(url) != url);
                 tracing::warn!(
                     "admin_password (CORE4_ADMIN_PASSWORD) is ignored: the admin is created only \
                      when the database is first initialised, which was at {at}{}; to set a \
-                     password, run `core4d admin reset-password --username NAME`",
+                     password, run `{command}`{}",
                     if exists {
                         ""
                     } else {
                         " (that user has been deleted since)"
+                    },
+                    if url_password {
+                        " with the database password in place of <redacted>"
+                    } else {
+                        ""
                     }
                 );
             }

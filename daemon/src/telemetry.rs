@@ -4,8 +4,12 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt};
 
+/// The filter of a serving core4d when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,poem=warn";
+
+/// `format` is a [`crate::settings::LogFormat`] as text (`text` or `json`).
 pub fn init(format: &str) {
-    init_with_default(format, "info,sqlx=warn,poem=warn");
+    init_with_default(format, DEFAULT_FILTER);
 }
 
 /// As [`init`], with `default_filter` when `RUST_LOG` is unset.

@@ -156,13 +156,213 @@ ping_interval_secs = 7
 
 #[test]
 fn invalid_configuration_is_a_clear_error_with_exit_code_2() {
+    for args in [&["config"][..], &["--data-dir", "unused-data-dir"][..]] {
+        let out = core4d()
+            .args(args)
+            .env("CORE4_SECRET", "short")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("secret must be at least 32 characters")
+        );
+    }
+    assert!(!Path::new("unused-data-dir").exists());
+}
+
+/// `core4d config` with `env` and `args`; returns (exit code, stderr).
+fn config_with(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = core4d();
+    cmd.args(args).arg("config");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// A bad value is an error (exit 2) on one line naming where it came from — the variable, the
+/// flag, or the file and key — and what is accepted, in core4d's words, not figment's.
+#[test]
+fn configuration_errors_name_the_source_and_the_key_and_what_is_valid() {
+    for value in ["xml", "JSON"] {
+        let (code, err) = config_with(&[("CORE4_LOG_FORMAT", value)], &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains(&format!(
+                "CORE4_LOG_FORMAT: unknown value `{value}`; expected one of `text`, `json`"
+            )),
+            "{err}"
+        );
+    }
+    let (code, err) = config_with(&[("CORE4_LOG_FORMAT", "json")], &[]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let (code, err) = config_with(&[], &["--database-url", "notaurl"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--database-url: not a postgres:// URL")
+            && err.contains("e.g. postgres://")
+            && !err.contains("relative URL"),
+        "{err}"
+    );
+    let (code, err) = config_with(&[("DATABASE_URL", "db.example.com:5432")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("DATABASE_URL: "), "{err}");
+
+    let dir = temp_dir();
+    let file = dir.path().join("c1.toml");
+    std::fs::write(&file, "foo = 1\n").unwrap();
+    let (code, err) = config_with(&[], &["--config", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}: foo: unknown key `foo`", file.display())),
+        "{err}"
+    );
+    for internal in ["default.", "TOML file", "for key"] {
+        assert!(!err.contains(internal), "{internal}: {err}");
+    }
+    std::fs::write(&file, "log_format = \"xml\"\n").unwrap();
+    let (code, err) = config_with(&[], &["--config", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: log_format: unknown value `xml`",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+/// A misspelt `CORE4_*` variable is named with the setting it probably meant; the variables of
+/// core4ctl and core4d's own non-setting ones are not warned about.
+#[test]
+fn an_unknown_core4_variable_is_named_once_with_the_closest_setting() {
+    let (code, err) = config_with(
+        &[
+            ("CORE4_LISTN", "127.0.0.1:6001"),
+            ("CORE4_SERVER", "http://127.0.0.1:5001"),
+            ("CORE4_CACERT", "ca.pem"),
+            ("CORE4_PG_BIN_DIR", "/usr/lib/postgresql/15/bin"),
+            ("CORE4_LISTEN", "127.0.0.1:6002"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(
+            "CORE4_LISTN is not a core4d setting and is ignored; did you mean CORE4_LISTEN?"
+        ),
+        "{err}"
+    );
+}
+
+/// `--listen` is offered only where it means something: serving, and `config`.
+#[test]
+fn listen_is_documented_with_its_variable_and_only_where_it_applies() {
+    let help = |args: &[&str]| {
+        let out = core4d().args(args).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(help(&[]).contains("Also CORE4_LISTEN"), "{}", help(&[]));
+    assert!(help(&["serve"]).contains("--listen"));
+    assert!(help(&["config"]).contains("--listen"));
+    for sub in [
+        &["backup"][..],
+        &["restore"],
+        &["openapi"],
+        &["admin", "reset-password"],
+    ] {
+        assert!(!help(sub).contains("--listen"), "{sub:?}: {}", help(sub));
+    }
+    let (code, err) = config_with(&[], &["--listen", "127.0.0.1:6003"]);
+    assert_eq!(code, Some(0), "{err}");
     let out = core4d()
-        .arg("config")
-        .env("CORE4_SECRET", "short")
+        .args(["config", "--listen", "127.0.0.1:6004"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("secret must be at least 32 characters"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listen = \"127.0.0.1:6004\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An unreachable database is reported with its address and the reason (here: refused), not as
+/// a pool timeout, and without the password.
+#[test]
+fn an_unreachable_database_is_reported_with_its_address_and_the_reason() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let files = temp_dir();
+    let out = core4d()
+        .args([
+            "--database-url",
+            &format!("postgres://core4:hunter2@127.0.0.1:{port}/core4"),
+            "backup",
+        ])
+        .arg(files.path().join("x.dump"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to PostgreSQL at 127.0.0.1:{port}"))
+            && err.to_lowercase().contains("connection refused"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("hunter2") && !err.contains("pool timed out"),
+        "{err}"
+    );
+}
+
+/// `core4d config` says where the embedded cluster is (for root it may be outside data_dir):
+/// the directory a start then really uses, with server.log in it.
+#[test]
+fn config_shows_the_embedded_cluster_directory_a_start_uses() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let out = core4d()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cluster = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# embedded cluster: "))
+        .unwrap_or_else(|| panic!("no cluster line:\n{text}"));
+    let cluster = Path::new(cluster.split(" (").next().unwrap());
+    assert!(!data.exists(), "config creates nothing");
+    let mut daemon = Daemon::start(embedded(&data));
+    daemon.port();
+    assert!(daemon.terminate().success());
+    assert!(
+        cluster.join("server.log").is_file(),
+        "{} has no server.log",
+        cluster.display()
+    );
+    let out = core4d()
+        .args(["--database-url", "postgres://u@db.example/core4", "config"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("# embedded cluster: not used"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// The committed spec must be what the binary prints; regenerate with
@@ -213,6 +413,19 @@ fn embedded_first_start_generates_the_admin_password_and_restart_keeps_data() {
         .to_string();
     let port = first.port();
     eprintln!("embedded first start to ready: {:?}", started.elapsed());
+    let hint = first
+        .seen
+        .iter()
+        .find(|l| l.contains("shown only this once"))
+        .unwrap_or_else(|| panic!("{}", first.seen.join("\n")));
+    assert!(
+        hint.contains("`core4ctl roles update admin --password-prompt`")
+            && hint.contains(&format!(
+                "`core4d --data-dir {} admin reset-password --username admin`",
+                dir.path().display()
+            )),
+        "{hint}"
+    );
     let role_id = rt.block_on(async {
         let resp = login(port, "admin", &password).await;
         assert_eq!(resp.status(), 200);

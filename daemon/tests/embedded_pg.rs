@@ -359,3 +359,64 @@ async fn as_root_a_data_dir_postgres_cannot_reach_moves_the_cluster() {
     conn.close().await.unwrap();
     pg.stop().await.unwrap();
 }
+
+/// The "other sessions" check of `core4d restore` counts other clients of the database, but
+/// neither its own connection nor the start-up probe (whose backend may still be exiting).
+#[tokio::test]
+async fn the_session_check_counts_other_clients_but_not_the_startup_probe() {
+    use std::str::FromStr;
+    let dir = reachable_temp_dir();
+    let pg = EmbeddedPostgres::start(options(dir.path())).await.unwrap();
+    let mut checker = connect(&pg).await;
+    let probe_options = sqlx::postgres::PgConnectOptions::from_str(&pg.url("postgres"))
+        .unwrap()
+        .application_name(core4d::embedded_pg::STARTUP_PROBE);
+    let probe = PgConnection::connect_with(&probe_options).await.unwrap();
+    assert_eq!(
+        core4d::backup::other_sessions(&mut checker).await.unwrap(),
+        0
+    );
+    let other = connect(&pg).await;
+    assert_eq!(
+        core4d::backup::other_sessions(&mut checker).await.unwrap(),
+        1
+    );
+    other.close().await.unwrap();
+    probe.close().await.unwrap();
+    checker.close().await.unwrap();
+    pg.stop().await.unwrap();
+}
+
+/// `core4d config` predicts the cluster directory without creating anything: inside the data
+/// dir, or for root, when the `postgres` user cannot reach it, under /var/lib/core4d.
+#[test]
+fn the_cluster_directory_is_predicted_without_creating_anything() {
+    let reachable = reachable_temp_dir();
+    let data = reachable.path().join("new").join("data");
+    assert_eq!(
+        core4d::embedded_pg::cluster_dir_for(&data).unwrap(),
+        fs::canonicalize(reachable.path())
+            .unwrap()
+            .join("new/data/pg")
+    );
+    assert!(!reachable.path().join("new").exists());
+    let private = private_temp_dir();
+    let data = private.path().join("data");
+    let predicted = core4d::embedded_pg::cluster_dir_for(&data).unwrap();
+    if is_root() {
+        assert!(
+            predicted
+                .to_string_lossy()
+                .starts_with("/var/lib/core4d/pg-"),
+            "{}",
+            predicted.display()
+        );
+        assert!(!predicted.exists());
+    } else {
+        assert_eq!(
+            predicted,
+            fs::canonicalize(private.path()).unwrap().join("data/pg")
+        );
+    }
+    assert!(!data.exists());
+}

@@ -77,7 +77,7 @@ fn a_missing_or_unreadable_certificate_or_key_refuses_the_start_naming_the_key()
                 .env("CORE4_TLS__CERT_FILE", cert_file)
                 .env("CORE4_TLS__KEY_FILE", key_file),
         );
-        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(code, Some(2), "a configuration error: {stderr}");
         assert!(stderr.contains(needle), "{needle}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
         assert!(
@@ -110,6 +110,17 @@ fn an_invalid_trusted_proxy_cidr_refuses_the_start_naming_the_key() {
         );
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
+    // A bare CIDR is not a list: the error says how to write one in a variable.
+    let (code, stderr) =
+        refused(core4d(&dir.path().join("data")).env("CORE4_TRUSTED_PROXIES", "127.0.0.1/32"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CORE4_TRUSTED_PROXIES: found string \"127.0.0.1/32\", expected a list")
+            && stderr.contains("e.g. CORE4_TRUSTED_PROXIES='[\"127.0.0.1/32\"]'")
+            && !stderr.contains("environment variable(s)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     let out = core4d(&dir.path().join("data"))
         .arg("config")
         .env("CORE4_TRUSTED_PROXIES", "[\"10.0.0.0/8\", \"192.0.2.7\"]")
