@@ -748,5 +748,20 @@ async fn behind_a_real_nginx_logins_websockets_and_limits_see_the_forwarded_clie
     assert_eq!(refused.status(), 403);
     let accepted = logout_from(format!("https://{host}")).await.unwrap();
     assert_eq!(accepted.status(), 200);
+
+    // /metrics stays inside: core4d serves it, nginx does not pass it on.
+    let direct = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    let public = user
+        .get(format!("https://{host}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
     nginx.stop().await;
 }
