@@ -152,6 +152,11 @@ pub struct HttpSettings {
     /// HTTP connections open at once from one peer address (peers in `trusted_proxies` are
     /// exempt); 0: no per-address limit.
     pub max_connections_per_address: usize,
+    /// Bytes of large replies (over 64 KiB, e.g. pages of history) that may wait in memory for
+    /// their clients to read them, over all clients; past it, 503 with `Retry-After`.
+    pub max_held_reply_bytes: usize,
+    /// The same per client address; a client holding nothing may always have one reply.
+    pub max_held_reply_bytes_per_address: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -272,6 +277,8 @@ impl Default for HttpSettings {
             request_timeout_secs: 60,
             max_connections: 4096,
             max_connections_per_address: 256,
+            max_held_reply_bytes: 256 << 20,
+            max_held_reply_bytes_per_address: 32 << 20,
         }
     }
 }

@@ -538,6 +538,10 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
         .expose_headers(["token"]);
     let layer = Arc::new(Layer {
         metrics: state.metrics.clone(),
+        held: web::held::HeldReplies::new(
+            state.settings.http.max_held_reply_bytes,
+            state.settings.http.max_held_reply_bytes_per_address,
+        ),
         origins: OriginPolicy::new(&state.settings.trusted_origins),
         proxies: TrustedProxies::new(&state.settings.trusted_proxies),
         cookie_max_age: state.settings.token_expiration,
@@ -677,6 +681,7 @@ fn limit_body(req: &mut Request) -> Result<(), crate::error::ApiError> {
 /// refreshed tokens, security headers, metrics and the request log.
 struct Layer {
     metrics: Metrics,
+    held: Arc<web::held::HeldReplies>,
     origins: OriginPolicy,
     proxies: TrustedProxies,
     cookie_max_age: u64,
@@ -736,6 +741,29 @@ impl Layer {
                 }
             })
             .await;
+        if let Err(refused) = self.held.admit(client.addr, &mut resp).await {
+            let message = match refused {
+                web::held::Refusal::Client => {
+                    "too many large replies are waiting for this client to read them: read them, or retry in a few seconds"
+                }
+                web::held::Refusal::Everyone => {
+                    "too many large replies are waiting for their clients to read them: retry in a few seconds"
+                }
+            };
+            tracing::warn!(client = %client.addr, ?refused, "a large reply refused: held replies over budget");
+            let mut busy = crate::error::ApiError::Busy {
+                message: message.into(),
+                retry_after: 5,
+            }
+            .into_response();
+            // What CORS said of the reply holds for its refusal: a page can read why.
+            for (name, value) in resp.headers() {
+                if name.as_str().starts_with("access-control-") || name == "vary" {
+                    busy.headers_mut().append(name.clone(), value.clone());
+                }
+            }
+            resp = busy;
+        }
         if let Some(token) = refreshed
             && let Ok(value) = HeaderValue::from_str(&token)
         {

@@ -5,6 +5,7 @@ mod compat;
 mod daemon;
 mod docs;
 mod events;
+mod held_replies;
 mod login;
 mod permissions;
 mod protocol;

@@ -1,7 +1,8 @@
 //! HTTP-level protections around the API: the connection loop with its timeouts and TLS, the
-//! client behind trusted proxies, the origin check against cross-site requests, the security
+//! client behind trusted proxies, the budget of large replies waiting for slow readers, the origin check against cross-site requests, the security
 //! headers and the login cookie.
 
+pub mod held;
 pub mod origin;
 pub mod proxy;
 pub mod server;

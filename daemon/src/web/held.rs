@@ -1,0 +1,170 @@
+//! Large replies waiting for their clients to read them, bounded per client address and in all.
+//!
+//! A reply is built in memory before it is sent; a client that asks for big pages (history of
+//! 64 KiB messages, 1,000 to a page) and never reads them would otherwise keep that memory for
+//! as long as its connection lives, once per connection. Replies over [`LARGE`] bytes hold their
+//! size against both budgets until the last byte is handed to the connection (or the client
+//! leaves); a reply over a budget that is not free gets a 503 with `Retry-After` instead. A
+//! client holding nothing may always have one reply, whatever its size, so a big page still
+//! works for the one reading it.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use poem::{Body, Response};
+
+/// Replies up to this size are not counted: they are many and cheap.
+pub const LARGE: usize = 64 * 1024;
+/// A held reply goes out in pieces of this size, so that its hold lasts until the connection
+/// has taken (almost) all of it.
+const PIECE: usize = 64 * 1024;
+
+/// The budgets, shared by every connection.
+#[derive(Debug)]
+pub struct HeldReplies {
+    max_total: usize,
+    max_per_address: usize,
+    held: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Bytes held for one reply; given back when dropped.
+struct Hold {
+    budget: Arc<HeldReplies>,
+    addr: IpAddr,
+    bytes: usize,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self
+            .budget
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        held.0 -= self.bytes;
+        if let Some(n) = held.1.get_mut(&self.addr) {
+            *n -= self.bytes;
+            if *n == 0 {
+                held.1.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Why a reply was not sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// This client holds its budget already.
+    Client,
+    /// All clients together do.
+    Everyone,
+}
+
+impl HeldReplies {
+    pub fn new(max_total: usize, max_per_address: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_address,
+            held: Mutex::default(),
+        })
+    }
+
+    /// Bytes held now, in all and by `addr` (for tests and metrics).
+    pub fn held(&self, addr: IpAddr) -> (usize, usize) {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        (held.0, held.1.get(&addr).copied().unwrap_or(0))
+    }
+
+    fn hold(self: &Arc<Self>, addr: IpAddr, bytes: usize) -> Result<Hold, Refusal> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = held.1.get(&addr).copied().unwrap_or(0);
+        if mine > 0 && mine + bytes > self.max_per_address {
+            return Err(Refusal::Client);
+        }
+        if held.0 > 0 && held.0 + bytes > self.max_total {
+            return Err(Refusal::Everyone);
+        }
+        held.0 += bytes;
+        *held.1.entry(addr).or_default() += bytes;
+        Ok(Hold {
+            budget: self.clone(),
+            addr,
+            bytes,
+        })
+    }
+
+    /// Lets `resp` through unchanged when its body is small or of unknown length (a stream);
+    /// otherwise holds its size for `addr` until it is sent, or refuses it.
+    pub async fn admit(self: &Arc<Self>, addr: IpAddr, resp: &mut Response) -> Result<(), Refusal> {
+        let body: http_body_util::combinators::BoxBody<Bytes, std::io::Error> =
+            resp.take_body().into();
+        let size = http_body::Body::size_hint(&body).exact();
+        let Some(size) = size.and_then(|s| usize::try_from(s).ok()) else {
+            resp.set_body(Body::from(body));
+            return Ok(());
+        };
+        if size <= LARGE {
+            resp.set_body(Body::from(body));
+            return Ok(());
+        }
+        let hold = self.hold(addr, size)?;
+        // The body is in memory already (its size is exact): collecting it does not wait.
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                resp.set_body(Body::from_bytes_stream(futures_util::stream::once(
+                    async move { Err::<Bytes, _>(e) },
+                )));
+                return Ok(());
+            }
+        };
+        let pieces = futures_util::stream::unfold(
+            (bytes, 0usize, Some(hold)),
+            |(bytes, at, mut hold)| async move {
+                if at >= bytes.len() {
+                    hold.take();
+                    return None;
+                }
+                let end = (at + PIECE).min(bytes.len());
+                let piece = bytes.slice(at..end);
+                Some((Ok::<_, std::io::Error>(piece), (bytes, end, hold)))
+            },
+        );
+        resp.set_body(Body::from_bytes_stream(pieces));
+        // Still one body of a known length: keep telling the client so.
+        resp.headers_mut()
+            .insert(poem::http::header::CONTENT_LENGTH, size.into());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holding_nothing_may_have_one_reply_of_any_size() {
+        let budget = HeldReplies::new(100, 10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let big = budget.hold(a, 50).expect("the first is always let through");
+        assert_eq!(budget.hold(a, 1).err(), Some(Refusal::Client));
+        let other = budget
+            .hold(b, 50)
+            .expect("another client has its own budget");
+        assert_eq!(
+            budget.hold("192.0.2.3".parse().unwrap(), 1).err(),
+            Some(Refusal::Everyone)
+        );
+        drop(big);
+        assert_eq!(budget.held(a), (50, 0));
+        let again = budget.hold(a, 5).expect("free again");
+        drop((other, again));
+        assert_eq!(budget.held(a), (0, 0));
+    }
+}
