@@ -108,6 +108,10 @@ pub struct Counters {
     pub listener_reconnects: AtomicU64,
     pub batch_sizes: Histogram<11>,
     pub commit_latency: Histogram<13>,
+    /// Time from a request's headers to its reply's headers (upgrades not counted).
+    pub http_latency: Histogram<13>,
+    /// Bytes of large replies waiting for their clients to read them (`web::held`).
+    pub held_reply_bytes: AtomicI64,
     http: Mutex<BTreeMap<HttpSeries, u64>>,
     /// The route templates requests are counted under, by shape (see [`shape_of`]).
     routes: OnceLock<BTreeMap<String, Arc<str>>>,
@@ -312,9 +316,22 @@ impl Metrics {
             "Time from taking a batch to its commit.",
             1e6,
         );
+        self.http_latency.render(
+            &mut out,
+            "core4d_http_request_duration_seconds",
+            "Time from a request's headers to its reply's headers (WebSocket upgrades not counted; an event stream counts until its first byte).",
+            1e6,
+        );
+        gauge(
+            &mut out,
+            "core4d_http_held_reply_bytes",
+            "Bytes of large replies waiting in memory for their clients to read them (see http.max_held_reply_bytes).",
+            self.held_reply_bytes.load(Relaxed),
+        );
+        render_process(&mut out);
         let _ = writeln!(
             out,
-            "# HELP core4d_http_requests_total HTTP requests by method, route and status.\n# TYPE core4d_http_requests_total counter"
+            "# HELP core4d_http_requests_total HTTP requests by method, route and status (failed logins: route login, status 401; refused for rate: 429; busy: 503).\n# TYPE core4d_http_requests_total counter"
         );
         if let Ok(map) = self.0.http.lock() {
             for ((method, route, status), n) in map.iter() {
@@ -326,6 +343,61 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The standard `process_*` metrics of this process, from `/proc/self` (Linux; elsewhere none).
+fn render_process(out: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // After the command name (in parentheses, which may hold spaces): state is field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    // Clock ticks (USER_HZ) are 100 on every Linux architecture; sysconf would need libc.
+    let ticks = 100.0;
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+            (utime + stime) as f64 / ticks
+        );
+    }
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    if let Some(kib) = rss_kib {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+            kib * 1024
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            fds.count()
+        );
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    if let (Some(boot), Some(start)) = (boot, field(22)) {
+        let _ = writeln!(
+            out,
+            "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}",
+            boot as f64 + start as f64 / ticks
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! busy port fails the start before anything is created), storage (embedded or external),
 //! migrations, secret, the event hub, and last the seed data.
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use poem::{
@@ -480,8 +480,23 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
         ]));
     let allow = Arc::new(AllowTable::from_spec(&spec));
     let metrics = state.metrics.clone();
+    let pool = state.pool.clone();
     let metrics_ep = make_sync(move |_| {
-        let mut resp = metrics.render().into_response();
+        let mut text = metrics.render();
+        let (size, idle) = (pool.size(), pool.num_idle() as u32);
+        let _ = write!(
+            text,
+            "# HELP core4d_db_pool_connections PostgreSQL connections of core4d's pool, by state.\n\
+             # TYPE core4d_db_pool_connections gauge\n\
+             core4d_db_pool_connections{{state=\"idle\"}} {idle}\n\
+             core4d_db_pool_connections{{state=\"in_use\"}} {}\n\
+             # HELP core4d_db_pool_max_connections The pool's limit (db_max_connections).\n\
+             # TYPE core4d_db_pool_max_connections gauge\n\
+             core4d_db_pool_max_connections {}\n",
+            size.saturating_sub(idle),
+            pool.options().get_max_connections()
+        );
+        let mut resp = text.into_response();
         resp.headers_mut().insert(
             "content-type",
             HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -541,6 +556,7 @@ pub fn app(state: &AppState) -> impl Endpoint + use<> {
         held: web::held::HeldReplies::new(
             state.settings.http.max_held_reply_bytes,
             state.settings.http.max_held_reply_bytes_per_address,
+            Some(state.metrics.clone()),
         ),
         origins: OriginPolicy::new(&state.settings.trusted_origins),
         proxies: TrustedProxies::new(&state.settings.trusted_proxies),
@@ -787,6 +803,11 @@ impl Layer {
         };
         web::set_security_headers(&mut resp, kind);
         let status = resp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            self.metrics
+                .http_latency
+                .observe(started.elapsed().as_micros() as u64);
+        }
         let route = resp.data::<PathPattern>().map(|p| p.0.clone());
         self.metrics
             .record_http(&method, route.as_deref(), status.as_u16());

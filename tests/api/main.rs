@@ -7,6 +7,7 @@ mod docs;
 mod events;
 mod held_replies;
 mod login;
+mod metrics;
 mod permissions;
 mod protocol;
 mod readme;

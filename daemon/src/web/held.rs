@@ -18,6 +18,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use poem::{Body, Response};
 
+use crate::metrics::Metrics;
+
 /// Replies up to this size are not counted: they are many and cheap.
 pub const LARGE: usize = 64 * 1024;
 /// A held reply goes out in pieces of this size, so that its hold lasts until the connection
@@ -25,11 +27,12 @@ pub const LARGE: usize = 64 * 1024;
 const PIECE: usize = 64 * 1024;
 
 /// The budgets, shared by every connection.
-#[derive(Debug)]
 pub struct HeldReplies {
     max_total: usize,
     max_per_address: usize,
     held: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// `core4d_http_held_reply_bytes` follows the total.
+    metrics: Option<Metrics>,
 }
 
 /// Bytes held for one reply; given back when dropped.
@@ -47,6 +50,7 @@ impl Drop for Hold {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         held.0 -= self.bytes;
+        self.budget.publish(held.0);
         if let Some(n) = held.1.get_mut(&self.addr) {
             *n -= self.bytes;
             if *n == 0 {
@@ -66,12 +70,20 @@ pub enum Refusal {
 }
 
 impl HeldReplies {
-    pub fn new(max_total: usize, max_per_address: usize) -> Arc<Self> {
+    pub fn new(max_total: usize, max_per_address: usize, metrics: Option<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_address,
             held: Mutex::default(),
+            metrics,
         })
+    }
+
+    fn publish(&self, total: usize) {
+        if let Some(m) = &self.metrics {
+            m.held_reply_bytes
+                .store(total as i64, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Bytes held now, in all and by `addr` (for tests and metrics).
@@ -91,6 +103,7 @@ impl HeldReplies {
         }
         held.0 += bytes;
         *held.1.entry(addr).or_default() += bytes;
+        self.publish(held.0);
         Ok(Hold {
             budget: self.clone(),
             addr,
@@ -149,7 +162,8 @@ mod tests {
 
     #[test]
     fn a_client_holding_nothing_may_have_one_reply_of_any_size() {
-        let budget = HeldReplies::new(100, 10);
+        let metrics = Metrics::default();
+        let budget = HeldReplies::new(100, 10, Some(metrics.clone()));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let big = budget.hold(a, 50).expect("the first is always let through");
@@ -160,6 +174,12 @@ mod tests {
         assert_eq!(
             budget.hold("192.0.2.3".parse().unwrap(), 1).err(),
             Some(Refusal::Everyone)
+        );
+        assert_eq!(
+            metrics
+                .held_reply_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            100
         );
         drop(big);
         assert_eq!(budget.held(a), (50, 0));
