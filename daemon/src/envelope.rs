@@ -129,7 +129,8 @@ pub struct Paged<T: ParseFromJSON + ToJSON> {
     pub page_count: u64,
     /// Number of items matching the filter.
     pub total_count: u64,
-    /// This page (0-based; a negative request counts from the end and is shown resolved).
+    /// This page (0-based; a negative request counts from the end and is shown resolved; a page
+    /// before the first or after the last is empty and shown as requested).
     pub page: i64,
     /// Items per page.
     pub per_page: u32,
@@ -157,15 +158,24 @@ pub struct ErrorEnvelope {
     pub error: String,
 }
 
+/// Longest `error` text, in characters: values are quoted cut short ([`crate::error::quote`]);
+/// this bounds any message that quotes one whole all the same.
+pub const MAX_ERROR_CHARS: usize = 512;
+
 impl ErrorEnvelope {
     pub fn new(status: poem::http::StatusCode, error: impl Into<String>) -> Self {
+        let mut error = error.into();
+        if let Some((cut, _)) = error.char_indices().nth(MAX_ERROR_CHARS) {
+            error.truncate(cut);
+            error.push('…');
+        }
         Self {
             id: request_id(),
             version: VERSION.into(),
             timestamp: now_ts(),
             message: status.canonical_reason().unwrap_or("Error").into(),
             code: status.as_u16(),
-            error: error.into(),
+            error,
         }
     }
 }
@@ -208,20 +218,22 @@ impl Page {
         })
     }
 
-    /// Resolves a negative page against `total`; returns (page, page_count, offset).
+    /// Resolves a negative page against `total`; returns (page, page_count, offset). A page
+    /// outside the listing, after the last or before the first, is empty and keeps its number
+    /// as requested (core4 echoed pages past the end; one before the first has no resolved
+    /// number worth showing).
     pub fn resolve(&self, total: u64) -> (i64, u64, u64) {
         let page_count = total.div_ceil(self.per_page as u64);
-        let page = if self.page < 0 {
+        let resolved = if self.page < 0 {
             page_count as i64 + self.page
         } else {
             self.page
         };
-        let offset = if page < 0 {
-            u64::MAX
-        } else {
-            (page as u64).saturating_mul(self.per_page as u64)
-        };
-        (page, page_count, offset)
+        if resolved < 0 {
+            return (self.page, page_count, u64::MAX);
+        }
+        let offset = (resolved as u64).saturating_mul(self.per_page as u64);
+        (resolved, page_count, offset)
     }
 
     pub fn reply<T: ParseFromJSON + ToJSON>(
@@ -264,6 +276,12 @@ mod tests {
         let p = Page::new(Some(1), Some(5), 100).unwrap();
         assert_eq!(p.resolve(101), (1, 21, 5));
         assert_eq!(p.resolve(0), (1, 0, 5));
+        let before_first = Page::new(Some(-99_999_999_999), Some(5), 100).unwrap();
+        assert_eq!(before_first.resolve(101), (-99_999_999_999, 21, u64::MAX));
+        let empty_last = Page::new(Some(-1), Some(5), 100).unwrap();
+        assert_eq!(empty_last.resolve(0), (-1, 0, u64::MAX));
+        let far = Page::new(Some(i64::MIN), Some(5), 100).unwrap();
+        assert_eq!(far.resolve(u64::MAX).0, i64::MIN);
         assert!(Page::new(None, Some(0), 100).is_err());
         assert!(Page::new(None, Some(101), 100).is_err());
     }

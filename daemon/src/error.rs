@@ -41,6 +41,18 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Longest part of a client's value an error message quotes back, in characters.
+pub const QUOTED_CHARS: usize = 64;
+
+/// A client's value as error messages quote it: the first [`QUOTED_CHARS`] characters, then `…`.
+/// (A 40 KB query parameter must not come back as a 40 KB error.)
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_string(),
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -215,7 +227,7 @@ pub fn to_envelope_response(err: poem::Error) -> Response {
 }
 
 /// poem-openapi says e.g. "failed to parse parameter `per_page`: ..." — keep the part that names
-/// the field, trimmed.
+/// the field (the envelope cuts what is too long).
 fn clean_parse_error(msg: &str) -> String {
     let mut msg = msg.trim();
     if let Some(rest) = msg.strip_prefix("parse request payload error: ") {
@@ -224,9 +236,18 @@ fn clean_parse_error(msg: &str) -> String {
             msg = &msg[idx + 3..];
         }
     }
-    if msg.len() > 300 {
-        format!("{}…", &msg[..msg.floor_char_boundary(300)])
-    } else {
-        msg.to_string()
+    msg.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_cut_at_a_character_boundary() {
+        assert_eq!(quote("name"), "name");
+        assert_eq!(quote(&"x".repeat(QUOTED_CHARS)), "x".repeat(QUOTED_CHARS));
+        let long = "é".repeat(40_000);
+        assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTED_CHARS)));
     }
 }

@@ -159,7 +159,8 @@ impl ErrorKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(Object))]
 pub struct InterestRequestFrame {
-    /// Channel names; trimmed and lowercased, duplicates, empty names and non-strings dropped.
+    /// Channel names; trimmed and lowercased, duplicates and empty names dropped. An entry that
+    /// is not a string gets a `malformed` error frame and leaves the set as it was.
     /// Missing: unsubscribe from everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Vec<String>>,
@@ -380,9 +381,12 @@ impl ServerFrame {
     }
 }
 
-/// The body of `POST /core4/api/v1/event`: the fields of the socket's message frame.
+/// The body of `POST /core4/api/v1/event`: the fields of the socket's message frame. Any other
+/// field is refused (a 400 naming it), as on the roles endpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(deny_unknown_fields))]
+#[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// Required: the channel (trimmed and lowercased). Needs `event://<channel>/w`.
     #[serde(default)]

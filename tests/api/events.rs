@@ -288,10 +288,7 @@ async fn interest_replaces_the_set_and_normalises_names() {
         .await;
     assert_eq!(reply["data"], json!(["message", "system"]));
     assert!(reply["denied"]["a b"].is_string(), "{reply}");
-    // Non-strings are dropped, as core4 does.
-    ws.send(json!({"type": "interest", "data": ["Queue", 5, null]}))
-        .await;
-    let reply = ws.recv().await;
+    let reply = ws.interest(&["Queue"]).await;
     assert_eq!(reply["data"], json!(["queue"]));
     // The set was replaced: a message on `message` does not arrive any more ...
     let mut other = Ws::connect(&app, &admin).await;
@@ -1771,5 +1768,174 @@ async fn a_frame_over_sixteen_times_the_limit_closes_the_socket_with_1009() {
     assert!(
         reason.starts_with(&format!("frame too large: {} bytes", 16 * limit + 1)),
         "{reason}"
+    );
+}
+
+/// core4 dropped entries that are not strings, so `[1, null, {}]` silently unsubscribed from
+/// everything; core4d says what is wrong and leaves the set as it was.
+#[tokio::test]
+async fn interest_entries_that_are_not_strings_get_a_malformed_error_and_change_nothing() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    assert_eq!(ws.interest(&["message"]).await["data"], json!(["message"]));
+    for (data, entry) in [
+        (json!([1, null, {}]), "entry 0 is a number"),
+        (json!(["system", null]), "entry 1 is null"),
+        (json!(["system", ["queue"]]), "entry 1 is a list"),
+    ] {
+        ws.send(json!({"type": "interest", "data": data, "id": "i"}))
+            .await;
+        let reply = ws.recv().await;
+        assert!(is_error(&reply), "{data}: {reply}");
+        assert_eq!(
+            (reply["kind"].as_str(), reply["id"].as_str()),
+            (Some("malformed"), Some("i")),
+            "{reply}"
+        );
+        let message = reply["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("malformed interest: `data` must be a list of channel names")
+                && message.contains(entry),
+            "{data}: {message}"
+        );
+    }
+    // Still subscribed to `message` only.
+    let mut other = Ws::connect(&app, &admin).await;
+    other.publish("system", json!("not for ws")).await;
+    let id = other.publish("message", json!("for ws")).await;
+    assert_eq!(ws.event().await["_id"], id.as_str());
+    // A list of strings still works, and a null list is still refused.
+    assert_eq!(ws.interest(&["System"]).await["data"], json!(["system"]));
+    ws.send(json!({"type": "interest", "data": null})).await;
+    assert!(
+        ws.recv().await["message"]
+            .as_str()
+            .unwrap()
+            .contains("`data` must be a list")
+    );
+}
+
+/// The publish body is parsed strictly, as the roles bodies are: an unknown field is a 400 naming
+/// it and nothing is stored (it was accepted and ignored).
+#[tokio::test]
+async fn publishing_with_an_unknown_body_field_gets_400_naming_it() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    for (body, field) in [
+        (
+            json!({"channel": "message", "text": "x", "bogus": 1}),
+            "bogus",
+        ),
+        (json!({"channel": "message", "data": "x"}), "data"),
+        (
+            json!({"channel": "message", "text": "x", "type": "message"}),
+            "type",
+        ),
+    ] {
+        let (status, reply) = app.post("/event", &admin, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {reply}");
+        let text = error_text(&reply, 400);
+        assert!(text.contains(&format!("field [{field}]")), "{body}: {text}");
+    }
+    let (_, history) = app.get("/event/history", &admin).await;
+    assert_eq!(history["total_count"], 0, "{history}");
+    let (status, reply) = app
+        .post("/event", &admin, json!({"channel": "message", "text": "x"}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// core4 read a handler's arguments from the query or a JSON body; `POST /event/history` takes
+/// its parameters from either (it ignored the body). Different values in both places are a 400.
+/// A page before the first is empty and keeps its number, as on the roles list.
+#[tokio::test]
+async fn history_post_takes_its_parameters_from_a_json_body() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let mut ws = Ws::connect(&app, &admin).await;
+    for i in 0..12 {
+        ws.publish("message", json!(format!("m{i}"))).await;
+    }
+    ws.publish("elsewhere", json!("x")).await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|e| e["_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, by_query) = app.get("/event/history?per_page=5&page=1", &admin).await;
+    let (status, by_body) = app
+        .post("/event/history", &admin, json!({"per_page": 5, "page": 1}))
+        .await;
+    assert_eq!(status, 200, "{by_body}");
+    assert_eq!(
+        (&by_body["page"], &by_body["per_page"], ids(&by_body)),
+        (&json!(1), &json!(5), ids(&by_query))
+    );
+    let (_, both) = app
+        .post(
+            "/event/history?per_page=5",
+            &admin,
+            json!({"per_page": 5, "page": 1}),
+        )
+        .await;
+    assert_eq!(ids(&both), ids(&by_query));
+    let (_, elsewhere) = app
+        .post("/event/history", &admin, json!({"channel": "ElseWhere"}))
+        .await;
+    assert_eq!(elsewhere["total_count"], 1, "{elsewhere}");
+    let before = ids(&by_query)[0].clone();
+    let (_, cursor) = app
+        .post(
+            "/event/history",
+            &admin,
+            json!({"before": before, "per_page": 100}),
+        )
+        .await;
+    assert_eq!(cursor["total_count"], 6, "{cursor}");
+    // No body at all is the query alone.
+    let resp = app
+        .client
+        .post(app.url("/event/history?per_page=3"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["count"], 3, "{body}");
+
+    for (query, body, named) in [
+        ("?per_page=4", json!({"per_page": 5}), "[per_page]"),
+        (
+            "?channel=message",
+            json!({"channel": "elsewhere"}),
+            "[channel]",
+        ),
+        ("", json!({"per_page": 0}), "[per_page]"),
+        ("", json!({"per_page": -1}), "[per_page]"),
+        ("", json!({"page": "x"}), "[page]"),
+        ("", json!({"before": "abc"}), "[before]"),
+        ("", json!({"filter": {"channel": "x"}}), "[filter]"),
+        ("", json!([1]), "JSON object"),
+    ] {
+        let (status, reply) = app
+            .post(&format!("/event/history{query}"), &admin, body.clone())
+            .await;
+        assert_eq!(status, 400, "{query} {body}: {reply}");
+        let text = error_text(&reply, 400);
+        assert!(text.contains(named), "{query} {body}: {text}");
+    }
+
+    let (status, far) = app
+        .get("/event/history?per_page=5&page=-99999999999", &admin)
+        .await;
+    assert_eq!(status, 200, "{far}");
+    assert_eq!(
+        (&far["page"], &far["count"], &far["page_count"]),
+        (&json!(-99_999_999_999i64), &json!(0), &json!(3))
     );
 }

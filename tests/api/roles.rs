@@ -1347,3 +1347,91 @@ async fn the_last_active_cop_cannot_be_deleted_deactivated_or_demoted() {
     );
     assert_eq!(profile["data"]["role"], json!(["admins"]), "{profile}");
 }
+
+/// A value a client sent is quoted back cut short, never whole: a 40 KB `sort` came back as a
+/// 40 KB error. Values the domain types refuse (email, permission, role reference) are bounded
+/// by the envelope's limit on `error`.
+#[tokio::test]
+async fn long_values_are_quoted_back_cut_short() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let long = "s".repeat(40 * 1024);
+    let (status, body) = app.get(&format!("/roles?sort={long}"), &admin).await;
+    assert_eq!(status, 400);
+    let text = error_text(&body, 400);
+    assert!(
+        text.starts_with("parameter [sort] cannot be ["),
+        "{text:.200}"
+    );
+    assert!(
+        text.contains(&format!("[{}…]: use _id", "s".repeat(64))),
+        "{text:.200}"
+    );
+    assert!(text.chars().count() < 200, "{} characters", text.len());
+
+    let (status, body) = app
+        .get(&format!("/roles/{}", "x".repeat(4000)), &admin)
+        .await;
+    assert_eq!(status, 400);
+    let text = error_text(&body, 400);
+    assert_eq!(
+        text,
+        format!("failed to parse ObjectId [{}…]", "x".repeat(64))
+    );
+
+    for (field, value) in [
+        ("email", json!("e".repeat(100_000))),
+        ("perm", json!(["p".repeat(100_000)])),
+        ("role", json!(["r".repeat(100_000)])),
+    ] {
+        let (status, body) = app
+            .post("/roles", &admin, json!({"name": "mra", field: value}))
+            .await;
+        assert!(status == 400 || status == 404, "{field}: {status}");
+        let text = error_text(&body, status);
+        assert!(
+            text.chars().count() <= 513,
+            "{field}: {} characters",
+            text.len()
+        );
+        assert!(text.ends_with('…'), "{field}: {text:.100}");
+    }
+}
+
+/// core4's pages are 0-based and a negative one counts from the end, so neither 0 nor -1 is
+/// refused; a page before the first is empty, like one after the last, and keeps the number asked
+/// for (it was shown "resolved": `page=-99999999999` answered `"page": -99999999991`).
+#[tokio::test]
+async fn a_page_before_the_first_is_empty_and_keeps_its_number() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    for page in [-3, -99_999_999_999, i64::MIN] {
+        let (status, body) = app
+            .get(&format!("/roles?per_page=1&page={page}"), &admin)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (
+                &body["page"],
+                &body["count"],
+                &body["data"],
+                &body["page_count"]
+            ),
+            (&json!(page), &json!(0), &json!([]), &json!(2)),
+            "page={page}"
+        );
+    }
+    let (_, first) = app.get("/roles?per_page=1&page=-2", &admin).await;
+    assert_eq!((&first["page"], &first["count"]), (&json!(0), &json!(1)));
+    for query in [
+        "page=-99999999999999999999",
+        "page=99999999999999999999",
+        "per_page=4294967296",
+        "per_page=99999999999",
+    ] {
+        let (status, body) = app.get(&format!("/roles?{query}"), &admin).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        let param = query.split('=').next().unwrap();
+        assert!(error_text(&body, 400).contains(param), "{query}: {body}");
+    }
+}

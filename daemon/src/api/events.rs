@@ -11,11 +11,12 @@ use poem_openapi::{
     registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
 };
+use serde::Deserialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
 
 use super::{
-    ApiTags, AppState, Strict,
+    ApiTags, AppState, OptionalJson, Strict,
     spec::{
         HistoryFailures, HistoryPostFailures, PublishFailures, Reply, SocketFailures,
         StatsFailures, StreamFailures,
@@ -402,6 +403,33 @@ pub struct ChannelStatsOut {
     pub pruned_through: Option<String>,
 }
 
+/// The parameters of `POST /event/history` as a JSON body: those of its query.
+#[derive(Object, Deserialize, Default)]
+#[oai(deny_unknown_fields, skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// The channel (default `message`).
+    pub channel: Option<String>,
+    /// Page (0-based; negative counts from the end).
+    pub page: Option<i64>,
+    /// Items per page (default 10).
+    pub per_page: Option<u32>,
+    /// Only messages with a smaller id.
+    pub before: Option<String>,
+    /// Only messages with a larger id.
+    pub after: Option<String>,
+}
+
+/// A parameter given in the query, the body, or both with the same value.
+fn either<T: PartialEq>(name: &str, query: Option<T>, body: Option<T>) -> ApiResult<Option<T>> {
+    match (query, body) {
+        (Some(q), Some(b)) if q != b => Err(ApiError::BadRequest(format!(
+            "parameter [{name}] is given in the query and in the body with different values"
+        ))),
+        (q, b) => Ok(q.or(b)),
+    }
+}
+
 /// A page of history.
 #[derive(Object)]
 pub struct HistoryPage {
@@ -730,12 +758,16 @@ impl EventsApi {
 
     /// Message history (POST)
     ///
-    /// The same as GET (core4 answered POST with an empty body).
+    /// The same as GET, with the parameters in the query, in a JSON body (as core4 read its
+    /// arguments from either; core4 itself answered this POST with an empty body), or both: a
+    /// parameter given in both places with different values is a 400 naming it. An empty body
+    /// is no body.
     #[oai(
         path = "/event/history",
         method = "post",
         operation_id = "event_history_post"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn history_post(
         &self,
         auth: TokenAuth,
@@ -749,15 +781,17 @@ impl EventsApi {
         before: Query<Option<String>>,
         /// Only messages with a larger id.
         after: Query<Option<String>>,
+        body: OptionalJson<Strict<HistoryParams>>,
     ) -> Reply<HistoryResponse, HistoryPostFailures> {
+        let b = body.0.map(|b| b.0).unwrap_or_default();
         let page = history(
             &self.state,
             &auth,
-            channel.0,
-            page.0,
-            per_page.0,
-            before.0,
-            after.0,
+            either("channel", channel.0, b.channel)?,
+            either("page", page.0, b.page)?,
+            either("per_page", per_page.0, b.per_page)?,
+            either("before", before.0, b.before)?,
+            either("after", after.0, b.after)?,
         )
         .await?;
         Ok(HistoryResponse::Ok(page))

@@ -10,9 +10,12 @@ pub mod spec;
 
 use std::{borrow::Cow, sync::Arc};
 
+use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::{
-    OpenApiService, Tags,
-    registry::{MetaSchemaRef, Registry},
+    ApiExtractor, ApiExtractorType, ExtractParamOptions, OpenApiService, Tags,
+    error::ParseRequestPayloadError,
+    payload::{Json, Payload},
+    registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry},
     types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde::de::DeserializeOwned;
@@ -174,6 +177,50 @@ impl<T: Type + DeserializeOwned> ParseFromJSON for Strict<T> {
 impl<T: ToJSON> ToJSON for Strict<T> {
     fn to_json(&self) -> Option<serde_json::Value> {
         self.0.to_json()
+    }
+}
+
+/// A JSON request body that may be left out: no body, or one of only whitespace, is `None`;
+/// anything else must parse as `T`, else 400. Like core4, whatever the `Content-Type`.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<'a, T: ParseFromJSON> ApiExtractor<'a> for OptionalJson<T> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: Json::<T>::CONTENT_TYPE,
+                schema: T::schema_ref(),
+            }],
+            required: false,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let data = <Vec<u8> as FromRequest>::from_request(request, body).await?;
+        if data.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        let value = serde_json::from_slice(&data).map_err(|e| ParseRequestPayloadError {
+            reason: e.to_string(),
+        })?;
+        let parsed = T::parse_from_json(Some(value)).map_err(|e| ParseRequestPayloadError {
+            reason: e.into_message(),
+        })?;
+        Ok(Self(Some(parsed)))
     }
 }
 

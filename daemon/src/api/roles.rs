@@ -22,7 +22,7 @@ use crate::{
     auth::{Method, Principal, TokenAuth, qual},
     domain::{Email, ObjectId, Password, Permission, RoleName},
     envelope::{Envelope, Page, Paged, format_ts, ok},
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, quote},
     storage::{
         self,
         roles::{Changed, ListFilter, NewRole, Paging, RoleRow, SortKey},
@@ -400,7 +400,7 @@ fn etag_of(etag: Option<String>) -> ApiResult<String> {
 fn parse_id(id: &str) -> ApiResult<String> {
     ObjectId::parse(id)
         .map(|o| o.to_string())
-        .ok_or_else(|| ApiError::BadRequest(format!("failed to parse ObjectId [{id}]")))
+        .ok_or_else(|| ApiError::BadRequest(format!("failed to parse ObjectId [{}]", quote(id))))
 }
 
 fn need_cop(me: &Principal, what: &str) -> ApiResult<()> {
@@ -504,7 +504,8 @@ impl RolesApi {
             None => SortKey::Id,
             Some(s) => SortKey::parse(s).ok_or_else(|| {
                 ApiError::BadRequest(format!(
-                    "parameter [sort] cannot be [{s}]: use _id, name, realname, email or created"
+                    "parameter [sort] cannot be [{}]: use _id, name, realname, email or created",
+                    quote(s)
                 ))
             })?,
         };

@@ -65,7 +65,7 @@ const NOT_ALLOWED_OR_ORIGIN: (u16, &str) = (
      alone and came from a page of an origin core4d does not trust.",
 );
 const NO_SUCH_ID: (u16, &str) = (404, "No user or role has this id.");
-const TOO_LARGE: (u16, &str) = (413, "The request body is over 1 MiB.");
+const TOO_LARGE: (u16, &str) = (413, "The request body is over 256 KiB.");
 const DB_DOWN: (u16, &str) = (503, "The database is not reachable; try again shortly.");
 
 macro_rules! failures {
@@ -194,7 +194,7 @@ failures! {
                `api://core4.api.v1.request.standard.event.EventHandler`, or the request was \
                authenticated by the `token` cookie alone from a page of an origin core4d does \
                not trust."),
-        (413, "The request body is over 1 MiB, or `text` over `events.max_frame_bytes`."),
+        (413, "The request body is over 256 KiB, or `text` over `events.max_frame_bytes`."),
         (429, "Over the user's message rate (shared with the user's sockets); see \
                `Retry-After`."),
         (503, "The message could not be stored (the database is not reachable, or core4d is \
@@ -211,8 +211,10 @@ failures! {
     ];
     /// `POST /event/history`.
     HistoryPostFailures: [
-        (400, "An invalid channel name, `page` or `per_page`, or a `before`/`after` that is \
-               not a message id."),
+        (400, "An invalid channel name, `page` or `per_page`, a `before`/`after` that is \
+               not a message id, a body that is not such a JSON object, or a parameter given in \
+               the query and the body with different values."),
+        TOO_LARGE,
         NO_TOKEN,
         (403, "No `event://<channel>/r` for the channel, no \
                `api://core4.api.v1.request.standard.event.EventHistoryHandler`, or the request was \
@@ -239,7 +241,13 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
     };
     let schemas = &mut spec["components"]["schemas"];
     // Bodies parsed with `deny_unknown_fields`: an unknown field is a 400 naming it.
-    for name in ["RoleCreate", "RoleUpdate", "ProfileUpdate"] {
+    for name in [
+        "RoleCreate",
+        "RoleUpdate",
+        "ProfileUpdate",
+        "PublishRequest",
+        "HistoryParams",
+    ] {
         if let Some(schema) = schemas.get_mut(name).and_then(Value::as_object_mut) {
             schema.insert("additionalProperties".into(), Value::Bool(false));
         }
@@ -255,6 +263,11 @@ pub fn refine(spec: &str, max_per_page: u32) -> String {
             schema["required"] = json!([field]);
             schema["properties"][field]["minLength"] = json!(1);
         }
+    }
+    // The body of `POST /event/history` takes the query's bounds.
+    if let Some(per_page) = schemas.pointer_mut("/HistoryParams/properties/per_page") {
+        per_page["minimum"] = json!(1);
+        per_page["maximum"] = json!(max_per_page);
     }
     // A name, when given, is never empty.
     schemas["RoleUpdate"]["properties"]["name"]["minLength"] = json!(1);
@@ -458,5 +471,14 @@ fn refine_parameter(path: &str, method: &str, p: &mut Value, max_per_page: u32) 
         // Refused whatever its value: no value satisfies the schema.
         ("filter", Some("query")) => p["schema"] = json!({"not": {}}),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_body_limit_is_the_enforced_one() {
+        assert_eq!(crate::startup::MAX_BODY_BYTES, 256 * 1024);
+        assert!(super::TOO_LARGE.1.contains("256 KiB"));
     }
 }

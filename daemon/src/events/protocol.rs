@@ -164,11 +164,19 @@ fn parse_interest(obj: &Map<String, Value>) -> Result<Request, FrameError> {
     let data = match obj.get("data") {
         // core4: a missing list unsubscribes from everything.
         None => Vec::new(),
+        // core4 dropped non-strings silently, so `[1, null]` unsubscribed from everything; a
+        // client that sends them has a bug worth hearing of. Empty names go after normalisation.
         Some(Value::Array(items)) => items
             .iter()
-            // core4 drops non-strings silently; empty names go after normalisation.
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(FrameError::new(format!(
+                    "malformed interest: `data` must be a list of channel names, but entry {i} is {}; interest unchanged",
+                    kind(other)
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(FrameError::new(format!(
                 "malformed interest: `data` must be a list of channel names, not {}",
@@ -373,7 +381,7 @@ mod tests {
     #[test]
     fn client_frames_parse() {
         assert_eq!(
-            parse(r#"{"type":"interest","data":["Message"," system ",5,null],"since":"12"}"#),
+            parse(r#"{"type":"interest","data":["Message"," system "],"since":"12"}"#),
             Ok(Request::Interest {
                 data: vec!["Message".into(), " system ".into()],
                 since: Some(12)
@@ -424,6 +432,10 @@ mod tests {
             "malformed message: `text` is empty"
         );
         assert!(err(r#"{"type":"interest","data":null}"#).contains("must be a list"));
+        assert_eq!(
+            err(r#"{"type":"interest","data":["message",null,{}]}"#),
+            "malformed interest: `data` must be a list of channel names, but entry 1 is null; interest unchanged"
+        );
         assert!(err(r#"{"type":"interest","data":[],"since":"x"}"#).contains("`since`"));
         assert!(err(r#"{"type":"token"}"#).contains("missing `token`"));
         assert!(err(r#"{"type":"token","token":"t","id":5}"#).contains("`id` must be a string"));
