@@ -10,7 +10,7 @@ impl Email {
         let err = || {
             format!(
                 "field [email] must match a valid address, got [{}]",
-                raw.trim()
+                crate::error::quote(raw.trim())
             )
         };
         if email.len() > 254 {

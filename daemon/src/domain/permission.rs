@@ -22,7 +22,7 @@ pub struct Permission(String);
 impl Permission {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let p = raw.trim();
-        let invalid = || format!("invalid permission protocol [{p}]");
+        let invalid = || format!("invalid permission protocol [{}]", crate::error::quote(p));
         if p == "cop" {
             return Ok(Self(p.into()));
         }

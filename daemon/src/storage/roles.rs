@@ -497,7 +497,9 @@ pub async fn resolve(
                 .fetch_optional(&mut **tx)
                 .await?
         };
-        let id = id.ok_or_else(|| ApiError::NotFound(format!("role [{name}] not found")))?;
+        let id = id.ok_or_else(|| {
+            ApiError::NotFound(format!("role [{}] not found", crate::error::quote(name)))
+        })?;
         if !ids.contains(&id) {
             ids.push(id);
         }
