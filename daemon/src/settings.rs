@@ -192,8 +192,9 @@ pub struct EventSettings {
     pub commit_timeout_ms: u64,
     /// Seconds between retention rounds.
     pub retention_interval_secs: u64,
-    /// How long a message `key` is remembered: a message with the same (author, key) within it
-    /// is not stored again and is acknowledged with the original id (`"duplicate": true`).
+    /// How long a message `key` is remembered: a message with the same key from the same
+    /// account within it is not stored again and is acknowledged with the original id
+    /// (`"duplicate": true`).
     pub idempotency_window_secs: u64,
     /// Which stored messages to keep, per channel: the first rule whose `channel` glob matches
     /// applies; a channel no rule matches keeps everything. TOML only (`[[events.retention]]`).

@@ -183,10 +183,11 @@ pub struct MessageRequestFrame {
     pub channel: String,
     /// Any JSON value except null and the empty string; stored as the event's `data`.
     pub text: Value,
-    /// Idempotency key (1 to 128 characters, no control characters): a message with the (author, key) of one stored
-    /// within `events.idempotency_window_secs` (24 h) is not stored again; the ack names the
-    /// original `message_id` with `"duplicate": true`. Resend with the same key after a
-    /// reconnect to publish exactly once.
+    /// Idempotency key (1 to 128 characters, no control characters): a message whose key the
+    /// same account (not name: a rename keeps the keys) stored within
+    /// `events.idempotency_window_secs` (24 h) is not stored again; the ack names the original
+    /// `message_id` with `"duplicate": true`. Resend with the same key after a reconnect to
+    /// publish exactly once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Correlation id (at most 64 characters), echoed on the reply.
@@ -406,7 +407,7 @@ pub struct PublishRequest {
 pub struct Published {
     /// The stored message's id, or for a `duplicate` the id of the message stored before.
     pub message_id: String,
-    /// `true` when a message with the same (author, key) was stored within
+    /// `true` when the same account stored a message with the same key within
     /// `events.idempotency_window_secs` and this one was not stored again.
     pub duplicate: bool,
 }

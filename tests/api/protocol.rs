@@ -2,7 +2,10 @@
 //! RFC 6455 closes and HTTP publish, end to end against a real core4d.
 
 use core4_tests::{TestApp, spawn_app, spawn_app_with, test_settings};
-use core4d::storage::{self, events::NewBatch};
+use core4d::storage::{
+    self,
+    events::{AccountKey, NewBatch},
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -179,8 +182,18 @@ async fn duplicates_inside_one_batch_ack_the_first_and_ids_stay_gapless() {
     let pool = core4d::startup::connect(&app.database_url, 1)
         .await
         .unwrap();
-    let keys = |k: &[Option<&str>]| Some(k.iter().map(|k| k.map(str::to_owned)).collect());
-    let batch = |keys: Option<Vec<Option<String>>>| {
+    let admin: String = sqlx::query_scalar("SELECT id FROM roles WHERE name = 'admin'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let keys = |k: &[Option<&str>]| {
+        Some(
+            k.iter()
+                .map(|k| k.map(|k| AccountKey::new(&admin, k)))
+                .collect(),
+        )
+    };
+    let batch = |keys: Option<Vec<Option<AccountKey>>>| {
         let n = keys.as_ref().map_or(3, Vec::len);
         NewBatch {
             names: vec!["message".into(); n],
@@ -222,8 +235,8 @@ async fn duplicates_inside_one_batch_ack_the_first_and_ids_stay_gapless() {
         .await
         .unwrap();
     assert_eq!(ids, (head + 1..=head + 8).collect::<Vec<_>>());
-    // The key (qualified with its author) lives in the newest message's row only: the expired
-    // holder gave it up.
+    // The key (qualified with its author's id) lives in the newest message's row only: the
+    // expired holder gave it up.
     let holders: Vec<(i64, String)> =
         sqlx::query_as("SELECT id, replace(key, chr(31), '/') FROM events WHERE id > $1 AND key IS NOT NULL ORDER BY id")
             .bind(head)
@@ -233,9 +246,9 @@ async fn duplicates_inside_one_batch_ack_the_first_and_ids_stay_gapless() {
     assert_eq!(
         holders,
         [
-            (head + 3, "admin/y".into()),
-            (head + 4, "admin/z".into()),
-            (head + 8, "admin/x".into())
+            (head + 3, format!("{admin}/y")),
+            (head + 4, format!("{admin}/z")),
+            (head + 8, format!("{admin}/x"))
         ]
     );
 }
@@ -579,4 +592,181 @@ async fn a_client_that_pings_and_never_reads_is_closed_instead_of_buffered() {
     let (code, reason) = ws.closed().await;
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.starts_with("too many pings"), "{reason}");
+}
+
+// Keys belong to the account (its role id), not to its name: a name can pass to another account.
+
+/// Publishes over HTTP with a key; returns (message_id, duplicate).
+async fn post_keyed(app: &TestApp, token: &str, text: &str, key: &str) -> (String, bool) {
+    let (status, body) = app
+        .post(
+            "/event",
+            token,
+            json!({"channel": "keyed", "text": text, "key": key}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let data = &body["data"];
+    (
+        data["message_id"].as_str().unwrap().to_string(),
+        data["duplicate"].as_bool().unwrap(),
+    )
+}
+
+async fn update_role(app: &TestApp, admin: &str, id: &str, change: Value) -> (u16, Value) {
+    let (status, current) = app.get(&format!("/roles/{id}"), admin).await;
+    assert_eq!(status, 200, "{current}");
+    let mut body = change;
+    body["etag"] = current["data"]["etag"].clone();
+    app.put(&format!("/roles/{id}"), admin, body).await
+}
+
+#[tokio::test]
+async fn a_deleted_users_keys_do_not_answer_a_new_user_of_the_same_name() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (old_id, old) = user_with(&app, &admin, "frank", &["event://keyed/rw"]).await;
+    let (first, duplicate) = post_keyed(&app, &old, "old frank", "daily-report").await;
+    assert!(!duplicate);
+    let (_, current) = app.get(&format!("/roles/{old_id}"), &admin).await;
+    let etag = current["data"]["etag"].as_str().unwrap().to_string();
+    let (status, body) = app
+        .delete(&format!("/roles/{old_id}?etag={etag}"), &admin)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (new_id, new) = user_with(&app, &admin, "frank", &["event://keyed/rw"]).await;
+    assert_ne!(new_id, old_id);
+    // Stored, under a new id: neither silently dropped nor told the old account's message id.
+    let (second, duplicate) = post_keyed(&app, &new, "new frank", "daily-report").await;
+    assert!(!duplicate);
+    assert_ne!(second, first);
+    // The key is the new account's now, over HTTP and the socket alike.
+    assert_eq!(
+        post_keyed(&app, &new, "new frank", "daily-report").await,
+        (second.clone(), true)
+    );
+    let mut ws = Ws::connect(&app, &new).await;
+    let again = publish_keyed(&mut ws, "new frank", "daily-report").await;
+    assert_eq!(
+        (again["message_id"].as_str(), again["duplicate"].as_bool()),
+        (Some(&*second), Some(true)),
+        "{again}"
+    );
+    assert_eq!(stored_texts(&app, &admin).await, ["new frank", "old frank"]);
+}
+
+#[tokio::test]
+async fn a_renamed_users_resend_is_a_duplicate_and_the_old_name_starts_afresh() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (id, frank) = user_with(&app, &admin, "frank", &["event://keyed/rw"]).await;
+    let mut ws = Ws::connect(&app, &frank).await;
+    let sent = publish_keyed(&mut ws, "report", "daily-report").await;
+    let original = sent["message_id"].as_str().unwrap().to_string();
+    drop(ws);
+    let (status, body) = update_role(&app, &admin, &id, json!({"name": "francis"})).await;
+    assert_eq!(status, 200, "{body}");
+    // The resend after the rename, by socket and by HTTP: acked with the original id.
+    let francis = app.login("francis", "very secret").await;
+    let mut ws = Ws::connect(&app, &francis).await;
+    let again = publish_keyed(&mut ws, "report", "daily-report").await;
+    assert_eq!(
+        (again["message_id"].as_str(), again["duplicate"].as_bool()),
+        (Some(&*original), Some(true)),
+        "{again}"
+    );
+    assert_eq!(
+        post_keyed(&app, &francis, "report", "daily-report").await,
+        (original.clone(), true)
+    );
+    // The next holder of the old name has keys of its own (francis keeps the old email).
+    let (status, body) =
+        update_role(&app, &admin, &id, json!({"email": "francis@example.com"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, next) = user_with(&app, &admin, "frank", &["event://keyed/rw"]).await;
+    let (theirs, duplicate) = post_keyed(&app, &next, "theirs", "daily-report").await;
+    assert!(!duplicate);
+    assert_ne!(theirs, original);
+    assert_eq!(stored_texts(&app, &admin).await, ["report", "theirs"]);
+}
+
+#[tokio::test]
+async fn migration_0010_moves_stored_keys_from_names_to_accounts() {
+    let url = core4_tests::fresh_database().await;
+    let pool = core4d::startup::connect(&url, 1).await.unwrap();
+    let mut migrator = sqlx::migrate!("../daemon/migrations");
+    let all = migrator.migrations.clone();
+    migrator.migrations = all.iter().filter(|m| m.version <= 9).cloned().collect();
+    migrator.run(&pool).await.unwrap();
+    // Under the 0009 schema: frank exists, `gone` was deleted; each stored a keyed message.
+    let frank_id = "0123456789abcdef01234567";
+    sqlx::query("INSERT INTO roles (id, name, name_key, etag) VALUES ($1, 'frank', 'frank', 'e')")
+        .bind(frank_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (first,): (i64,) = sqlx::query_as(
+        "SELECT o_first FROM append_events($1, 'old', ARRAY['message', 'message'],
+             ARRAY['frank', 'gone'], ARRAY['keyed', 'keyed'], ARRAY['\"old\"', '\"gone\"'],
+             ARRAY['daily-report', 'daily-report'], 86400)",
+    )
+    .bind(Uuid::new_v4())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let keys = || async {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT author, replace(key, chr(31), '/') FROM events ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        keys().await,
+        [
+            ("frank".into(), Some("frank/daily-report".into())),
+            ("gone".into(), Some("gone/daily-report".into()))
+        ]
+    );
+    migrator.migrations = all;
+    migrator.run(&pool).await.unwrap();
+    assert_eq!(
+        keys().await,
+        [
+            ("frank".into(), Some(format!("{frank_id}/daily-report"))),
+            ("gone".into(), None)
+        ]
+    );
+    // A bare key (as a core4d from before 0010 would still send) is refused, not stored.
+    let bare = sqlx::query(
+        "SELECT * FROM append_events($1, 'old', ARRAY['message'], ARRAY['frank'],
+             ARRAY['keyed'], ARRAY['\"bare\"'], ARRAY['daily-report'], 86400)",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        bare.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23514"),
+        "{bare}"
+    );
+    // End to end: frank's resend after the upgrade is the message stored before it.
+    let app = spawn_app_with(test_settings(&url)).await;
+    let admin = app.admin_token().await;
+    let (status, body) = update_role(
+        &app,
+        &admin,
+        frank_id,
+        json!({"email": "frank@example.com", "passwd": "very secret",
+               "perm": ["api://core4.api.v1.request.standard.*", "event://keyed/rw"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let frank = app.login("frank", "very secret").await;
+    assert_eq!(
+        post_keyed(&app, &frank, "old", "daily-report").await,
+        (first.to_string(), true)
+    );
 }

@@ -611,9 +611,9 @@ impl EventsApi {
     /// as the socket (`api://core4.api.v1.request.standard.event.EventHandler` and
     /// `event://<channel>/w`), the same per-user message rate (shared with the user's sockets)
     /// and the same error phrases. With a key (`key` in the body or the `Idempotency-Key`
-    /// header), a message whose (author, key) was stored within `events.idempotency_window_secs`
-    /// (24 h) is not stored again: the reply names the original `message_id` with
-    /// `duplicate: true`, so a request that timed out can be sent again safely.
+    /// header), a message whose key the same account stored within
+    /// `events.idempotency_window_secs` (24 h) is not stored again: the reply names the original
+    /// `message_id` with `duplicate: true`, so a request that timed out can be sent again safely.
     ///
     /// ```text
     /// POST /core4/api/v1/event

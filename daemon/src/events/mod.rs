@@ -62,7 +62,7 @@ use crate::{
     error::{ApiError, ApiResult},
     metrics::Metrics,
     settings::EventSettings,
-    storage,
+    storage::{self, events::AccountKey},
 };
 
 /// Close codes the server uses (defined with the frames in core4-proto).
@@ -139,8 +139,8 @@ impl Hub {
 
     /// Publishes one message for an HTTP caller and waits for its commit: the socket's checks
     /// (channel name, write permission, the user's message rate) and error phrases, as an
-    /// [`ApiError`]. With a `key`, a message stored before under the same (author, key) is acked
-    /// as a duplicate instead of being stored again.
+    /// [`ApiError`]. With a `key`, a message the same account stored before with that key is
+    /// acked as a duplicate instead of being stored again.
     pub async fn publish(
         &self,
         principal: &Principal,
@@ -184,7 +184,7 @@ impl Hub {
             channel,
             author: principal.name.clone(),
             data,
-            key,
+            key: key.map(|k| AccountKey::new(&principal.id, &k)),
             reply: ReplyTo::Caller(tx),
         };
         let shutting_down = || ApiError::Busy {

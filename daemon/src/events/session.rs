@@ -32,7 +32,7 @@ use super::{
     subscriber::{Out, Subscriber},
     writer::{Pending, ReplyTo},
 };
-use crate::{domain::Channel, envelope::format_ts, metrics::Metrics};
+use crate::{domain::Channel, envelope::format_ts, metrics::Metrics, storage::events::AccountKey};
 
 type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
@@ -314,7 +314,7 @@ impl Reader<'_> {
             channel,
             author,
             data,
-            key,
+            key: key.map(|k| AccountKey::new(&self.sub.user_id, &k)),
             reply: ReplyTo::Socket {
                 sub: self.sub.clone(),
                 slot,

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::storage::{
     self,
-    events::{Appended, EventRow, NewBatch},
+    events::{AccountKey, Appended, EventRow, NewBatch},
 };
 
 /// A message on its way to the database.
@@ -30,8 +30,8 @@ pub struct Pending {
     pub channel: String,
     pub author: String,
     pub data: String,
-    /// Idempotency key: stored at most once per (author, key) within the window.
-    pub key: Option<String>,
+    /// Idempotency key, scoped by the author's account: stored at most once within the window.
+    pub key: Option<AccountKey>,
     pub reply: ReplyTo,
 }
 

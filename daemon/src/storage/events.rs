@@ -25,7 +25,26 @@ pub struct NewBatch {
     pub channels: Vec<String>,
     pub data: Vec<String>,
     /// Idempotency keys, one per message; `None` when no message of the batch has one.
-    pub keys: Option<Vec<Option<String>>>,
+    pub keys: Option<Vec<Option<AccountKey>>>,
+}
+
+/// An idempotency key as `events.key` stores it: the author's role id, the unit separator and
+/// the client's key. The id, not the name: a name passes to another account when its holder is
+/// renamed or deleted, an id never does (migration 0010).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct AccountKey(String);
+
+impl AccountKey {
+    /// `key` of the account with role id `account` (24 hex digits, so the two parts never run
+    /// into each other).
+    pub fn new(account: &str, key: &str) -> Self {
+        let mut s = String::with_capacity(account.len() + 1 + key.len());
+        s.push_str(account);
+        s.push('\u{1f}');
+        s.push_str(key);
+        Self(s)
+    }
 }
 
 /// Where a batch went: ids `first ..` in batch order, or with keys the id each message
@@ -51,7 +70,7 @@ impl Appended {
 const COLUMNS: &str = "id, created, name, author, channel, data::text AS data";
 
 /// Appends a batch in one statement (one transaction, at most one NOTIFY); keyed messages whose
-/// (author, key) was stored within `window_secs` are not stored again.
+/// [`AccountKey`] was stored within `window_secs` are not stored again.
 pub async fn append(
     pool: &PgPool,
     batch: Uuid,
