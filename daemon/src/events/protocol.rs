@@ -17,7 +17,7 @@ pub enum Request {
         since: Option<i64>,
     },
     /// Store and broadcast `text` (compact JSON) on the raw `channel`; with a `key`, at most once
-    /// per (author, key) within the idempotency window.
+    /// per (account, key) within the idempotency window.
     Message {
         channel: String,
         text: String,
