@@ -199,6 +199,12 @@ impl Application {
         let state = AppState {
             pool,
             auth,
+            // At most a few pages at once, as many as a quarter of the pool's connections, and
+            // two per client address.
+            page_builds: Arc::new(web::held::PageBuilds::new(
+                (settings.db_max_connections as usize / 4).max(2),
+                2,
+            )),
             settings: Arc::new(settings),
             hub,
             metrics,

@@ -38,6 +38,7 @@ use crate::{
         self,
         events::{EventRow, HistoryFilter},
     },
+    web::Client,
 };
 
 #[derive(ApiResponse)]
@@ -297,9 +298,11 @@ fn websocket_key(req: &Request) -> ApiResult<HeaderValue> {
     HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(ApiError::internal)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn history(
     state: &AppState,
     auth: &TokenAuth,
+    client: &Client,
     channel: Option<String>,
     page: Option<i64>,
     per_page: Option<u32>,
@@ -331,6 +334,27 @@ async fn history(
         after: cursor("after", after)?,
     };
     let pager = Page::new(page, per_page, state.settings.max_per_page)?;
+    // A page of big messages is tens of MB while it is built: only a few at once.
+    let worst = (pager.per_page as usize).saturating_mul(state.settings.events.max_frame_bytes);
+    let _building = if worst > crate::web::held::PageBuilds::SMALL {
+        let wait = std::time::Duration::from_secs(5);
+        Some(state.page_builds.enter(client.addr, wait).await.map_err(|refused| {
+            ApiError::Busy {
+                message: match refused {
+                    crate::web::held::Refusal::Client => {
+                        "this client builds as many large pages of history at once as it may: wait for them, or use a smaller per_page"
+                    }
+                    crate::web::held::Refusal::Everyone => {
+                        "too many large pages of history are being built: retry in a few seconds, or use a smaller per_page"
+                    }
+                }
+                .into(),
+                retry_after: 5,
+            }
+        })?)
+    } else {
+        None
+    };
     // Counting stops at the window; page numbers address the newest `window` messages only.
     let window = state.settings.events.history_count_limit.max(1);
     let per_page = pager.per_page as u64;
@@ -696,6 +720,7 @@ impl EventsApi {
         method = "get",
         operation_id = "event_history_get"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn history_get(
         &self,
         auth: TokenAuth,
@@ -709,10 +734,12 @@ impl EventsApi {
         before: Query<Option<String>>,
         /// Only messages with a larger id.
         after: Query<Option<String>>,
+        client: Client,
     ) -> Reply<HistoryResponse, HistoryFailures> {
         let page = history(
             &self.state,
             &auth,
+            &client,
             channel.0,
             page.0,
             per_page.0,
@@ -782,11 +809,13 @@ impl EventsApi {
         /// Only messages with a larger id.
         after: Query<Option<String>>,
         body: OptionalJson<Strict<HistoryParams>>,
+        client: Client,
     ) -> Reply<HistoryResponse, HistoryPostFailures> {
         let b = body.0.map(|b| b.0).unwrap_or_default();
         let page = history(
             &self.state,
             &auth,
+            &client,
             either("channel", channel.0, b.channel)?,
             either("page", page.0, b.page)?,
             either("per_page", per_page.0, b.per_page)?,

@@ -31,6 +31,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub hub: Hub,
     pub metrics: Metrics,
+    /// Pages of history that may be large are built a few at a time.
+    pub page_builds: Arc<crate::web::held::PageBuilds>,
 }
 
 #[derive(Tags)]
@@ -248,6 +250,7 @@ pub async fn offline_spec(settings: &Settings) -> anyhow::Result<String> {
         settings: Arc::new(settings.clone()),
         hub: Hub::offline(),
         metrics: Metrics::default(),
+        page_builds: Arc::new(crate::web::held::PageBuilds::new(1, 1)),
     };
     Ok(spec_json(&state))
 }

@@ -67,6 +67,11 @@ const NOT_ALLOWED_OR_ORIGIN: (u16, &str) = (
 const NO_SUCH_ID: (u16, &str) = (404, "No user or role has this id.");
 const TOO_LARGE: (u16, &str) = (413, "The request body is over 256 KiB.");
 const DB_DOWN: (u16, &str) = (503, "The database is not reachable; try again shortly.");
+const DB_DOWN_OR_PAGES_BUSY: (u16, &str) = (
+    503,
+    "The database is not reachable; or this client (two at a time) or all clients build as many \
+     large pages as they may, or its large replies wait unread (see `Retry-After`).",
+);
 
 macro_rules! failures {
     ($($(#[$doc:meta])* $name:ident: [$($status:expr),* $(,)?];)*) => {$(
@@ -207,7 +212,7 @@ failures! {
         NO_TOKEN,
         (403, "No `event://<channel>/r` for the channel, or no \
                `api://core4.api.v1.request.standard.event.EventHistoryHandler`."),
-        DB_DOWN,
+        DB_DOWN_OR_PAGES_BUSY,
     ];
     /// `POST /event/history`.
     HistoryPostFailures: [
@@ -220,7 +225,7 @@ failures! {
                `api://core4.api.v1.request.standard.event.EventHistoryHandler`, or the request was \
                authenticated by the `token` cookie alone from a page of an origin core4d does \
                not trust."),
-        DB_DOWN,
+        DB_DOWN_OR_PAGES_BUSY,
     ];
     /// `GET /event/stats`.
     StatsFailures: [

@@ -18,8 +18,13 @@ use crate::{
     storage,
 };
 
-/// Replayed rows read per query.
+/// Replayed rows read per query at most; fewer when they are large (see [`REPLAY_PAGE_BYTES`]).
 const REPLAY_PAGE: i64 = 500;
+/// Rows read by the first query of a replay, before their size is known.
+const REPLAY_FIRST_PAGE: i64 = 16;
+/// About how many bytes of rows one replay query reads: a replay to a client that does not read
+/// holds its current page while it waits for room.
+const REPLAY_PAGE_BYTES: usize = 1 << 20;
 
 /// The outcome of an interest request.
 pub struct Granted {
@@ -123,10 +128,9 @@ impl Shared {
             }
             Err(e) => tracing::warn!(error = %e, "reading what retention pruned failed"),
         }
+        let mut page = REPLAY_FIRST_PAGE;
         while !channels.is_empty() && !sub.is_closed() {
-            let rows = match storage::events::replay(self.pool(), &channels, cursor, REPLAY_PAGE)
-                .await
-            {
+            let rows = match storage::events::replay(self.pool(), &channels, cursor, page).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, "replay failed");
@@ -139,6 +143,10 @@ impl Shared {
                 }
             };
             let n = rows.len() as i64;
+            let full = n == page;
+            let bytes: usize = rows.iter().map(|r| r.data.len() + 128).sum();
+            page = ((REPLAY_PAGE_BYTES * rows.len().max(1)) / bytes.max(1))
+                .clamp(REPLAY_FIRST_PAGE as usize, REPLAY_PAGE as usize) as i64;
             for row in rows {
                 cursor = row.id;
                 if sent.contains(&row.channel, row.id) {
@@ -150,7 +158,7 @@ impl Shared {
             self.metrics()
                 .events_replayed
                 .fetch_add(n as u64, Ordering::Relaxed);
-            if n < REPLAY_PAGE {
+            if !full {
                 break;
             }
         }

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::{Admission, protocol, subscriber::Out};
 
+/// A chunk of the stream is cut after the frame that takes it past this size.
+const CHUNK_BYTES: usize = 256 * 1024;
+
 /// The event stream of an admitted subscriber: subscribes to `channels` (replaying after
 /// `since`), then yields chunks of the stream until the hub closes it or the client leaves
 /// (dropping the stream drops the admission).
@@ -71,7 +74,10 @@ impl Sender {
             sub.written(std::mem::take(&mut self.unaccounted), shared.metrics());
         }
         loop {
-            sub.take(&mut self.queue);
+            // What the last chunk left over goes first.
+            if self.queue.is_empty() {
+                sub.take(&mut self.queue);
+            }
             if !self.queue.is_empty() {
                 break;
             }
@@ -89,7 +95,12 @@ impl Sender {
         // The client takes what we write: that is its sign of life (it sends nothing else).
         sub.seen(shared.now_ms());
         let mut out = String::new();
-        for frame in self.queue.drain(..) {
+        // One chunk is a copy of its frames: at most about CHUNK_BYTES of them, so that a stream
+        // whose client does not read holds no more than that beside its (shared) queue.
+        while out.len() < CHUNK_BYTES {
+            let Some(frame) = self.queue.pop_front() else {
+                break;
+            };
             match frame {
                 Out::Event(id, data) => {
                     self.unaccounted += 1;

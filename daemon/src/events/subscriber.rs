@@ -58,6 +58,10 @@ pub struct SubscriberAuth {
     pub channels: Vec<String>,
 }
 
+/// Bytes of replayed events a subscriber may have queued and not yet taken by its sender; with
+/// what the sender is writing, a replay to a client that does not read holds about twice this.
+const REPLAY_BYTES: usize = 1 << 20;
+
 #[derive(Debug, Default)]
 struct Outbox {
     frames: VecDeque<Out>,
@@ -70,6 +74,9 @@ struct Outbox {
     /// cannot be called back, so a replay must start after it.
     handed: i64,
     lagged: bool,
+    /// Bytes of replayed events queued and not yet taken by the sender: a replay reads its own
+    /// copy of every row, so it is bounded in bytes too, not only by `events`.
+    replay_bytes: usize,
     /// A ping is queued and not yet taken.
     ping_queued: bool,
     /// While a replay runs: live events wait here.
@@ -352,6 +359,7 @@ impl Subscriber {
         o.frames.retain(|f| !matches!(f, Out::Event(..)));
         let removed = before - o.frames.len();
         o.events -= removed;
+        o.replay_bytes = 0;
         let handed = o.handed;
         o.last_id = handed;
         o.lagged = false;
@@ -374,7 +382,7 @@ impl Subscriber {
     /// Is there room for another replayed event?
     pub fn has_room(&self) -> bool {
         let o = lock(&self.out);
-        o.closing || o.events < self.cap
+        o.closing || (o.events < self.cap && o.replay_bytes < REPLAY_BYTES)
     }
 
     /// Waits until the sender made room (or the subscriber is closed).
@@ -399,6 +407,7 @@ impl Subscriber {
             if o.closing {
                 return;
             }
+            o.replay_bytes += frame.len();
             o.frames.push_back(Out::Event(id, frame));
             o.events += 1;
             o.last_id = o.last_id.max(id);
@@ -432,6 +441,8 @@ impl Subscriber {
     pub fn take(&self, into: &mut VecDeque<Out>) {
         let mut o = lock(&self.out);
         std::mem::swap(&mut o.frames, into);
+        // The sender holds them now; the replay may queue the next bytes while they are written.
+        o.replay_bytes = 0;
         if let Some(id) = into
             .iter()
             .filter_map(|f| match f {
@@ -580,6 +591,24 @@ mod tests {
         assert_eq!(c.push_event(6, &ev(6)), Pushed::Queued);
         assert_eq!(c.frames(), [r#"{"type":"gap","after":"2"}"#, "e6"]);
         assert_eq!(c.push_event(6, &ev(6)), Pushed::Skipped);
+    }
+
+    #[test]
+    fn a_replay_is_bounded_in_bytes_as_well_as_in_events() {
+        let c = sub(1000);
+        c.begin_hold(0, &[]);
+        let big = Utf8Bytes::from("x".repeat(REPLAY_BYTES / 4));
+        for id in 1..=4 {
+            assert!(c.has_room(), "event {id}");
+            c.push_replayed(id, big.clone());
+        }
+        // Four events of a thousand allowed, but a MiB of copies: the replay waits.
+        assert!(!c.has_room());
+        let mut taken = VecDeque::new();
+        c.take(&mut taken);
+        assert_eq!(taken.len(), 4);
+        // The sender holds them now; the replay may queue the next MiB while they are written.
+        assert!(c.has_room());
     }
 
     #[test]

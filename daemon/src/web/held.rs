@@ -156,6 +156,87 @@ impl HeldReplies {
     }
 }
 
+/// Pages that may be large are built a few at a time: a reply is only counted against the
+/// budgets above once it is built, and a page of 64 KiB messages can be tens of MB, so many
+/// built at once (most of them refused afterwards) would reach that size times their number.
+pub struct PageBuilds {
+    all: tokio::sync::Semaphore,
+    per_address: usize,
+    building: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A page being built; its slot is given back when dropped.
+pub struct Building<'a> {
+    gate: &'a PageBuilds,
+    addr: IpAddr,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for Building<'_> {
+    fn drop(&mut self) {
+        let mut building = self
+            .gate
+            .building
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = building.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                building.remove(&self.addr);
+            }
+        }
+    }
+}
+
+impl PageBuilds {
+    /// Pages whose worst case is at most this many bytes are built without a slot.
+    pub const SMALL: usize = 1 << 20;
+
+    pub fn new(at_once: usize, per_address: usize) -> Self {
+        Self {
+            all: tokio::sync::Semaphore::new(at_once.max(1)),
+            per_address: per_address.max(1),
+            building: Mutex::default(),
+        }
+    }
+
+    /// A slot to build a page for `addr`: refused at once when that client builds its share
+    /// already, else waited for up to `wait`.
+    pub async fn enter(
+        &self,
+        addr: IpAddr,
+        wait: std::time::Duration,
+    ) -> Result<Building<'_>, Refusal> {
+        {
+            let mut building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = building.entry(addr).or_default();
+            if *n >= self.per_address {
+                return Err(Refusal::Client);
+            }
+            *n += 1;
+        }
+        // From here on, a refusal must give the client's count back: `Building` does that.
+        let permit = match tokio::time::timeout(wait, self.all.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                let mut building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(n) = building.get_mut(&addr) {
+                    *n -= 1;
+                    if *n == 0 {
+                        building.remove(&addr);
+                    }
+                }
+                return Err(Refusal::Everyone);
+            }
+        };
+        Ok(Building {
+            gate: self,
+            addr,
+            _permit: permit,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +267,22 @@ mod tests {
         let again = budget.hold(a, 5).expect("free again");
         drop((other, again));
         assert_eq!(budget.held(a), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn large_pages_are_built_a_few_at_a_time_and_a_client_only_its_share() {
+        let gate = PageBuilds::new(2, 1);
+        let wait = std::time::Duration::from_millis(50);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = gate.enter(a, wait).await.expect("a slot");
+        assert_eq!(gate.enter(a, wait).await.err(), Some(Refusal::Client));
+        let second = gate.enter(b, wait).await.expect("another client");
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        assert_eq!(gate.enter(c, wait).await.err(), Some(Refusal::Everyone));
+        drop(first);
+        let again = gate.enter(a, wait).await.expect("free again");
+        drop((second, again));
+        assert!(gate.building.lock().unwrap().is_empty());
     }
 }
