@@ -40,26 +40,42 @@ async fn a_client_that_does_not_read_its_large_replies_gets_503_for_more() {
         )
         .await
         .unwrap();
-    // Once core4d holds the stalled reply, the same client's next large reply is refused...
+    // Once core4d holds the stalled reply (its size shows in /metrics; nothing else asks for a
+    // large page meanwhile), the same client's next large reply is refused...
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let refused = loop {
-        let resp = app
+    loop {
+        let metrics = app
             .client
-            .get(app.url(page))
-            .bearer_auth(&admin)
+            .get(format!("{}/metrics", app.address))
             .send()
             .await
+            .unwrap()
+            .text()
+            .await
             .unwrap();
-        if resp.status() == 503 {
-            break resp;
+        let held: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("core4d_http_held_reply_bytes "))
+            .expect("the held bytes gauge")
+            .parse()
+            .unwrap();
+        if held > 0 {
+            break;
         }
-        assert_eq!(resp.status(), 200);
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stalled reply was never held"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = app
+        .client
+        .get(app.url(page))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "5");
     let body: serde_json::Value = refused.json().await.unwrap();
     assert!(

@@ -770,3 +770,39 @@ async fn migration_0010_moves_stored_keys_from_names_to_accounts() {
         (first.to_string(), true)
     );
 }
+
+#[tokio::test]
+async fn an_idempotency_key_header_beyond_ascii_is_honoured_and_a_repeated_one_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let publish = |headers: Vec<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.url("/event"))
+            .bearer_auth(&admin)
+            .json(&json!({"channel": "keyed", "text": "once"}));
+        for h in headers {
+            req = req.header(
+                "Idempotency-Key",
+                reqwest::header::HeaderValue::from_bytes(h.as_bytes()).unwrap(),
+            );
+        }
+        req.send()
+    };
+    let first: Value = publish(vec!["ключ-1"]).await.unwrap().json().await.unwrap();
+    let again: Value = publish(vec!["ключ-1"]).await.unwrap().json().await.unwrap();
+    assert_eq!(first["data"]["duplicate"], false, "{first}");
+    assert_eq!(
+        (&again["data"]["duplicate"], &again["data"]["message_id"]),
+        (&json!(true), &first["data"]["message_id"]),
+        "{again}"
+    );
+    let twice = publish(vec!["a", "b"]).await.unwrap();
+    assert_eq!(twice.status(), 400);
+    let body: Value = twice.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("more than once"),
+        "{body}"
+    );
+    assert_eq!(stored_texts(&app, &admin).await, ["once"]);
+}

@@ -298,6 +298,31 @@ fn websocket_key(req: &Request) -> ApiResult<HeaderValue> {
     HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(ApiError::internal)
 }
 
+/// A header that may be given once: its value as text (UTF-8 is taken as such, where the typed
+/// extractor sees only visible ASCII and would call anything else absent), or a 400 when it is
+/// repeated or not text.
+fn one_header(
+    req: &poem::Request,
+    name: &str,
+    parsed: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return match req.headers().get_all(name).iter().count() {
+            0 => Ok(None),
+            _ => Err(ApiError::BadRequest(format!(
+                "header [{name}] is given more than once; send it once"
+            ))),
+        };
+    };
+    match parsed {
+        Some(text) => Ok(Some(text)),
+        None => std::str::from_utf8(value.as_bytes())
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|_| ApiError::BadRequest(format!("header [{name}] is not UTF-8 text"))),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn history(
     state: &AppState,
@@ -574,7 +599,9 @@ impl EventsApi {
         /// `since` as well, the stream resumes after the later of the two.
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<String>>,
+        req: &poem::Request,
     ) -> Reply<EventStream, StreamFailures> {
+        let last_event_id = one_header(req, "last-event-id", last_event_id.0)?;
         let principal = self
             .state
             .auth
@@ -591,7 +618,7 @@ impl EventsApi {
         // `Last-Event-ID` it sends, and resuming from `since` would repeat events.
         let since = match (
             id(since.0, "parameter [since]")?,
-            id(last_event_id.0, "header [Last-Event-ID]")?,
+            id(last_event_id, "header [Last-Event-ID]")?,
         ) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -656,7 +683,9 @@ impl EventsApi {
         /// no `key`; given with a different body `key`, a 400.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
+        req: &poem::Request,
     ) -> Reply<PublishResponse, PublishFailures> {
+        let idempotency_key = one_header(req, "idempotency-key", idempotency_key.0)?;
         let principal = self
             .state
             .auth
@@ -678,7 +707,7 @@ impl EventsApi {
             }
             Some(v) => v.to_string(),
         };
-        if let (Some(body_key), Some(header_key)) = (&key, &idempotency_key.0)
+        if let (Some(body_key), Some(header_key)) = (&key, &idempotency_key)
             && body_key != header_key
         {
             return Err(ApiError::BadRequest(
@@ -686,7 +715,7 @@ impl EventsApi {
             )
             .into());
         }
-        let key = key.or(idempotency_key.0);
+        let key = key.or(idempotency_key);
         if key.as_deref().is_some_and(|k| !valid_key(k)) {
             return Err(
                 ApiError::BadRequest(crate::events::protocol::invalid_key_message()).into(),
