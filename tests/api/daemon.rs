@@ -208,15 +208,7 @@ async fn only_metrics_health_and_the_api_documents_need_no_login() {
 async fn metrics_count_http_requests_by_route_and_status() {
     let app = spawn_app().await;
     app.client.get(app.url("/health")).send().await.unwrap();
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(text.contains("core4d_http_requests_total{method=\"GET\",route=\"/core4/api/v1/health\",status=\"200\"} 1"), "{text}");
     assert!(text.contains("# TYPE core4d_event_connections gauge"));
 }

@@ -190,17 +190,6 @@ impl Ws {
     }
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn is_error(v: &Value) -> bool {
     v["type"] == "error" && v.get("channel").is_none()
 }
@@ -386,15 +375,7 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_usable() {
     ws.interest(&["message"]).await;
     let id = ws.publish("message", json!("still here")).await;
     assert_eq!(ws.event().await["_id"], id.as_str());
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(&format!(
             "core4d_event_frame_errors_total {}",
@@ -1110,7 +1091,7 @@ async fn a_subscriber_that_stops_reading_gets_a_gap_frame_while_others_keep_pace
     );
     assert!(after_gap.windows(2).all(|w| w[0] < w[1]), "{after_gap:?}");
     assert_eq!(fast.event().await["_id"], live.as_str());
-    let metrics = metrics_text(&app).await;
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("\ncore4d_event_gap_frames_total 1\n"),
         "{metrics}"
@@ -1229,15 +1210,7 @@ async fn metrics_count_sockets_messages_and_batches() {
     ws.interest(&["message", "system"]).await;
     ws.publish("message", json!("counted")).await;
     ws.event().await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for line in [
         "core4d_event_connections 1",
         "core4d_event_subscriptions 2",
@@ -1651,7 +1624,7 @@ async fn queue_message(app: &TestApp, ws: &mut Ws, text: &str) {
 }
 
 async fn frame_errors(app: &TestApp) -> u64 {
-    let metrics = metrics_text(app).await;
+    let metrics = app.metrics().await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("core4d_event_frame_errors_total "))
@@ -1699,7 +1672,7 @@ async fn concurrent_messages_from_several_sockets_share_one_transaction() {
         batches == [(1, 1), (2, 4)] || batches == [(1, 4)],
         "batches: {batches:?}"
     );
-    let metrics = metrics_text(&app).await;
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(&format!("\ncore4d_event_batches_total {}\n", batches.len())),
         "{metrics}"

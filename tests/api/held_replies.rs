@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use core4_tests::{fresh_database, spawn_app_with, test_settings};
+
+use crate::metrics::metric;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -44,22 +46,7 @@ async fn a_client_that_does_not_read_its_large_replies_gets_503_for_more() {
     // large page meanwhile), the same client's next large reply is refused...
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let metrics = app
-            .client
-            .get(format!("{}/metrics", app.address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let held: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("core4d_http_held_reply_bytes "))
-            .expect("the held bytes gauge")
-            .parse()
-            .unwrap();
-        if held > 0 {
+        if metric(&app.metrics().await, "core4d_http_held_reply_bytes") > 0.0 {
             break;
         }
         assert!(
@@ -68,13 +55,8 @@ async fn a_client_that_does_not_read_its_large_replies_gets_503_for_more() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let refused = app
-        .client
-        .get(app.url(page))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let get_page = || app.client.get(app.url(page)).bearer_auth(&admin).send();
+    let refused = get_page().await.unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "5");
     let body: serde_json::Value = refused.json().await.unwrap();
@@ -92,13 +74,7 @@ async fn a_client_that_does_not_read_its_large_replies_gets_503_for_more() {
     drop(stalled);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let resp = app
-            .client
-            .get(app.url(page))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_page().await.unwrap();
         if resp.status() == 200 {
             let len = resp.headers()["content-length"]
                 .to_str()

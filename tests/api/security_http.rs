@@ -190,17 +190,6 @@ async fn a_cookie_websocket_upgrade_from_another_origin_is_refused() {
     }
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The request counters, `(labels, count)`.
 fn http_series(text: &str) -> Vec<(String, u64)> {
     text.lines()
@@ -238,7 +227,7 @@ async fn junk_urls_do_not_change_how_real_routes_are_labelled() {
     let count = |series: &[(String, u64)], labels: &str| {
         series.iter().find(|(l, _)| l == labels).map(|(_, n)| *n)
     };
-    let before = http_series(&metrics(&app).await);
+    let before = http_series(&app.metrics().await);
     for labels in expected {
         assert_eq!(count(&before, labels), Some(1), "{labels} in {before:?}");
     }
@@ -259,7 +248,7 @@ async fn junk_urls_do_not_change_how_real_routes_are_labelled() {
         app.client.request(method, junk).send().await.unwrap();
     }
     real(&app).await;
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     let after = http_series(&text);
     for labels in expected {
         assert_eq!(count(&after, labels), Some(2), "{labels} in {after:?}");

@@ -191,6 +191,18 @@ impl TestApp {
         body["data"]["token"].as_str().expect("token").to_string()
     }
 
+    /// `/metrics` as text (no login needed).
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("metrics request");
+        assert_eq!(resp.status(), 200, "/metrics");
+        resp.text().await.expect("metrics text")
+    }
+
     /// The OpenAPI document core4d serves (no login needed).
     pub async fn spec(&self) -> Value {
         self.client

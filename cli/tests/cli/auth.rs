@@ -212,18 +212,8 @@ fn the_api_url_works_as_the_server() {
     let server = TestServer::spawn();
     let cli = Cli::new();
     let api = format!("{}/core4/api/v1/", server.url);
-    cli.run_with_stdin(
-        &[
-            "login",
-            "--server",
-            &api,
-            "--username",
-            ADMIN,
-            "--password-stdin",
-        ],
-        Some(&format!("{}\n", crate::helpers::ADMIN_PASSWORD)),
-    )
-    .success();
+    cli.login_at(&api, ADMIN, crate::helpers::ADMIN_PASSWORD)
+        .success();
     // Saved under the server's own URL, so both spellings find the token.
     assert_eq!(cli.config()["current"], server.url.as_str());
     cli.run(&["--server", api.trim_end_matches('/'), "whoami"])

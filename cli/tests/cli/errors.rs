@@ -141,17 +141,7 @@ fn a_redirect_names_where_it_points_as_the_server_to_use() {
     );
     let cli = Cli::new();
     let out = cli
-        .run_with_stdin(
-            &[
-                "login",
-                "--server",
-                &server,
-                "--username",
-                "a",
-                "--password-stdin",
-            ],
-            Some("password\n"),
-        )
+        .login_at(&server, "a", "password")
         .failure(1, "https://core4.example/core4/api/v1/login");
     assert!(
         out.stderr.contains("use --server https://core4.example"),
@@ -168,18 +158,8 @@ fn a_server_that_is_not_core4d_is_called_so() {
          Connection: close\r\n\r\n<html><body>Error 501</body></html>",
     );
     let cli = Cli::new();
-    cli.run_with_stdin(
-        &[
-            "login",
-            "--server",
-            &server,
-            "--username",
-            "a",
-            "--password-stdin",
-        ],
-        Some("password\n"),
-    )
-    .failure(1, &format!("{server} does not look like core4d"));
+    cli.login_at(&server, "a", "password")
+        .failure(1, &format!("{server} does not look like core4d"));
     // And a GET it cannot find.
     let server = fake_server(
         "HTTP/1.0 404 File not found\r\nContent-Type: text/html\r\n\

@@ -255,18 +255,7 @@ fn send_dash_resends_a_line_whose_ack_was_lost_and_it_is_stored_once() {
     let server = TestServer::spawn();
     let relay = LossyRelay::to(&server);
     let cli = Cli::new();
-    cli.run_with_stdin(
-        &[
-            "login",
-            "--server",
-            &relay.url,
-            "--username",
-            ADMIN,
-            "--password-stdin",
-        ],
-        Some(&format!("{ADMIN_PASSWORD}\n")),
-    )
-    .success();
+    cli.login_at(&relay.url, ADMIN, ADMIN_PASSWORD).success();
     let direct = Cli::new();
     direct.login_admin(&server).success();
 

@@ -284,11 +284,16 @@ impl Cli {
     }
 
     pub fn login(&self, server: &TestServer, user: &str, password: &str) -> Out {
+        self.login_at(&server.url, user, password)
+    }
+
+    /// `login` with the password on stdin, to whatever `url` names (a relay, a fake server).
+    pub fn login_at(&self, url: &str, user: &str, password: &str) -> Out {
         self.run_with_stdin(
             &[
                 "login",
                 "--server",
-                &server.url,
+                url,
                 "--username",
                 user,
                 "--password-stdin",

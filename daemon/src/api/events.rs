@@ -307,14 +307,14 @@ fn one_header(
     parsed: Option<String>,
 ) -> Result<Option<String>, ApiError> {
     let mut values = req.headers().get_all(name).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return match req.headers().get_all(name).iter().count() {
-            0 => Ok(None),
-            _ => Err(ApiError::BadRequest(format!(
-                "header [{name}] is given more than once; send it once"
-            ))),
-        };
+    let Some(value) = values.next() else {
+        return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(format!(
+            "header [{name}] is given more than once; send it once"
+        )));
+    }
     match parsed {
         Some(text) => Ok(Some(text)),
         None => std::str::from_utf8(value.as_bytes())

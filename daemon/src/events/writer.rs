@@ -102,14 +102,8 @@ async fn commit(shared: &Shared, batch: &mut Vec<Pending>) {
         let mut one = Vec::with_capacity(1);
         for p in batch.drain(..) {
             one.push(p);
-            if commit_together(shared, &mut one).await.is_err() {
-                for p in one.drain(..) {
-                    p.reply.send(Err(&(
-                        ErrorKind::Internal,
-                        "message not stored: internal error".into(),
-                    )));
-                }
-            }
+            // Alone, a message is never sent back to be isolated: it gets its own outcome.
+            let _ = commit_together(shared, &mut one).await;
         }
     }
 }

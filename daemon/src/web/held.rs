@@ -51,12 +51,7 @@ impl Drop for Hold {
             .unwrap_or_else(PoisonError::into_inner);
         held.0 -= self.bytes;
         self.budget.publish(held.0);
-        if let Some(n) = held.1.get_mut(&self.addr) {
-            *n -= self.bytes;
-            if *n == 0 {
-                held.1.remove(&self.addr);
-            }
-        }
+        super::count_down(&mut held.1, self.addr, self.bytes);
     }
 }
 
@@ -165,26 +160,26 @@ pub struct PageBuilds {
     building: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// A page being built; its slot is given back when dropped.
+/// A page being built; its slots are given back when dropped.
 pub struct Building<'a> {
-    gate: &'a PageBuilds,
-    addr: IpAddr,
+    _mine: ClientSlot<'a>,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
-impl Drop for Building<'_> {
+/// One of a client's pages being built (or waiting for a slot in all).
+struct ClientSlot<'a> {
+    gate: &'a PageBuilds,
+    addr: IpAddr,
+}
+
+impl Drop for ClientSlot<'_> {
     fn drop(&mut self) {
         let mut building = self
             .gate
             .building
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = building.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                building.remove(&self.addr);
-            }
-        }
+        super::count_down(&mut building, self.addr, 1);
     }
 }
 
@@ -207,33 +202,23 @@ impl PageBuilds {
         addr: IpAddr,
         wait: std::time::Duration,
     ) -> Result<Building<'_>, Refusal> {
-        {
+        let mine = {
             let mut building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
             let n = building.entry(addr).or_default();
             if *n >= self.per_address {
                 return Err(Refusal::Client);
             }
             *n += 1;
-        }
-        // From here on, a refusal must give the client's count back: `Building` does that.
-        let permit = match tokio::time::timeout(wait, self.all.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                let mut building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(n) = building.get_mut(&addr) {
-                    *n -= 1;
-                    if *n == 0 {
-                        building.remove(&addr);
-                    }
-                }
-                return Err(Refusal::Everyone);
-            }
+            ClientSlot { gate: self, addr }
         };
-        Ok(Building {
-            gate: self,
-            addr,
-            _permit: permit,
-        })
+        // Refused from here on, `mine` gives the client's slot back as it is dropped.
+        match tokio::time::timeout(wait, self.all.acquire()).await {
+            Ok(Ok(permit)) => Ok(Building {
+                _mine: mine,
+                _permit: permit,
+            }),
+            _ => Err(Refusal::Everyone),
+        }
     }
 }
 

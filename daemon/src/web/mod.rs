@@ -16,6 +16,21 @@ use poem::{
 pub use origin::OriginPolicy;
 pub use proxy::{Client, TrustedProxies};
 
+/// Takes `n` off `addr`'s count in a per-address table, forgetting the address at zero (the
+/// tables of open connections and held replies stay as small as what is open).
+fn count_down(
+    counts: &mut std::collections::HashMap<std::net::IpAddr, usize>,
+    addr: std::net::IpAddr,
+    n: usize,
+) {
+    if let Some(count) = counts.get_mut(&addr) {
+        *count -= n;
+        if *count == 0 {
+            counts.remove(&addr);
+        }
+    }
+}
+
 /// The `token` cookie that login sets and a refreshed token renews. Built only here: it is
 /// `Secure` when the client's connection is TLS (to core4d, or to a trusted proxy that says so),
 /// and never over plain HTTP, where a browser would drop it.

@@ -100,13 +100,8 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         open.0 -= 1;
-        if let Some(addr) = self.addr
-            && let Some(n) = open.1.get_mut(&addr)
-        {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&addr);
-            }
+        if let Some(addr) = self.addr {
+            super::count_down(&mut open.1, addr, 1);
         }
     }
 }
